@@ -1,0 +1,173 @@
+"""Tier backends: OpenAI-compatible HTTP servers (our workers or a remote API) behind one interface.
+
+All HTTP details live here. httpx exceptions and upstream error statuses are translated into
+`router.errors.UpstreamError`s naming the tier; callers see only replies, streams and those errors.
+The remote API key is read from the environment variable the config names, sent only as the
+`Authorization` header, and never logged or put in an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from router.config import TierConfig
+from router.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+RELAYED_CLIENT_ERRORS = frozenset({400, 413, 422})
+"""Upstream statuses that blame the client's request; relayed as they are."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class UpstreamStream:
+    """An open upstream SSE response: iterate `chunks()` once, then it closes itself."""
+
+    def __init__(self, backend: TierBackend, response: httpx.Response) -> None:
+        self._backend = backend
+        self._response = response
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            with self._backend.translating():
+                async for chunk in self._response.aiter_raw():
+                    if chunk:
+                        yield chunk
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class TierBackend:
+    """One tier: an OpenAI-compatible base URL, the model name it expects, and how long to wait."""
+
+    def __init__(
+        self, name: str, config: TierConfig, client: httpx.AsyncClient, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._client = client
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._models_url = config.base_url.rstrip("/") + "/models"
+        env = os.environ if environ is None else environ
+        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        self.missing_key: str | None = None
+        if config.api_key_env:
+            key = env.get(config.api_key_env)
+            if key:
+                self._headers["authorization"] = f"Bearer {key}"
+            else:
+                self.missing_key = config.api_key_env
+        t = config.timeouts
+        self._complete_timeout = httpx.Timeout(t.total, connect=t.connect)
+        self._stream_timeout = httpx.Timeout(max(t.first_byte, t.between_chunks), connect=t.connect)
+
+    def __repr__(self) -> str:  # never shows headers, so never the key
+        return f"TierBackend({self.name!r}, {self.config.base_url!r})"
+
+    async def complete(self, payload: bytes) -> UpstreamReply:
+        self._require_key()
+        with self.translating():
+            response = await self._client.post(
+                self._url, content=payload, headers=self._headers, timeout=self._complete_timeout
+            )
+        self._raise_for_status(response.status_code, response.content, response.headers)
+        return UpstreamReply(response.status_code, response.content, _passed_headers(response.headers))
+
+    async def open_stream(self, payload: bytes) -> UpstreamStream:
+        """Send the request and wait for the upstream's status line; errors before any byte raise here."""
+        self._require_key()
+        request = self._client.build_request(
+            "POST", self._url, content=payload, headers=self._headers, timeout=self._stream_timeout
+        )
+        with self.translating():
+            response = await self._client.send(request, stream=True)
+        if response.status_code != 200:
+            try:
+                with self.translating():
+                    body = await response.aread()
+            finally:
+                await response.aclose()
+            self._raise_for_status(response.status_code, body, response.headers)
+        return UpstreamStream(self, response)
+
+    async def probe(self, timeout_s: float = 1.0) -> tuple[bool, str]:
+        """Is the tier reachable now? Used by `/ready`; never raises."""
+        if self.missing_key:
+            return False, f"no API key: environment variable {self.missing_key} is not set"
+        try:
+            response = await self._client.get(self._models_url, headers=self._headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            return False, f"unreachable: {type(exc).__name__}"
+        if response.status_code != 200:
+            return False, f"answered {response.status_code}"
+        return True, "ok"
+
+    @contextmanager
+    def translating(self) -> Iterator[None]:
+        """Translate httpx exceptions into `UpstreamError`s naming this tier."""
+        try:
+            yield
+        except UpstreamError:
+            raise
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(self.name, f"no answer in time ({type(exc).__name__})") from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            raise UpstreamUnavailable(self.name, f"cannot reach the backend ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamBadResponse(self.name, f"transport error ({type(exc).__name__})") from exc
+
+    def _require_key(self) -> None:
+        if self.missing_key:
+            raise UpstreamUnavailable(self.name, f"no API key: set the environment variable {self.missing_key}")
+
+    def _raise_for_status(self, status: int, body: bytes, headers: httpx.Headers) -> None:
+        if status == 200:
+            return
+        if status in RELAYED_CLIENT_ERRORS:
+            raise RelayedClientError(self.name, status, body)
+        detail = f"the backend answered {status}"
+        if status in (429, 503):
+            error: UpstreamError = UpstreamUnavailable(self.name, detail)
+        elif status == 504:
+            error = UpstreamTimeout(self.name, detail)
+        else:
+            error = UpstreamBadResponse(self.name, detail)
+        retry_after = headers.get("retry-after")
+        if retry_after:
+            error.retry_after = retry_after
+        raise error
+
+
+class RelayedClientError(UpstreamError):
+    """The upstream rejected the request as the client's fault; its status and body go back unchanged."""
+
+    def __init__(self, tier: str, status: int, body: bytes) -> None:
+        super().__init__(tier, f"rejected the request with {status}")
+        self.status_code = status
+        self.raw_body = body
+
+
+def create_client(max_connections: int) -> httpx.AsyncClient:
+    """The one pooled client every backend shares; per-request timeouts come from each tier."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        timeout=httpx.Timeout(60.0, connect=2.0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def _passed_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {"content-type": headers.get("content-type", "application/json")}

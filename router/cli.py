@@ -1,0 +1,108 @@
+"""The `tiered-router` command: serve the router, run a worker, calibrate or retrain the classifier."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from router.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "config/router.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        result: int = args.run(args)
+        return result
+    except ConfigError as exc:
+        print(f"tiered-router: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router.app import create_app
+
+    config = load_config(args.config)
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    print(f"tiered-router: serving on http://{host}:{port}/v1 (config {args.config})", flush=True)
+    uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
+    return 0
+
+
+def _standin(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router.standin import Standin, StandinSettings
+
+    settings = StandinSettings(
+        name=args.name, chunk_delay_s=args.chunk_delay_ms / 1000, response_delay_s=args.delay_ms / 1000,
+        fail_status=args.fail_status,
+    )
+    print(f"stand-in '{args.name}' on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(Standin(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from router.calibrate import run_calibration
+
+    return run_calibration(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from router.classify.training import run_training
+
+    return run_training(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiered-router", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the router (OpenAI-compatible, port 8000 by default)")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"router YAML (default {DEFAULT_CONFIG})")
+    serve.add_argument("--host", default=None, help="override server.host")
+    serve.add_argument("--port", type=int, default=None, help="override server.port")
+    serve.set_defaults(run=_serve)
+
+    standin = sub.add_parser("standin", help="run an OpenAI-compatible echo server (tests, benchmarks, demos)")
+    standin.add_argument("--host", default="127.0.0.1")
+    standin.add_argument("--port", type=int, default=8009)
+    standin.add_argument("--name", default="standin")
+    standin.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    standin.add_argument("--delay-ms", type=float, default=0.0)
+    standin.add_argument("--fail-status", type=int, default=None)
+    standin.set_defaults(run=_standin)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="find the score threshold that sends a target share of traffic to the small tier"
+    )
+    calibrate.add_argument("--config", default=DEFAULT_CONFIG)
+    calibrate.add_argument("--prompts", required=True, type=Path, help="JSONL ({'messages': [...]} or {'prompt': ...}) or one prompt per line")
+    calibrate.add_argument("--small-share", required=True, type=float, help="target share of traffic for the small tier, 0..1")
+    calibrate.add_argument("--output", type=Path, default=None, help="where to write the calibration (default: config dir / calibration.yaml)")
+    calibrate.set_defaults(run=_calibrate)
+
+    train = sub.add_parser("train-classifier", help="retrain the embedding classifier on labelled prompts")
+    train.add_argument("--data", type=Path, default=None, help="labelled JSONL (default: the shipped router/data/labelled_prompts.jsonl)")
+    train.add_argument("--output", type=Path, default=None, help="weights file (default: the shipped router/data/embedding_classifier.json)")
+    train.add_argument("--heldout-every", type=int, default=5, help="hold out one example in N for the accuracy report")
+    train.set_defaults(run=_train)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

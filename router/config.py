@@ -1,0 +1,265 @@
+"""Typed router configuration: load YAML, apply environment overrides, validate at start-up.
+
+Environment overrides live here and only here. A variable named
+``TIERED_ROUTER__<key>__<key>...`` replaces that key of the YAML tree, its value
+parsed as YAML (so ``TIERED_ROUTER__server__port=9000`` is an int and
+``TIERED_ROUTER__redis__url=redis://host:6379/0`` a string). Every error names
+the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+T = TypeVar("T")
+ENV_PREFIX = "TIERED_ROUTER__"
+CLASSIFIER_KINDS = ("heuristic", "embedding")
+
+Seconds = Annotated[float, Meta(gt=0)]
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message names the file, the key and the reason."""
+
+    def __init__(self, path: Path | str, key: str, reason: str) -> None:
+        super().__init__(f"{path}: {key}: {reason}")
+        self.path, self.key, self.reason = str(path), key, reason
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    pass
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+
+
+class Timeouts(_Strict):
+    connect: Seconds = 2.0
+    first_byte: Seconds = 60.0
+    between_chunks: Seconds = 60.0
+    total: Seconds = 600.0
+
+
+class TierConfig(_Strict):
+    base_url: str
+    model: str
+    kind: Literal["worker", "remote"] = "worker"
+    api_key_env: str | None = None
+    guardrails: bool = False
+    fallback: list[str] = []
+    timeouts: Timeouts = Timeouts()
+    max_connections: Annotated[int, Meta(ge=1)] = 256
+
+
+class ClassifierConfig(_Strict):
+    kind: str = "heuristic"
+    threshold: Unit = 0.5
+    calibration: str | None = None
+    max_chars: Annotated[int, Meta(ge=256)] = 32_000
+    embedding_weights: str | None = None
+
+
+class ScoreRange(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        """Half-open: `min <= value < max`, either bound optional."""
+        return (self.min is None or value >= self.min) and (self.max is None or value < self.max)
+
+
+class Match(_Strict):
+    score: ScoreRange | None = None
+    complexity: Literal["simple", "complex"] | None = None
+    prompt_tokens: ScoreRange | None = None
+    last_user_regex: str | None = None
+    model: list[str] | None = None
+    has_tools: bool | None = None
+    has_response_format: bool | None = None
+    headers: dict[str, str] | None = None
+    key_group: list[str] | None = None
+
+    def is_empty(self) -> bool:
+        return self == Match()
+
+
+class Rule(_Strict):
+    name: str
+    tier: str
+    when: Match = Match()
+    guardrails: bool | None = None
+    fallback: list[str] | None = None
+
+
+class RoutingConfig(_Strict):
+    allow_forced_tier: bool = True
+
+
+class RedisConfig(_Strict):
+    url: str | None = None
+    prefix: str = "tiered-router:"
+
+
+class Config(_Strict):
+    tiers: dict[str, TierConfig]
+    rules: list[Rule]
+    server: ServerConfig = ServerConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    routing: RoutingConfig = RoutingConfig()
+    redis: RedisConfig = RedisConfig()
+    source: str = ""
+    """The file this config came from (set by the loader, used in messages and relative paths)."""
+
+    def resolve_path(self, relative: str) -> Path:
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / relative).resolve()
+
+
+class Calibration(_Strict):
+    classifier: str
+    threshold: Unit
+    small_share: Unit
+    prompts: int
+    achieved_share: Unit = 0.0
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, decode and validate; raise `ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "(file)", f"not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "(root)", "expected a mapping at the top level")
+    _apply_env_overrides(raw, os.environ if environ is None else environ, path)
+    raw["source"] = str(path)
+    config = decode_struct(raw, Config, path)
+    validate(config)
+    return apply_calibration(config)
+
+
+def decode_struct(raw: Any, kind: type[T], path: Path | str) -> T:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        reason, _, where = str(exc).partition(" - at `$")
+        key = where.rstrip("`").lstrip(".") or "(root)"
+        raise ConfigError(path, key, reason) from exc
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks msgspec cannot express: tier references, regexes, the default rule."""
+    src = config.source
+    tiers = set(config.tiers)
+    if not tiers:
+        raise ConfigError(src, "tiers", "at least one tier is required")
+    for name in tiers:
+        if name == "auto":
+            raise ConfigError(src, "tiers.auto", "'auto' is reserved for routing")
+    for name, tier in config.tiers.items():
+        if not tier.base_url.startswith(("http://", "https://")):
+            raise ConfigError(src, f"tiers.{name}.base_url", f"must be an http(s) URL, got {tier.base_url!r}")
+        _check_chain(src, f"tiers.{name}.fallback", tier.fallback, tiers, own=name)
+    if config.classifier.kind not in CLASSIFIER_KINDS:
+        raise ConfigError(
+            src, "classifier.kind", f"unknown classifier {config.classifier.kind!r} (known: {', '.join(CLASSIFIER_KINDS)})"
+        )
+    if not config.rules:
+        raise ConfigError(src, "rules", "at least one rule is required, the last being the default")
+    seen: set[str] = set()
+    for i, rule in enumerate(config.rules):
+        key = f"rules[{i}]"
+        if rule.name in seen:
+            raise ConfigError(src, f"{key}.name", f"duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+        if rule.tier not in tiers:
+            raise ConfigError(src, f"{key}.tier", f"unknown tier {rule.tier!r} (defined: {', '.join(sorted(tiers))})")
+        if rule.fallback is not None:
+            _check_chain(src, f"{key}.fallback", rule.fallback, tiers, own=rule.tier)
+        _check_match(src, f"{key}.when", rule.when)
+    if not config.rules[-1].when.is_empty():
+        raise ConfigError(src, f"rules[{len(config.rules) - 1}].when", "the last rule is the default and must match everything (no 'when')")
+    for i, rule in enumerate(config.rules[:-1]):
+        if rule.when.is_empty():
+            raise ConfigError(src, f"rules[{i}].when", "only the last rule may match everything; the rules after it would never run")
+
+
+def apply_calibration(config: Config) -> Config:
+    """Replace the classifier threshold with the one a `tiered-router calibrate` run wrote."""
+    if config.classifier.calibration is None:
+        return config
+    path = config.resolve_path(config.classifier.calibration)
+    key = "classifier.calibration"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(config.source, key, f"cannot read calibration file {path}: {exc}") from exc
+    calibration = decode_struct(raw, Calibration, path)
+    if calibration.classifier != config.classifier.kind:
+        raise ConfigError(
+            config.source,
+            key,
+            f"{path} was calibrated for the {calibration.classifier!r} classifier, not {config.classifier.kind!r}",
+        )
+    classifier = msgspec.structs.replace(config.classifier, threshold=calibration.threshold)
+    return msgspec.structs.replace(config, classifier=classifier)
+
+
+def _check_chain(src: str, key: str, chain: list[str], tiers: set[str], *, own: str) -> None:
+    for tier in chain:
+        if tier not in tiers:
+            raise ConfigError(src, key, f"unknown tier {tier!r} in the fallback chain")
+        if tier == own:
+            raise ConfigError(src, key, f"tier {own!r} cannot fall back to itself")
+    if len(set(chain)) != len(chain):
+        raise ConfigError(src, key, "a tier appears twice in the fallback chain")
+
+
+def _check_match(src: str, key: str, match: Match) -> None:
+    patterns = {"last_user_regex": match.last_user_regex, **{f"headers.{h}": p for h, p in (match.headers or {}).items()}}
+    for field, pattern in patterns.items():
+        if pattern is None:
+            continue
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(src, f"{key}.{field}", f"invalid regular expression {pattern!r}: {exc}") from exc
+    for field, bounds in (("score", match.score), ("prompt_tokens", match.prompt_tokens)):
+        if bounds and bounds.min is not None and bounds.max is not None and bounds.min >= bounds.max:
+            raise ConfigError(src, f"{key}.{field}", f"min ({bounds.min}) must be below max ({bounds.max})")
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> None:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k for k in name[len(ENV_PREFIX) :].split("__") if k]
+        if not keys:
+            continue
+        node: Any = raw
+        for key in keys[:-1]:
+            child = node.get(key) if isinstance(node, dict) else None
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(path, ".".join(keys), f"environment variable {name} overrides inside a non-mapping")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, ".".join(keys), f"environment variable {name} is not valid YAML: {exc}") from exc

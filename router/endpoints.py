@@ -1,0 +1,52 @@
+"""Thin HTTP endpoints: decode, call the routing service, encode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.response import Stream
+
+from router.protocol import ModelCard, ModelList, encode
+from router.service import RoutingService, decision_headers, parse_chat_request
+from router.sse import relay
+
+JSON = "application/json"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, State], service: RoutingService) -> Response[bytes] | Stream:
+    chat = parse_chat_request(await request.body())
+    decision = await service.decide(chat, request.headers)
+    headers = decision_headers(decision)
+    if chat.stream:
+        upstream = await service.open_stream(chat, decision)
+        return Stream(relay(upstream.chunks()), media_type="text/event-stream", headers={**headers, **SSE_HEADERS})
+    reply = await service.complete(chat, decision)
+    return Response(reply.body, media_type=JSON, headers=headers)
+
+
+@post("/v1/route", status_code=200)
+async def route(request: Request[Any, Any, State], service: RoutingService) -> Response[bytes]:
+    chat = parse_chat_request(await request.body())
+    decision = await service.decide(chat, request.headers)
+    return Response(encode(decision), media_type=JSON, headers=decision_headers(decision))
+
+
+@get("/v1/models")
+async def list_models(service: RoutingService) -> Response[bytes]:
+    cards = [ModelCard(id=name) for name in service.rules.model_names()]
+    return Response(encode(ModelList(cards)), media_type=JSON)
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready")
+async def ready(service: RoutingService) -> Response[bytes]:
+    report = await service.readiness()
+    return Response(encode(report), media_type=JSON, status_code=200 if report["ready"] else 503)

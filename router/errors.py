@@ -1,0 +1,90 @@
+"""The router's errors, each carrying its HTTP status and OpenAI error type.
+
+    RouterError
+    ├── InvalidRequest            400  invalid_request_error
+    ├── PermissionDenied          403  permission_error
+    ├── UnknownModel              404  invalid_request_error / model_not_found
+    ├── PayloadTooLarge           413  invalid_request_error
+    └── UpstreamError                  (names the tier)
+        ├── UpstreamBadResponse   502  the tier answered with an error or garbage
+        ├── UpstreamUnavailable   503  the tier refused the connection or is not configured
+        └── UpstreamTimeout       504  the tier did not answer in time
+
+Exceptions from httpx are translated into these at the backend boundary
+(`router.backends`); the app renders every `RouterError` with one handler.
+"""
+
+from __future__ import annotations
+
+from router.protocol import ErrorBody, ErrorDetail
+
+
+class RouterError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(ErrorDetail(self.message, self.error_type, self.param, self.code))
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(RouterError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PermissionDenied(RouterError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class UnknownModel(RouterError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RouterError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(RouterError):
+    error_type = "upstream_error"
+    retry_after: str | None = None
+
+    def __init__(self, tier: str, message: str, *, code: str | None = None) -> None:
+        super().__init__(f"tier '{tier}': {message}", code=code)
+        self.tier = tier
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-router-tier": self.tier}
+        if self.retry_after:
+            headers["retry-after"] = self.retry_after
+        return headers
+
+
+class UpstreamBadResponse(UpstreamError):
+    status_code = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"

@@ -1,0 +1,122 @@
+"""The routing service: parse a chat request, decide its tier, and call that tier's backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+
+import msgspec
+
+from router.backends import TierBackend, UpstreamReply, UpstreamStream
+from router.classify.base import ComplexityClassifier
+from router.config import Config
+from router.conversation import Conversation
+from router.errors import InvalidRequest
+from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request, encode
+from router.rules import RouteInput, RuleSet
+from router.state import StateStore, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+ROUTED_COUNTS = "routed"
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode and validate a chat request, turning every decoding problem into a 400 naming the field."""
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; expected a JSON chat completion request")
+    try:
+        return decode_chat_request(body)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
+    except msgspec.ValidationError as exc:
+        reason, _, where = str(exc).partition(" - at `$")
+        param = where.rstrip("`").lstrip(".") or None
+        raise InvalidRequest(f"{reason}" + (f" at '{param}'" if param else ""), param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+def decision_headers(decision: RouteDecision) -> dict[str, str]:
+    return {
+        "x-router-tier": decision.tier,
+        "x-router-rule": decision.rule,
+        "x-router-score": f"{decision.score:.4f}",
+    }
+
+
+class RoutingService:
+    """Owns the routing pipeline; its resources (client, store, classifier) are owned by the app's lifespan."""
+
+    def __init__(
+        self,
+        config: Config,
+        classifier: ComplexityClassifier,
+        backends: Mapping[str, TierBackend],
+        store: StateStore,
+    ) -> None:
+        self.config = config
+        self.rules = RuleSet(config)
+        self.classifier = classifier
+        self.backends = dict(backends)
+        self.store = store
+        self._routed: Counter[str] = Counter()
+
+    async def decide(
+        self, request: ChatCompletionRequest, headers: Mapping[str, str], key_group: str | None = None
+    ) -> RouteDecision:
+        conversation = Conversation.from_request(request, self.config.classifier.max_chars)
+        verdict = await self.classifier.ascore(conversation)
+        decision = self.rules.decide(RouteInput(request, conversation, verdict, headers, key_group))
+        decision.reasons.append(f"prompt: ~{conversation.prompt_tokens} tokens over {len(request.messages)} messages")
+        return decision
+
+    def upstream_payload(self, request: ChatCompletionRequest, decision: RouteDecision) -> bytes:
+        backend = self.backends[decision.tier]
+        return encode(msgspec.structs.replace(request, model=backend.config.model))
+
+    async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> UpstreamReply:
+        self._routed[decision.tier] += 1
+        return await self.backends[decision.tier].complete(self.upstream_payload(request, decision))
+
+    async def open_stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> UpstreamStream:
+        self._routed[decision.tier] += 1
+        return await self.backends[decision.tier].open_stream(self.upstream_payload(request, decision))
+
+    async def flush_counts(self) -> None:
+        """Move this replica's counts into the shared store (Redis or memory); kept for the next try on failure."""
+        if not self._routed:
+            return
+        pending, self._routed = self._routed, Counter()
+        try:
+            await self.store.add_counts(ROUTED_COUNTS, pending)
+        except StateUnavailable as exc:
+            self._routed.update(pending)
+            log.warning("state store unavailable, counts kept locally: %s", exc)
+
+    async def flush_forever(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush_counts()
+
+    async def readiness(self) -> dict[str, object]:
+        probes = await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        tiers = {
+            name: {"ready": ok, "detail": detail, "kind": b.config.kind, "url": b.config.base_url}
+            for (name, b), (ok, detail) in zip(self.backends.items(), probes, strict=True)
+        }
+        store_ok = await self.store.ping()
+        routed: dict[str, int] = {}
+        if store_ok:
+            try:
+                routed = await self.store.read_counts(ROUTED_COUNTS)
+            except StateUnavailable:
+                store_ok = False
+        return {
+            "ready": any(t["ready"] for t in tiers.values()),
+            "tiers": tiers,
+            "state": {"backend": self.store.backend, "ready": store_ok, "routed": routed},
+            "classifier": self.classifier.name,
+        }

@@ -1,0 +1,29 @@
+"""Server-sent events as OpenAI streams them: `data: <json>\n\n` frames ending in `data: [DONE]`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from router.errors import RouterError
+from router.protocol import encode
+
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def error_frame(error: RouterError) -> bytes:
+    """An in-band error for a stream whose headers were already sent (the OpenAI SDK raises on it)."""
+    return frame(encode(error.body()))
+
+
+async def relay(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pass upstream bytes through as they arrive; a failure mid-stream ends it with an error event."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except RouterError as exc:
+        yield error_frame(exc)
+        yield DONE

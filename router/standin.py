@@ -1,0 +1,152 @@
+"""A small, fast OpenAI-compatible stand-in server for tests, benchmarks and demos.
+
+It answers chat completions by echoing the last user message, word by word when streaming,
+and records what it received (`GET /_standin/requests`) so tests can check what the router
+forwarded. Plain ASGI, so it costs as little CPU as possible when used as a benchmark upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from router.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    ErrorDetail,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+    decode_chat_request,
+    encode,
+)
+from router.sse import DONE, frame
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class StandinSettings:
+    name: str = "standin"
+    """The model name it reports, and the prefix of every answer."""
+    chunk_delay_s: float = 0.0
+    """Pause between streamed chunks."""
+    response_delay_s: float = 0.0
+    """Pause before answering (both modes)."""
+    fail_status: int | None = None
+    """Answer every chat request with this status instead."""
+    max_words: int = 64
+    record: int = 200
+    """How many received requests to keep for `GET /_standin/requests`."""
+
+
+@dataclass
+class Standin:
+    settings: StandinSettings = field(default_factory=StandinSettings)
+    received: deque[dict[str, Any]] = field(default_factory=deque)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if path.endswith("/chat/completions") and method == "POST":
+            body = await _read_body(receive)
+            await self._chat(scope, body, send)
+        elif path.endswith("/models"):
+            await _send_json(send, 200, encode(ModelList([ModelCard(id=self.settings.name)])))
+        elif path == "/_standin/requests":
+            await _send_json(send, 200, encode(list(self.received)))
+        elif path in ("/health", "/ready"):
+            await _send_json(send, 200, b'{"status":"ok"}')
+        else:
+            await _send_json(send, 404, encode(ErrorBody(ErrorDetail("not found", "not_found_error"))))
+
+    async def _chat(self, scope: Scope, body: bytes, send: Send) -> None:
+        settings = self.settings
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.received.append({"headers": headers, "body": msgspec.json.decode(body) if body else None})
+        while len(self.received) > settings.record:
+            self.received.popleft()
+        if settings.response_delay_s:
+            await asyncio.sleep(settings.response_delay_s)
+        if settings.fail_status is not None:
+            error = ErrorBody(ErrorDetail(f"stand-in failing with {settings.fail_status}", "server_error"))
+            await _send_json(send, settings.fail_status, encode(error))
+            return
+        try:
+            request = decode_chat_request(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            await _send_json(send, 400, encode(ErrorBody(ErrorDetail(str(exc), "invalid_request_error"))))
+            return
+        words = self._answer(request)
+        prompt_tokens = sum(len(m.text().split()) for m in request.messages)
+        usage = Usage(prompt_tokens, len(words), prompt_tokens + len(words))
+        created = int(time.time())
+        if not request.stream:
+            message = ResponseMessage(content=" ".join(words))
+            completion = ChatCompletion("chatcmpl-standin", created, settings.name, [Choice(0, message, "stop")], usage)
+            await _send_json(send, 200, encode(completion))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+
+        async def emit(delta: Delta, finish: str | None = None, with_usage: Usage | None = None) -> None:
+            choices = [] if with_usage else [ChunkChoice(0, delta, finish)]
+            chunk = ChatCompletionChunk("chatcmpl-standin", created, settings.name, choices, with_usage)
+            await send({"type": "http.response.body", "body": frame(encode(chunk)), "more_body": True})
+
+        await emit(Delta(role="assistant", content=""))
+        for i, word in enumerate(words):
+            if settings.chunk_delay_s:
+                await asyncio.sleep(settings.chunk_delay_s)
+            await emit(Delta(content=word if i == 0 else " " + word))
+        await emit(Delta(), "stop")
+        options = request.stream_options
+        if options and options.include_usage is True:
+            await emit(Delta(), with_usage=usage)
+        await send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+    def _answer(self, request: ChatCompletionRequest) -> list[str]:
+        limit = request.token_limit() or self.settings.max_words
+        words = [f"[{self.settings.name}]", *request.last_user_text().split()]
+        return words[: max(1, min(limit, self.settings.max_words))]
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,176 @@
+"""Shared state behind one interface: Redis when `redis.url` is set, an in-process store otherwise.
+
+Holds what router replicas and workers share: TTL'd records (worker heartbeats, discovery)
+and counters. Redis exceptions are translated into `StateUnavailable` here, so callers
+never see redis-py types.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+
+class StateUnavailable(Exception):
+    """The store could not be reached or answered with an error."""
+
+
+class StateStore(ABC):
+    backend: str
+
+    @abstractmethod
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        """Store `value`; with `ttl_s`, it disappears after that many seconds unless put again."""
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        """Every live record whose key starts with `prefix`."""
+
+    @abstractmethod
+    async def add_counts(self, name: str, counts: Mapping[str, int]) -> None:
+        """Atomically add each count to the named group of counters."""
+
+    @abstractmethod
+    async def read_counts(self, name: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True if the store answers now; never raises."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class MemoryStore(StateStore):
+    """The embedded default: one process, nothing shared, nothing persisted."""
+
+    backend = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._records: dict[str, tuple[bytes, float | None]] = {}
+        self._counts: dict[str, dict[str, int]] = {}
+        self._now = clock
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._records[key] = (value, None if ttl_s is None else self._now() + ttl_s)
+
+    async def get(self, key: str) -> bytes | None:
+        record = self._records.get(key)
+        if record is None:
+            return None
+        value, expires = record
+        if expires is not None and expires <= self._now():
+            del self._records[key]
+            return None
+        return value
+
+    async def delete(self, key: str) -> None:
+        self._records.pop(key, None)
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for key in [k for k in self._records if k.startswith(prefix)]:
+            value = await self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    async def add_counts(self, name: str, counts: Mapping[str, int]) -> None:
+        group = self._counts.setdefault(name, {})
+        for field, amount in counts.items():
+            group[field] = group.get(field, 0) + amount
+
+    async def read_counts(self, name: str) -> dict[str, int]:
+        return dict(self._counts.get(name, {}))
+
+    async def ping(self) -> bool:
+        return True
+
+
+class RedisStore(StateStore):
+    """Redis-backed state shared by every router replica and worker using the same URL and prefix."""
+
+    backend = "redis"
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, *, timeout_s: float = 0.5) -> RedisStore:
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5
+        )
+        return cls(client, prefix)
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        async with _translated():
+            await self._redis.set(self._prefix + key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))
+
+    async def get(self, key: str) -> bytes | None:
+        async with _translated():
+            value: bytes | None = await self._redis.get(self._prefix + key)
+            return value
+
+    async def delete(self, key: str) -> None:
+        async with _translated():
+            await self._redis.delete(self._prefix + key)
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        async with _translated():
+            keys = [k async for k in self._redis.scan_iter(match=_glob_escape(self._prefix + prefix) + "*", count=500)]
+            if not keys:
+                return {}
+            values = await self._redis.mget(keys)
+        strip = len(self._prefix)
+        return {k.decode()[strip:]: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def add_counts(self, name: str, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        async with _translated():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for field, amount in counts.items():
+                    pipe.hincrby(self._prefix + "counts:" + name, field, amount)
+                await pipe.execute()
+
+    async def read_counts(self, name: str) -> dict[str, int]:
+        async with _translated():
+            raw = await self._redis.hgetall(self._prefix + "counts:" + name)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def create_store(url: str | None, prefix: str) -> StateStore:
+    return RedisStore.from_url(url, prefix) if url else MemoryStore()
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StateUnavailable(f"redis: {exc}") from exc
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
