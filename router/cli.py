@@ -55,6 +55,12 @@ def _standin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from router.stack import run_stack
+
+    return run_stack(args)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from router.calibrate import run_calibration
 
@@ -77,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="override server.host")
     serve.add_argument("--port", type=int, default=None, help="override server.port")
     serve.set_defaults(run=_serve)
+
+    up = sub.add_parser("up", help="start the whole stack here: a process per local tier, then the router")
+    up.add_argument("--config", default=DEFAULT_CONFIG)
+    up.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each process")
+    up.set_defaults(run=_up)
 
     standin = sub.add_parser("standin", help="run an OpenAI-compatible echo server (tests, benchmarks, demos)")
     standin.add_argument("--host", default="127.0.0.1")
