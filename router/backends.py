@@ -9,10 +9,12 @@ The remote API key is read from the environment variable the config names, sent 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import anyio
 import httpx
 
 from router.config import TierConfig
@@ -32,16 +34,20 @@ class UpstreamReply:
 class UpstreamStream:
     """An open upstream SSE response: iterate `chunks()` once, then it closes itself."""
 
-    def __init__(self, backend: TierBackend, response: httpx.Response) -> None:
+    def __init__(self, backend: TierBackend, response: httpx.Response, deadline: float) -> None:
         self._backend = backend
         self._response = response
+        self._deadline = deadline
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The raw body as it arrives; a gap over `between_chunks` or a stream past `total` is a timeout."""
         try:
             with self._backend.translating():
                 async for chunk in self._response.aiter_raw():
                     if chunk:
                         yield chunk
+                    if time.monotonic() > self._deadline:
+                        raise UpstreamTimeout(self._backend.name, "the stream ran past its total timeout")
         finally:
             await self._response.aclose()
 
@@ -71,7 +77,7 @@ class TierBackend:
                 self.missing_key = config.api_key_env
         t = config.timeouts
         self._complete_timeout = httpx.Timeout(t.total, connect=t.connect)
-        self._stream_timeout = httpx.Timeout(max(t.first_byte, t.between_chunks), connect=t.connect)
+        self._stream_timeout = httpx.Timeout(t.between_chunks, connect=t.connect)
 
     def __repr__(self) -> str:  # never shows headers, so never the key
         return f"TierBackend({self.name!r}, {self.config.base_url!r})"
@@ -92,7 +98,11 @@ class TierBackend:
             "POST", self._url, content=payload, headers=self._headers, timeout=self._stream_timeout
         )
         with self.translating():
-            response = await self._client.send(request, stream=True)
+            try:
+                with anyio.fail_after(self.config.timeouts.first_byte):
+                    response = await self._client.send(request, stream=True)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(self.name, "no response headers in time (first_byte timeout)") from exc
         if response.status_code != 200:
             try:
                 with self.translating():
@@ -100,7 +110,7 @@ class TierBackend:
             finally:
                 await response.aclose()
             self._raise_for_status(response.status_code, body, response.headers)
-        return UpstreamStream(self, response)
+        return UpstreamStream(self, response, time.monotonic() + self.config.timeouts.total)
 
     async def probe(self, timeout_s: float = 1.0) -> tuple[bool, str]:
         """Is the tier reachable now? Used by `/ready`; never raises."""

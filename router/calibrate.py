@@ -84,7 +84,7 @@ async def score_all(config: Config, requests: list[ChatCompletionRequest]) -> li
 
 
 def run_calibration(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, calibrated=False)
     requests = read_prompts(args.prompts)
     scores = asyncio.run(score_all(config, requests))
     threshold, achieved = threshold_for_share(scores, args.small_share)

@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: noise, and CPU on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -135,8 +135,11 @@ class Calibration(_Strict):
     achieved_share: Unit = 0.0
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, decode and validate; raise `ConfigError` on any problem."""
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *, calibrated: bool = True) -> Config:
+    """Read, override from the environment, decode and validate; raise `ConfigError` on any problem.
+
+    With `calibrated=False` the calibration file is not applied (what `tiered-router calibrate` needs).
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -148,18 +151,22 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(path, "(root)", "expected a mapping at the top level")
     _apply_env_overrides(raw, os.environ if environ is None else environ, path)
     raw["source"] = str(path)
+    if isinstance(raw.get("tiers"), dict):
+        # Decoded one by one first: msgspec names a bad dict entry `[...]`, we want `tiers.<name>`.
+        for name, tier in raw["tiers"].items():
+            decode_struct(tier, TierConfig, path, prefix=f"tiers.{name}")
     config = decode_struct(raw, Config, path)
     validate(config)
-    return apply_calibration(config)
+    return apply_calibration(config) if calibrated else config
 
 
-def decode_struct(raw: Any, kind: type[T], path: Path | str) -> T:
+def decode_struct(raw: Any, kind: type[T], path: Path | str, prefix: str = "") -> T:
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
         reason, _, where = str(exc).partition(" - at `$")
-        key = where.rstrip("`").lstrip(".") or "(root)"
-        raise ConfigError(path, key, reason) from exc
+        key = prefix + where.rstrip("`")
+        raise ConfigError(path, key.lstrip(".") or "(root)", reason) from exc
 
 
 def validate(config: Config) -> None:

@@ -8,6 +8,7 @@ forwarded. Plain ASGI, so it costs as little CPU as possible when used as a benc
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -53,6 +54,8 @@ class StandinSettings:
     max_words: int = 64
     record: int = 200
     """How many received requests to keep for `GET /_standin/requests`."""
+    hold_after_first: threading.Event | None = None
+    """When given, a stream pauses after its first word until the event is set (tests of pass-through)."""
 
 
 @dataclass
@@ -115,6 +118,9 @@ class Standin:
             if settings.chunk_delay_s:
                 await asyncio.sleep(settings.chunk_delay_s)
             await emit(Delta(content=word if i == 0 else " " + word))
+            if i == 0 and settings.hold_after_first is not None:
+                while not settings.hold_after_first.is_set():
+                    await asyncio.sleep(0.01)
         await emit(Delta(), "stop")
         options = request.stream_options
         if options and options.include_usage is True:

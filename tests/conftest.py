@@ -1,0 +1,91 @@
+"""Shared fixtures: stand-in upstreams, a private Redis, and routers built from YAML on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.app import create_app
+from router.config import Config, load_config
+from router.standin import Standin, StandinSettings
+from tests.servers import ServerThread, free_port, redis_server
+
+os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def router_yaml(small: str, large: str, remote: str, **overrides: Any) -> dict[str, Any]:
+    """The shipped config/router.yaml with the tiers pointed at the given base URLs."""
+    raw: dict[str, Any] = yaml.safe_load((REPO / "config" / "router.yaml").read_text())
+    raw["server"]["port"] = 0
+    for name, url in (("small", small), ("large", large), ("remote", remote)):
+        raw["tiers"][name]["base_url"] = url
+    raw["tiers"]["remote"]["api_key_env"] = "TEST_REMOTE_KEY"
+    for key, value in overrides.items():
+        raw[key] = value
+    return raw
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def standins() -> Iterator[dict[str, ServerThread]]:
+    """One stand-in per tier, named after it, shared by the session."""
+    servers = {name: ServerThread(Standin(StandinSettings(name=name))) for name in ("small", "large", "remote")}
+    for server in servers.values():
+        server.__enter__()
+    yield servers
+    for server in servers.values():
+        server.__exit__(None, None, None)
+
+
+RouterFactory = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def start_router(tmp_path: Path, standins: dict[str, ServerThread]) -> Iterator[RouterFactory]:
+    """Start a real router (uvicorn on loopback) from YAML; keyword args override top-level config keys."""
+    started: list[ServerThread] = []
+
+    def start(
+        raw: dict[str, Any] | None = None, environ: dict[str, str] | None = None, **overrides: Any
+    ) -> ServerThread:
+        if raw is None:
+            raw = router_yaml(*(f"{standins[t].url}/v1" for t in ("small", "large", "remote")), **overrides)
+        config = load_config(write_config(tmp_path / f"router{len(started)}.yaml", raw), environ={})
+        env = {"TEST_REMOTE_KEY": "sk-test-secret-key"} if environ is None else environ
+        server = ServerThread(create_app(config, environ=env))
+        server.__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def shipped_config() -> Config:
+    return load_config(REPO / "config" / "router.yaml", environ={})
+
+
+@pytest.fixture
+def unused_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"
