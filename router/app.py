@@ -25,7 +25,12 @@ from router.state import StateStore, create_store
 
 log = logging.getLogger(__name__)
 
-_HTTP_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+_HTTP_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
 def create_app(

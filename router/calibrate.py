@@ -76,9 +76,7 @@ async def score_all(config: Config, requests: list[ChatCompletionRequest]) -> li
     classifier = build_classifier(config)
     await classifier.start()
     try:
-        return [
-            classifier.score(Conversation.from_request(r, config.classifier.max_chars)).score for r in requests
-        ]
+        return [classifier.score(Conversation.from_request(r, config.classifier.max_chars)).score for r in requests]
     finally:
         await classifier.close()
 

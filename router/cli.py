@@ -17,7 +17,9 @@ DEFAULT_CONFIG = "config/router.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # httpx logs every request at INFO: noise, and CPU on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
@@ -49,7 +51,9 @@ def _standin(args: argparse.Namespace) -> int:
     from router.standin import Standin, StandinSettings
 
     settings = StandinSettings(
-        name=args.name, chunk_delay_s=args.chunk_delay_ms / 1000, response_delay_s=args.delay_ms / 1000,
+        name=args.name,
+        chunk_delay_s=args.chunk_delay_ms / 1000,
+        response_delay_s=args.delay_ms / 1000,
         fail_status=args.fail_status,
     )
     print(f"stand-in '{args.name}' on http://{args.host}:{args.port}/v1", flush=True)
@@ -104,14 +108,36 @@ def _parser() -> argparse.ArgumentParser:
         "calibrate", help="find the score threshold that sends a target share of traffic to the small tier"
     )
     calibrate.add_argument("--config", default=DEFAULT_CONFIG)
-    calibrate.add_argument("--prompts", required=True, type=Path, help="JSONL ({'messages': [...]} or {'prompt': ...}) or one prompt per line")
-    calibrate.add_argument("--small-share", required=True, type=float, help="target share of traffic for the small tier, 0..1")
-    calibrate.add_argument("--output", type=Path, default=None, help="where to write the calibration (default: config dir / calibration.yaml)")
+    calibrate.add_argument(
+        "--prompts",
+        required=True,
+        type=Path,
+        help="JSONL ({'messages': [...]} or {'prompt': ...}) or one prompt per line",
+    )
+    calibrate.add_argument(
+        "--small-share", required=True, type=float, help="target share of traffic for the small tier, 0..1"
+    )
+    calibrate.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the calibration (default: config dir / calibration.yaml)",
+    )
     calibrate.set_defaults(run=_calibrate)
 
     train = sub.add_parser("train-classifier", help="retrain the embedding classifier on labelled prompts")
-    train.add_argument("--data", type=Path, default=None, help="labelled JSONL (default: the shipped router/data/labelled_prompts.jsonl)")
-    train.add_argument("--output", type=Path, default=None, help="weights file (default: the shipped router/data/embedding_classifier.json)")
+    train.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="labelled JSONL (default: the shipped router/data/labelled_prompts.jsonl)",
+    )
+    train.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="weights file (default: the shipped router/data/embedding_classifier.json)",
+    )
     train.add_argument("--heldout-every", type=int, default=5, help="hold out one example in N for the accuracy report")
     train.set_defaults(run=_train)
     return parser

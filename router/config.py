@@ -39,20 +39,20 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fr
     pass
 
 
-class ServerConfig(_Strict):
+class ServerConfig(_Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
 
 
-class Timeouts(_Strict):
+class Timeouts(_Strict, frozen=True):
     connect: Seconds = 2.0
     first_byte: Seconds = 60.0
     between_chunks: Seconds = 60.0
     total: Seconds = 600.0
 
 
-class TierConfig(_Strict):
+class TierConfig(_Strict, frozen=True):
     base_url: str
     model: str
     kind: Literal["worker", "remote"] = "worker"
@@ -63,7 +63,7 @@ class TierConfig(_Strict):
     max_connections: Annotated[int, Meta(ge=1)] = 256
 
 
-class ClassifierConfig(_Strict):
+class ClassifierConfig(_Strict, frozen=True):
     kind: str = "heuristic"
     threshold: Unit = 0.5
     calibration: str | None = None
@@ -71,7 +71,7 @@ class ClassifierConfig(_Strict):
     embedding_weights: str | None = None
 
 
-class ScoreRange(_Strict):
+class ScoreRange(_Strict, frozen=True):
     min: float | None = None
     max: float | None = None
 
@@ -80,7 +80,7 @@ class ScoreRange(_Strict):
         return (self.min is None or value >= self.min) and (self.max is None or value < self.max)
 
 
-class Match(_Strict):
+class Match(_Strict, frozen=True):
     score: ScoreRange | None = None
     complexity: Literal["simple", "complex"] | None = None
     prompt_tokens: ScoreRange | None = None
@@ -95,7 +95,7 @@ class Match(_Strict):
         return self == Match()
 
 
-class Rule(_Strict):
+class Rule(_Strict, frozen=True):
     name: str
     tier: str
     when: Match = Match()
@@ -103,16 +103,16 @@ class Rule(_Strict):
     fallback: list[str] | None = None
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(_Strict, frozen=True):
     allow_forced_tier: bool = True
 
 
-class RedisConfig(_Strict):
+class RedisConfig(_Strict, frozen=True):
     url: str | None = None
     prefix: str = "tiered-router:"
 
 
-class Config(_Strict):
+class Config(_Strict, frozen=True):
     tiers: dict[str, TierConfig]
     rules: list[Rule]
     server: ServerConfig = ServerConfig()
@@ -127,7 +127,7 @@ class Config(_Strict):
         return (base / relative).resolve()
 
 
-class Calibration(_Strict):
+class Calibration(_Strict, frozen=True):
     classifier: str
     threshold: Unit
     small_share: Unit
@@ -184,7 +184,9 @@ def validate(config: Config) -> None:
         _check_chain(src, f"tiers.{name}.fallback", tier.fallback, tiers, own=name)
     if config.classifier.kind not in CLASSIFIER_KINDS:
         raise ConfigError(
-            src, "classifier.kind", f"unknown classifier {config.classifier.kind!r} (known: {', '.join(CLASSIFIER_KINDS)})"
+            src,
+            "classifier.kind",
+            f"unknown classifier {config.classifier.kind!r} (known: {', '.join(CLASSIFIER_KINDS)})",
         )
     if not config.rules:
         raise ConfigError(src, "rules", "at least one rule is required, the last being the default")
@@ -200,10 +202,16 @@ def validate(config: Config) -> None:
             _check_chain(src, f"{key}.fallback", rule.fallback, tiers, own=rule.tier)
         _check_match(src, f"{key}.when", rule.when)
     if not config.rules[-1].when.is_empty():
-        raise ConfigError(src, f"rules[{len(config.rules) - 1}].when", "the last rule is the default and must match everything (no 'when')")
+        raise ConfigError(
+            src,
+            f"rules[{len(config.rules) - 1}].when",
+            "the last rule is the default and must match everything (no 'when')",
+        )
     for i, rule in enumerate(config.rules[:-1]):
         if rule.when.is_empty():
-            raise ConfigError(src, f"rules[{i}].when", "only the last rule may match everything; the rules after it would never run")
+            raise ConfigError(
+                src, f"rules[{i}].when", "only the last rule may match everything; the rules after it would never run"
+            )
 
 
 def apply_calibration(config: Config) -> Config:
@@ -238,7 +246,10 @@ def _check_chain(src: str, key: str, chain: list[str], tiers: set[str], *, own: 
 
 
 def _check_match(src: str, key: str, match: Match) -> None:
-    patterns = {"last_user_regex": match.last_user_regex, **{f"headers.{h}": p for h, p in (match.headers or {}).items()}}
+    patterns = {
+        "last_user_regex": match.last_user_regex,
+        **{f"headers.{h}": p for h, p in (match.headers or {}).items()},
+    }
     for field, pattern in patterns.items():
         if pattern is None:
             continue

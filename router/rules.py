@@ -95,9 +95,7 @@ class RuleSet:
         verdict = given.verdict
         if model in tiers and model not in self._aliases:
             if not self._config.routing.allow_forced_tier:
-                raise PermissionDenied(
-                    f"forcing a tier is disabled on this router; use model '{AUTO}'", param="model"
-                )
+                raise PermissionDenied(f"forcing a tier is disabled on this router; use model '{AUTO}'", param="model")
             tier = tiers[model]
             reasons = [f"model '{model}' forces tier '{model}'", *verdict.reasons]
             return RouteDecision(model, verdict.score, "forced", reasons, tier.guardrails, list(tier.fallback))

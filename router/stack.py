@@ -19,6 +19,12 @@ import httpx
 from router.config import Config, load_config
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_EXAMPLE = """\
+  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+  curl -s {url}/v1/route \\
+    -d '{{"messages": [{{"role": "user", "content": "Prove that sqrt(2) is irrational."}}]}}'
+"""
 
 
 def tier_commands(config: Config) -> dict[str, list[str]]:
@@ -68,13 +74,7 @@ def run_stack(args: argparse.Namespace) -> int:
         if not wait_ready(url + "/health", time.monotonic() + args.start_timeout):
             print("the router did not start", file=sys.stderr)
             return 1
-        print(
-            f"\ntiered-router is up: {url}/v1  (status: {url}/ready)\n\ntry:\n"
-            f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
-            """    -d '{"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'\n"""
-            f"  curl -s {url}/v1/route -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Prove that sqrt(2) is irrational.\"}}]}}'\n",
-            flush=True,
-        )
+        print(f"\ntiered-router is up: {url}/v1  (status: {url}/ready)\n\ntry:\n{_EXAMPLE.format(url=url)}", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return 1

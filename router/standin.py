@@ -119,8 +119,7 @@ class Standin:
                 await asyncio.sleep(settings.chunk_delay_s)
             await emit(Delta(content=word if i == 0 else " " + word))
             if i == 0 and settings.hold_after_first is not None:
-                while not settings.hold_after_first.is_set():
-                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(settings.hold_after_first.wait)
         await emit(Delta(), "stop")
         options = request.stream_options
         if options and options.include_usage is True:

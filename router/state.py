@@ -120,8 +120,8 @@ class RedisStore(StateStore):
 
     async def get(self, key: str) -> bytes | None:
         async with _translated():
-            value: bytes | None = await self._redis.get(self._prefix + key)
-            return value
+            value = await self._redis.get(self._prefix + key)
+            return _as_bytes(value) if value is not None else None
 
     async def delete(self, key: str) -> None:
         async with _translated():
@@ -134,21 +134,20 @@ class RedisStore(StateStore):
                 return {}
             values = await self._redis.mget(keys)
         strip = len(self._prefix)
-        return {k.decode()[strip:]: v for k, v in zip(keys, values, strict=True) if v is not None}
+        return {_as_str(k)[strip:]: _as_bytes(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def add_counts(self, name: str, counts: Mapping[str, int]) -> None:
         if not counts:
             return
-        async with _translated():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for field, amount in counts.items():
-                    pipe.hincrby(self._prefix + "counts:" + name, field, amount)
-                await pipe.execute()
+        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+            for field, amount in counts.items():
+                pipe.hincrby(self._prefix + "counts:" + name, field, amount)
+            await pipe.execute()
 
     async def read_counts(self, name: str) -> dict[str, int]:
         async with _translated():
             raw = await self._redis.hgetall(self._prefix + "counts:" + name)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_as_str(k): int(v) for k, v in raw.items()}
 
     async def ping(self) -> bool:
         try:
@@ -170,6 +169,14 @@ async def _translated() -> AsyncIterator[None]:
         yield
     except (RedisError, OSError) as exc:
         raise StateUnavailable(f"redis: {exc}") from exc
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:

@@ -76,7 +76,9 @@ class MiniLMEncoder:
                 # torch marks eager dynamic quantization deprecated in favour of torchao; it is still the
                 # one int8 CPU path that ships inside torch itself.
                 warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
         self._model = model
         self._threads = threads
         self._lock = threading.Lock()
@@ -86,9 +88,7 @@ class MiniLMEncoder:
         torch = self._torch
         full = self._tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
         lengths = [len(ids) for ids in full]
-        batch = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
+        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         with self._lock, torch.inference_mode():
             torch.set_num_threads(self._threads)
             hidden = self._model(**batch).last_hidden_state
@@ -146,11 +146,14 @@ class EmbeddingClassifier(ComplexityClassifier):
         row = design_row(embeddings[0], conversation)
         logit = float(np.dot(self._loaded.weights, row) + self._loaded.bias)
         score = float(1.0 / (1.0 + np.exp(-logit)))
-        reasons = [f"embedding: logistic model over MiniLM + {len(FEATURE_NAMES)} surface features (logit {logit:+.2f})"]
+        reasons = [
+            f"embedding: logistic model over MiniLM + {len(FEATURE_NAMES)} surface features (logit {logit:+.2f})"
+        ]
         if lengths[0] > MAX_TOKENS:
             reasons.append(
                 f"truncated: the encoder read {MAX_TOKENS} of {lengths[0]} word pieces "
-                "(the last user message first, then the most recent earlier context); surface features read the whole conversation"
+                "(the last user message first, then the most recent earlier context); "
+                "surface features read the whole conversation"
             )
         if conversation.truncation:
             reasons.append(conversation.truncation)

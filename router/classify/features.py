@@ -54,8 +54,9 @@ _CONSTRAINTS = re.compile(
     re.IGNORECASE,
 )
 _SIMPLE = re.compile(
-    r"^\s*(?:what(?:'s| is| are| was)|who(?:'s| is| was)|when (?:is|was|did)|where (?:is|was)|how (?:many|much|old|tall|far)"
-    r"|define|translate|spell|convert|hi\b|hello|hey|thanks|thank you|quelle? est|was ist|qué es|cuál es)",
+    r"^\s*(?:what(?:'s| is| are| was)|who(?:'s| is| was)|when (?:is|was|did)|where (?:is|was)"
+    r"|how (?:many|much|old|tall|far)|define|translate|spell|convert|hi\b|hello|hey|thanks|thank you"
+    r"|quelle? est|was ist|qué es|cuál es)",
     re.IGNORECASE,
 )
 

@@ -73,7 +73,7 @@ def accuracy(weights: np.ndarray, bias: float, x: np.ndarray, y: np.ndarray) -> 
 
 
 def embed_examples(encoder: MiniLMEncoder, examples: list[Example], batch: int = 32) -> np.ndarray:
-    rows = []
+    rows: list[np.ndarray] = []
     for start in range(0, len(examples), batch):
         chunk = examples[start : start + batch]
         embeddings, _ = encoder.encode([conversation_input(e.conversation) for e in chunk])

@@ -222,7 +222,11 @@ def test_upstream_failures_name_the_tier(start_router: RouterFactory, unused_url
     rejecting = ServerThread(Standin(StandinSettings(name="rejecting", fail_status=400)))
     with failing, slow, rejecting:
         raw = router_yaml(f"{failing.url}/v1", unused_url, f"{rejecting.url}/v1")
-        raw["tiers"]["slow"] = {"base_url": f"{slow.url}/v1", "model": "slow", "timeouts": {"total": 0.3, "first_byte": 0.3}}
+        raw["tiers"]["slow"] = {
+            "base_url": f"{slow.url}/v1",
+            "model": "slow",
+            "timeouts": {"total": 0.3, "first_byte": 0.3},
+        }
         router = start_router(raw)
         cases = {"small": 502, "large": 503, "slow": 504}
         for tier, status in cases.items():

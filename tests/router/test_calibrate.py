@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from router.calibrate import threshold_for_share
+from router.classify.training import DEFAULT_DATA
 from router.cli import main
 from router.config import ConfigError, load_config
-from router.classify.training import DEFAULT_DATA
 from tests.conftest import REPO
 
 
@@ -33,7 +33,9 @@ def test_calibrate_command_and_router_uses_it(tmp_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(raw))
     plain = tmp_path / "prompts.txt"
     plain.write_text("\n".join(f"question number {i}: what is {i} plus {i}?" for i in range(20)))
-    assert main(["calibrate", "--config", str(config_path), "--prompts", str(DEFAULT_DATA), "--small-share", "0.7"]) == 0
+    assert (
+        main(["calibrate", "--config", str(config_path), "--prompts", str(DEFAULT_DATA), "--small-share", "0.7"]) == 0
+    )
     written = yaml.safe_load((tmp_path / "calibration.yaml").read_text())
     assert written["classifier"] == "heuristic" and written["prompts"] > 600
     assert abs(written["achieved_share"] - 0.7) < 0.01
@@ -45,4 +47,19 @@ def test_calibrate_command_and_router_uses_it(tmp_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="calibrated for the 'heuristic' classifier"):
         load_config(config_path, environ={})
-    assert main(["calibrate", "--config", str(config_path), "--prompts", str(plain), "--small-share", "0.5", "--output", str(tmp_path / "c2.yaml")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--config",
+                str(config_path),
+                "--prompts",
+                str(plain),
+                "--small-share",
+                "0.5",
+                "--output",
+                str(tmp_path / "c2.yaml"),
+            ]
+        )
+        == 0
+    )

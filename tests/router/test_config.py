@@ -36,15 +36,27 @@ def test_shipped_config_loads(shipped_config: Any) -> None:
         (lambda c: c["server"].update(port="eighty"), "server.port", "Expected `int`"),
         (lambda c: c["tiers"]["small"].update(colour="red"), "tiers.small", "unknown field `colour`"),
         (lambda c: c["rules"][0].update(tier="huge"), "rules[0].tier", "unknown tier 'huge'"),
-        (lambda c: c["rules"][0]["when"].update(headers={"x-tier": "(["}), "rules[0].when.headers.x-tier", "invalid regular expression"),
-        (lambda c: c["rules"].append({"name": "late", "tier": "small", "when": {"complexity": "simple"}}), "rules[6].when", "default"),
+        (
+            lambda c: c["rules"][0]["when"].update(headers={"x-tier": "(["}),
+            "rules[0].when.headers.x-tier",
+            "invalid regular expression",
+        ),
+        (
+            lambda c: c["rules"].append({"name": "late", "tier": "small", "when": {"complexity": "simple"}}),
+            "rules[6].when",
+            "default",
+        ),
         (lambda c: c["rules"].insert(0, {"name": "all", "tier": "small"}), "rules[0].when", "only the last rule"),
         (lambda c: c["classifier"].update(kind="magic"), "classifier.kind", "unknown classifier 'magic'"),
         (lambda c: c["classifier"].update(threshold=1.5), "classifier.threshold", "Expected `float` <= 1.0"),
         (lambda c: c["tiers"]["large"].update(fallback=["nowhere"]), "tiers.large.fallback", "unknown tier 'nowhere'"),
         (lambda c: c["tiers"]["large"].update(fallback=["large"]), "tiers.large.fallback", "itself"),
         (lambda c: c["tiers"]["small"].update(base_url="ftp://x"), "tiers.small.base_url", "http(s) URL"),
-        (lambda c: c["rules"][2]["when"].update(prompt_tokens={"min": 10, "max": 5}), "rules[2].when.prompt_tokens", "below max"),
+        (
+            lambda c: c["rules"][2]["when"].update(prompt_tokens={"min": 10, "max": 5}),
+            "rules[2].when.prompt_tokens",
+            "below max",
+        ),
         (lambda c: c.update(rules=[]), "rules", "at least one rule"),
     ],
 )
@@ -93,7 +105,10 @@ def test_serve_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
     path = write(tmp_path, raw)
     result = subprocess.run(
         [sys.executable, "-m", "router.cli", "serve", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert result.returncode == 2
     assert f"{path}: rules[1].tier: unknown tier 'medium'" in result.stderr

@@ -27,7 +27,9 @@ def ruleset(rules: list[dict[str, Any]], **extra: Any) -> RuleSet:
     return RuleSet(config)
 
 
-def decide(rules: RuleSet, score: float = 0.2, headers: dict[str, str] | None = None, key_group: str | None = None, **body: Any) -> RouteDecision:
+def decide(
+    rules: RuleSet, score: float = 0.2, headers: dict[str, str] | None = None, key_group: str | None = None, **body: Any
+) -> RouteDecision:
     body.setdefault("messages", [{"role": "user", "content": "hello there"}])
     request = decode_chat_request(msgspec.json.encode(body))
     conversation = Conversation.from_request(request, 32_000)
@@ -51,7 +53,9 @@ def test_first_match_wins_and_default_is_last() -> None:
 
 
 def test_complexity_uses_the_threshold() -> None:
-    rules = ruleset([{"name": "simple", "tier": "small", "when": {"complexity": "simple"}}, DEFAULT], classifier={"threshold": 0.3})
+    rules = ruleset(
+        [{"name": "simple", "tier": "small", "when": {"complexity": "simple"}}, DEFAULT], classifier={"threshold": 0.3}
+    )
     assert decide(rules, 0.29).tier == "small"
     assert decide(rules, 0.3).tier == "large"
 
@@ -71,7 +75,11 @@ def test_regex_header_tokens_tools_format_model_group() -> None:
     )
     assert decide(rules, messages=[{"role": "user", "content": "Please TRANSLATE this"}]).rule == "regex"
     # the regex reads the last user message only
-    earlier = [{"role": "user", "content": "translate"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "hi"}]
+    earlier = [
+        {"role": "user", "content": "translate"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "hi"},
+    ]
     assert decide(rules, messages=earlier).rule == "default"
     assert decide(rules, headers={"x-tier": "small"}).rule == "header"
     assert decide(rules, headers={"x-tier": "smallish"}).rule == "default"
@@ -85,7 +93,12 @@ def test_regex_header_tokens_tools_format_model_group() -> None:
 
 
 def test_action_guardrails_and_fallback_default_to_the_tier() -> None:
-    rules = ruleset([{"name": "x", "tier": "small", "when": {"score": {"max": 0.5}}, "guardrails": True, "fallback": ["remote"]}, DEFAULT])
+    rules = ruleset(
+        [
+            {"name": "x", "tier": "small", "when": {"score": {"max": 0.5}}, "guardrails": True, "fallback": ["remote"]},
+            DEFAULT,
+        ]
+    )
     explicit = decide(rules, 0.1)
     assert (explicit.guardrails, explicit.fallback) == (True, ["remote"])
     inherited = decide(rules, 0.9)

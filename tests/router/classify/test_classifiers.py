@@ -16,7 +16,12 @@ from router.classify.training import DEFAULT_DATA, load_examples
 from router.conversation import Conversation
 from router.protocol import ChatCompletionRequest, ChatMessage
 
-SIMPLE = ["What is the capital of France?", "hi!", "Translate 'good morning' into Spanish.", "How many legs does a spider have?"]
+SIMPLE = [
+    "What is the capital of France?",
+    "hi!",
+    "Translate 'good morning' into Spanish.",
+    "How many legs does a spider have?",
+]
 COMPLEX = [
     "Prove that there are infinitely many primes. Explain each step of the proof rigorously.",
     "Write a Python function that parses ISO 8601 durations, with pytest tests covering the edge cases.",
@@ -55,7 +60,11 @@ def test_reads_the_whole_conversation(classifier: ComplexityClassifier) -> None:
     in_context = classifier.score(
         conv(
             ("system", "You are a rigorous mathematics tutor. Always give complete proofs."),
-            ("user", "Prove by induction that the sum of the first n odd numbers is n^2, then derive a closed form for the sum of squares."),
+            (
+                "user",
+                "Prove by induction that the sum of the first n odd numbers is n^2, "
+                "then derive a closed form for the sum of squares.",
+            ),
             ("assistant", "Part one: base case n = 1 holds since 1 = 1^2. Inductive step: ..."),
             ("user", follow_up),
         )
@@ -73,7 +82,13 @@ def test_truncation_is_reported(classifier: ComplexityClassifier) -> None:
 
 
 def test_scores_in_unit_interval_for_odd_input(classifier: ComplexityClassifier) -> None:
-    for turns in ([("user", "")], [("user", "?" * 500)], [("assistant", "x")], [("user", "🙂" * 100)], [("user", "$" * 1000)]):
+    for turns in (
+        [("user", "")],
+        [("user", "?" * 500)],
+        [("assistant", "x")],
+        [("user", "🙂" * 100)],
+        [("user", "$" * 1000)],
+    ):
         verdict = classifier.score(conv(*turns))
         assert 0.0 <= verdict.score <= 1.0
 
