@@ -82,6 +82,7 @@ def create_app(
         },
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
+        logging_config=None,  # the process (the CLI) owns logging; see router.cli
         debug=False,
     )
 

@@ -19,6 +19,7 @@ import httpx
 
 from router.config import TierConfig
 from router.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.transport import FastHTTPTransport
 
 RELAYED_CLIENT_ERRORS = frozenset({400, 413, 422})
 """Upstream statuses that blame the client's request; relayed as they are."""
@@ -64,39 +65,39 @@ class TierBackend:
         self.name = name
         self.config = config
         self._client = client
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
-        self._models_url = config.base_url.rstrip("/") + "/models"
+        # Parsed once: building URLs and headers per request is a measurable share of httpx's CPU cost.
+        self._url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")
+        self._models_url = httpx.URL(config.base_url.rstrip("/") + "/models")
         env = os.environ if environ is None else environ
-        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        # identity: upstream bytes are relayed as they are, so they must not arrive compressed.
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
         self.missing_key: str | None = None
         if config.api_key_env:
             key = env.get(config.api_key_env)
             if key:
-                self._headers["authorization"] = f"Bearer {key}"
+                headers["authorization"] = f"Bearer {key}"
             else:
                 self.missing_key = config.api_key_env
+        self._headers = httpx.Headers(headers)
         t = config.timeouts
-        self._complete_timeout = httpx.Timeout(t.total, connect=t.connect)
-        self._stream_timeout = httpx.Timeout(t.between_chunks, connect=t.connect)
+        self._complete_timeout = httpx.Timeout(t.total, connect=t.connect).as_dict()
+        self._stream_timeout = httpx.Timeout(t.between_chunks, connect=t.connect).as_dict()
 
     def __repr__(self) -> str:  # never shows headers, so never the key
         return f"TierBackend({self.name!r}, {self.config.base_url!r})"
 
     async def complete(self, payload: bytes) -> UpstreamReply:
         self._require_key()
+        request = self._request(payload, self._complete_timeout)
         with self.translating():
-            response = await self._client.post(
-                self._url, content=payload, headers=self._headers, timeout=self._complete_timeout
-            )
+            response = await self._client.send(request)
         self._raise_for_status(response.status_code, response.content, response.headers)
         return UpstreamReply(response.status_code, response.content, _passed_headers(response.headers))
 
     async def open_stream(self, payload: bytes) -> UpstreamStream:
         """Send the request and wait for the upstream's status line; errors before any byte raise here."""
         self._require_key()
-        request = self._client.build_request(
-            "POST", self._url, content=payload, headers=self._headers, timeout=self._stream_timeout
-        )
+        request = self._request(payload, self._stream_timeout)
         with self.translating():
             try:
                 with anyio.fail_after(self.config.timeouts.first_byte):
@@ -123,6 +124,9 @@ class TierBackend:
         if response.status_code != 200:
             return False, f"answered {response.status_code}"
         return True, "ok"
+
+    def _request(self, payload: bytes, timeout: dict[str, float | None]) -> httpx.Request:
+        return httpx.Request("POST", self._url, content=payload, headers=self._headers, extensions={"timeout": timeout})
 
     @contextmanager
     def translating(self) -> Iterator[None]:
@@ -170,8 +174,12 @@ class RelayedClientError(UpstreamError):
 
 
 def create_client(max_connections: int) -> httpx.AsyncClient:
-    """The one pooled client every backend shares; per-request timeouts come from each tier."""
+    """The one pooled client every backend shares; per-request timeouts come from each tier.
+
+    Plain-HTTP upstreams (the workers) go through `FastHTTPTransport`; https ones through httpx's own.
+    """
     return httpx.AsyncClient(
+        mounts={"http://": FastHTTPTransport(max_connections)},
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         timeout=httpx.Timeout(60.0, connect=2.0),
         follow_redirects=False,
