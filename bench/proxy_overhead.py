@@ -63,8 +63,20 @@ def wait_ready(url: str) -> None:
 def wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
     threads = 1 if concurrency < 8 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result: dict[str, float] = json.loads(line[len("RESULT ") :])
@@ -131,8 +143,10 @@ def main() -> int:
         for row in results:
             fh.write(json.dumps({**meta, **row}) + "\n")
 
-    print(f"\n{'conc':>4} | {'direct p50':>10} {'p99':>7} {'rps':>6} | {'router p50':>10} {'p99':>7} {'rps':>6} "
-          f"| {'+p50':>6} {'+p99':>6} | {'cpu/req':>7} | errors")
+    print(
+        f"\n{'conc':>4} | {'direct p50':>10} {'p99':>7} {'rps':>6} | {'router p50':>10} {'p99':>7} {'rps':>6} "
+        f"| {'+p50':>6} {'+p99':>6} | {'cpu/req':>7} | errors"
+    )
     for r in results:
         d, p = r["direct"], r["proxied"]
         print(
