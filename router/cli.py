@@ -45,6 +45,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from workers.app import create_worker_app
+    from workers.config import worker_config
+
+    config = load_config(args.config)
+    worker = worker_config(config, args.tier)
+    host = args.host or worker.host
+    port = worker.port if args.port is None else args.port
+    print(f"tiered-router worker '{args.tier}' ({worker.model}) on http://{host}:{port}/v1", flush=True)
+    app = create_worker_app(config, args.tier)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
+    return 0
+
+
 def _standin(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -89,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="override server.host")
     serve.add_argument("--port", type=int, default=None, help="override server.port")
     serve.set_defaults(run=_serve)
+
+    worker = sub.add_parser("worker", help="serve one tier's local model (ports 8001 small / 8002 large by default)")
+    worker.add_argument("--tier", required=True, help="the tier to serve, e.g. small or large")
+    worker.add_argument("--config", default=DEFAULT_CONFIG)
+    worker.add_argument("--host", default=None, help="override workers.<tier>.host")
+    worker.add_argument("--port", type=int, default=None, help="override workers.<tier>.port")
+    worker.set_defaults(run=_worker)
 
     up = sub.add_parser("up", help="start the whole stack here: a process per local tier, then the router")
     up.add_argument("--config", default=DEFAULT_CONFIG)

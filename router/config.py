@@ -35,24 +35,24 @@ class ConfigError(Exception):
         self.path, self.key, self.reason = str(path), key, reason
 
 
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
     pass
 
 
-class ServerConfig(_Strict, frozen=True):
+class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
 
 
-class Timeouts(_Strict, frozen=True):
+class Timeouts(Strict, frozen=True):
     connect: Seconds = 2.0
     first_byte: Seconds = 60.0
     between_chunks: Seconds = 60.0
     total: Seconds = 600.0
 
 
-class TierConfig(_Strict, frozen=True):
+class TierConfig(Strict, frozen=True):
     base_url: str
     model: str
     kind: Literal["worker", "remote"] = "worker"
@@ -63,7 +63,7 @@ class TierConfig(_Strict, frozen=True):
     max_connections: Annotated[int, Meta(ge=1)] = 256
 
 
-class ClassifierConfig(_Strict, frozen=True):
+class ClassifierConfig(Strict, frozen=True):
     kind: str = "heuristic"
     threshold: Unit = 0.5
     calibration: str | None = None
@@ -71,7 +71,7 @@ class ClassifierConfig(_Strict, frozen=True):
     embedding_weights: str | None = None
 
 
-class ScoreRange(_Strict, frozen=True):
+class ScoreRange(Strict, frozen=True):
     min: float | None = None
     max: float | None = None
 
@@ -80,7 +80,7 @@ class ScoreRange(_Strict, frozen=True):
         return (self.min is None or value >= self.min) and (self.max is None or value < self.max)
 
 
-class Match(_Strict, frozen=True):
+class Match(Strict, frozen=True):
     score: ScoreRange | None = None
     complexity: Literal["simple", "complex"] | None = None
     prompt_tokens: ScoreRange | None = None
@@ -95,7 +95,7 @@ class Match(_Strict, frozen=True):
         return self == Match()
 
 
-class Rule(_Strict, frozen=True):
+class Rule(Strict, frozen=True):
     name: str
     tier: str
     when: Match = Match()
@@ -103,22 +103,24 @@ class Rule(_Strict, frozen=True):
     fallback: list[str] | None = None
 
 
-class RoutingConfig(_Strict, frozen=True):
+class RoutingConfig(Strict, frozen=True):
     allow_forced_tier: bool = True
 
 
-class RedisConfig(_Strict, frozen=True):
+class RedisConfig(Strict, frozen=True):
     url: str | None = None
     prefix: str = "tiered-router:"
 
 
-class Config(_Strict, frozen=True):
+class Config(Strict, frozen=True):
     tiers: dict[str, TierConfig]
     rules: list[Rule]
     server: ServerConfig = ServerConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     routing: RoutingConfig = RoutingConfig()
     redis: RedisConfig = RedisConfig()
+    workers: dict[str, dict[str, Any]] = {}
+    """Per-tier worker settings, decoded by `workers.config.worker_config` (validated here too)."""
     source: str = ""
     """The file this config came from (set by the loader, used in messages and relative paths)."""
 
@@ -127,7 +129,7 @@ class Config(_Strict, frozen=True):
         return (base / relative).resolve()
 
 
-class Calibration(_Strict, frozen=True):
+class Calibration(Strict, frozen=True):
     classifier: str
     threshold: Unit
     small_share: Unit
@@ -201,6 +203,12 @@ def validate(config: Config) -> None:
         if rule.fallback is not None:
             _check_chain(src, f"{key}.fallback", rule.fallback, tiers, own=rule.tier)
         _check_match(src, f"{key}.when", rule.when)
+    from workers.config import worker_config  # the worker's own schema; imports nothing heavy
+
+    for name in config.workers:
+        if name not in tiers:
+            raise ConfigError(src, f"workers.{name}", f"no tier named '{name}' (defined: {', '.join(sorted(tiers))})")
+        worker_config(config, name)
     if not config.rules[-1].when.is_empty():
         raise ConfigError(
             src,

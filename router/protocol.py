@@ -81,6 +81,10 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
     parallel_tool_calls: bool | UnsetType = UNSET
     response_format: Raw | UnsetType = UNSET
     metadata: Raw | UnsetType = UNSET
+    min_tokens: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    """vLLM's extension, honoured by our workers: no end-of-sequence before this many tokens."""
+    ignore_eos: bool | UnsetType = UNSET
+    """vLLM's extension: generate exactly max_tokens (benchmarks)."""
 
     def token_limit(self) -> int | None:
         """The requested generation cap: `max_completion_tokens` wins over `max_tokens`."""

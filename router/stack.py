@@ -27,16 +27,19 @@ _EXAMPLE = """\
 """
 
 
-def tier_commands(config: Config) -> dict[str, list[str]]:
-    """The command that serves each local worker tier."""
+def tier_commands(config: Config, config_path: str) -> dict[str, list[str]]:
+    """The command that serves each local worker tier: its model worker, or the echo stand-in if it has none."""
     commands = {}
+    cli = [sys.executable, "-m", "router.cli"]
     for name, tier in config.tiers.items():
         url = urlsplit(tier.base_url)
         if tier.kind != "worker" or url.hostname not in LOCAL_HOSTS:
             continue
         port = str(url.port or 80)
-        # Until workers/ serves real models, each local tier is an OpenAI-compatible stand-in.
-        commands[name] = [sys.executable, "-m", "router.cli", "standin", "--port", port, "--name", f"{name}-standin"]
+        if name in config.workers:
+            commands[name] = [*cli, "worker", "--tier", name, "--config", config_path, "--port", port]
+        else:
+            commands[name] = [*cli, "standin", "--port", port, "--name", f"{name}-standin"]
     return commands
 
 
@@ -61,11 +64,12 @@ def run_stack(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        for name, command in tier_commands(config).items():
+        for name, command in tier_commands(config, args.config).items():
             print(f"starting tier '{name}': {' '.join(command[1:])}", flush=True)
             procs.append(subprocess.Popen(command, env=env))
+        for name in tier_commands(config, args.config):
             base = config.tiers[name].base_url.rstrip("/")
-            if not wait_ready(base + "/models", time.monotonic() + args.start_timeout):
+            if not wait_ready(base.removesuffix("/v1") + "/ready", time.monotonic() + args.start_timeout):
                 print(f"tier '{name}' did not become ready at {base}", file=sys.stderr)
                 return 1
         router = [sys.executable, "-m", "router.cli", "serve", "--config", args.config]

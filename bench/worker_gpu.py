@@ -1,0 +1,343 @@
+"""Worker decoding on a GPU, measured through the worker's HTTP API, with plain `generate` as the baseline.
+
+Builds real-shaped checkpoints with random weights on the GPU (Qwen2.5-1.5B shape in bf16, Qwen2.5-7B
+shape loaded in NF4), loads them through the worker's own loader, serves each configuration with the
+worker app on loopback and measures, per case: decode tokens/s at batch 1, aggregate tokens/s at 8 and
+16 concurrent requests, time to first token, and peak GPU memory (allocator and NVML views); CUDA
+graphs on and off. Each model is also timed with plain `model.generate` in the same run.
+
+    python bench/worker_gpu.py [--quick] [--out DIR]
+
+Writes JSON lines to DIR (default bench/results/) and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from router.config import load_config  # noqa: E402
+from tests.servers import ServerThread  # noqa: E402
+from workers.app import create_worker_app  # noqa: E402
+from workers.checkpoints import build_tokenizer  # noqa: E402
+
+SHAPES = {
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        intermediate_size=18944,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+def nvml_used_mb() -> float:
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
+    ).stdout
+    return float(out.strip().splitlines()[0]) if out.strip() else -1.0
+
+
+def build(name: str, root: Path) -> Path:
+    """A random-weight checkpoint of `name`'s shape, made on the GPU in bf16, with a locally trained tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = root / name
+    if (path / "config.json").exists():
+        return path
+    started = time.monotonic()
+    tokenizer = build_tokenizer(SHAPES[name]["vocab_size"])
+    config = Qwen2Config(
+        **SHAPES[name],
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    print(f"built {name} in {time.monotonic() - started:.0f}s", flush=True)
+    return path
+
+
+def plain_generate(path: Path, nf4: bool, prompt_len: int, new_tokens: int) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.cuda.reset_peak_memory_stats()
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": "cuda:0"}
+    if nf4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    ids = torch.randint(100, 1000, (1, prompt_len), device="cuda")
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    result = {"tok_s": new_tokens / elapsed, "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9}
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, prompt: str, new_tokens: int) -> dict[str, float]:
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": new_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    async with client.stream("POST", url, json=body, timeout=600) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+    return {"ttft_s": first - started, "decode_s": last - first, "total_s": last - started, "tokens": tokens}
+
+
+async def measure(url: str, prompt: str, new_tokens: int, concurrency: int) -> dict[str, float]:
+    async with httpx.AsyncClient() as client:
+        await one_stream(client, url, prompt, 16)  # warm-up
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, url, prompt, new_tokens) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    tokens = sum(r["tokens"] for r in results)
+    if concurrency == 1:
+        r = results[0]
+        return {"tok_s": (r["tokens"] - 1) / r["decode_s"], "ttft_ms": 1000 * r["ttft_s"], "tokens": tokens}
+    return {"tok_s": tokens / wall, "ttft_ms": 1000 * min(r["ttft_s"] for r in results), "tokens": tokens}
+
+
+def serve_case(config_path: Path, tier: str, cases: list[tuple[str, int, int]], prompt: str) -> list[dict[str, Any]]:
+    torch.cuda.reset_peak_memory_stats()
+    before = nvml_used_mb()
+    config = load_config(config_path, environ={})
+    server = ServerThread(create_worker_app(config, tier)).__enter__()
+    rows = []
+    try:
+        deadline = time.monotonic() + 900
+        while httpx.get(f"{server.url}/ready").status_code != 200:
+            detail = httpx.get(f"{server.url}/ready").json()["detail"]
+            if "failed" in detail or time.monotonic() > deadline:
+                raise RuntimeError(detail)
+            time.sleep(0.5)
+        memory = httpx.get(f"{server.url}/v1/memory").json()
+        for label, concurrency, new_tokens in cases:
+            result = asyncio.run(measure(f"{server.url}/v1/chat/completions", prompt, new_tokens, concurrency))
+            rows.append({"case": label, "concurrency": concurrency, **result})
+        peak = {
+            "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+            "nvml_used_gb": (nvml_used_mb() - before) / 1e3,
+            "ledger": memory,
+        }
+        for row in rows:
+            row.update(peak)
+    finally:
+        server.__exit__(None, None, None)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def write_config(path: Path, workers: dict[str, dict[str, Any]]) -> Path:
+    raw = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())
+    raw["workers"] = workers
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer tokens, for a smoke run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bench-checkpoints"))
+    parser.add_argument("--only", nargs="*", default=None, help="case name prefixes to run")
+    args = parser.parse_args()
+    new = 64 if args.quick else 256
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path("/tmp/bench-worker")
+    tmp.mkdir(exist_ok=True)
+    small, large = build("qwen2.5-1.5b", args.checkpoints), build("qwen2.5-7b", args.checkpoints)
+    tokenizer_prompt = "word " * 500  # ~512 prompt tokens after the chat template
+    results: list[dict[str, Any]] = []
+
+    def record(model: str, variant: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            row.update(model=model, variant=variant, device=torch.cuda.get_device_name())
+            results.append(row)
+            print(json.dumps(row, default=str), flush=True)
+
+    base = {"device": "cuda", "dtype": "bfloat16", "max_tokens_cap": 4096, "max_tokens_default": 256, "queue_size": 64}
+    load_cases = [("batch1", 1, new), ("concurrent8", 8, new), ("concurrent16", 16, new)]
+    plan = [
+        (
+            "1.5b-bf16-graphs",
+            "small",
+            {**base, "model": str(small), "cuda_graphs": True, "max_seq_len": 2048, "max_batch_size": 16},
+            load_cases,
+        ),
+        (
+            "1.5b-bf16-eager",
+            "small",
+            {**base, "model": str(small), "cuda_graphs": False, "max_seq_len": 2048, "max_batch_size": 16},
+            [("batch1", 1, new)],
+        ),
+        (
+            "7b-nf4-graphs",
+            "large",
+            {
+                **base,
+                "model": str(large),
+                "quantization": "nf4",
+                "cuda_graphs": True,
+                "max_seq_len": 2048,
+                "max_batch_size": 16,
+            },
+            load_cases,
+        ),
+        (
+            "7b-nf4-eager",
+            "large",
+            {
+                **base,
+                "model": str(large),
+                "quantization": "nf4",
+                "cuda_graphs": False,
+                "max_seq_len": 2048,
+                "max_batch_size": 16,
+            },
+            [("batch1", 1, new)],
+        ),
+    ]
+    for name, tier, worker, cases in plan:
+        if args.only and not any(name.startswith(p) for p in args.only):
+            continue
+        path = write_config(tmp / f"{name}.yaml", {tier: worker})
+        record(name.split("-")[0], name, serve_case(path, tier, cases, tokenizer_prompt))
+
+    if not args.only or any(p.startswith("4k") for p in args.only):
+        long_worker = {
+            **base,
+            "model": str(large),
+            "quantization": "nf4",
+            "cuda_graphs": True,
+            "max_seq_len": 4352,
+            "max_batch_size": 1,
+        }
+        path = write_config(tmp / "4k.yaml", {"large": long_worker})
+        record("7b", "7b-nf4-one-4k-request", serve_case(path, "large", [("4k-prompt", 1, new)], "word " * 4000))
+    if not args.only or any(p.startswith("both") for p in args.only):
+        both = {
+            "small": {**base, "model": str(small), "max_seq_len": 2048, "max_batch_size": 8, "port": 0},
+            "large": {
+                **base,
+                "model": str(large),
+                "quantization": "nf4",
+                "max_seq_len": 2048,
+                "max_batch_size": 8,
+                "port": 0,
+            },
+        }
+        path = write_config(tmp / "both.yaml", both)
+        torch.cuda.reset_peak_memory_stats()
+        before = nvml_used_mb()
+        config = load_config(path, environ={})
+        servers = [ServerThread(create_worker_app(config, t)).__enter__() for t in ("small", "large")]
+        try:
+            for server in servers:
+                while httpx.get(f"{server.url}/ready").status_code != 200:
+                    time.sleep(0.5)
+            for server in servers:
+                asyncio.run(measure(f"{server.url}/v1/chat/completions", tokenizer_prompt, new, 8))
+            record(
+                "both",
+                "1.5b-bf16+7b-nf4",
+                [
+                    {
+                        "case": "both tiers, 8 concurrent each",
+                        "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+                        "nvml_used_gb": (nvml_used_mb() - before) / 1e3,
+                    }
+                ],
+            )
+        finally:
+            for server in servers:
+                server.__exit__(None, None, None)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    if not args.only or any(p.startswith("baseline") for p in args.only):
+        for model, path, nf4 in (("1.5b", small, False), ("7b", large, True)):
+            record(model, f"{model}-plain-generate", [{"case": "batch1", **plain_generate(path, nf4, 512, new)}])
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with (args.out / f"worker_gpu-{stamp}.jsonl").open("w") as fh:
+        for row in results:
+            fh.write(json.dumps(row, default=str) + "\n")
+    print(f"\n{'variant':<26} {'case':<32} {'tok/s':>8} {'ttft ms':>8} {'peak alloc':>10} {'reserved':>9} {'nvml':>7}")
+    for r in results:
+        print(
+            f"{r['variant']:<26} {r['case']:<32} {r.get('tok_s', 0):>8.1f} {r.get('ttft_ms', 0):>8.1f} "
+            f"{r.get('peak_allocated_gb', 0):>9.2f}G {r.get('peak_reserved_gb', 0):>8.2f}G {r.get('nvml_used_gb', 0):>6.2f}G"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Worker fixtures: tiny real checkpoints built once per session, and workers served on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.config import load_config
+from router.state import StateStore
+from tests.conftest import REPO
+from tests.servers import ServerThread
+from workers.app import create_worker_app
+from workers.engine import FaultHook
+from workers.memory import MemoryProbe
+
+GB = 1024**3
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.checkpoints import ensure_demo_checkpoints
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    ensure_demo_checkpoints(root)
+    return root
+
+
+WorkerFactory = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, checkpoint_dir: Path) -> Iterator[WorkerFactory]:
+    """Serve a worker for `tier` from the shipped config, with `overrides` merged into workers.<tier>."""
+    started: list[ServerThread] = []
+
+    def start(
+        tier: str = "small",
+        *,
+        probe: MemoryProbe | None = None,
+        store: StateStore | None = None,
+        fault_hook: FaultHook | None = None,
+        heartbeat_s: float = 1.0,
+        wait_ready: bool = True,
+        **overrides: Any,
+    ) -> ServerThread:
+        raw = yaml.safe_load((REPO / "config" / "router.yaml").read_text())
+        worker = raw["workers"][tier]
+        worker.update(checkpoint_dir=str(checkpoint_dir), device="cpu", **overrides)
+        path = tmp_path / f"router-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        config = load_config(path, environ={})
+        app = create_worker_app(config, tier, probe=probe, store=store, fault_hook=fault_hook, heartbeat_s=heartbeat_s)
+        server = ServerThread(app).__enter__()
+        started.append(server)
+        if wait_ready:
+            wait_until_ready(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+def wait_until_ready(server: ServerThread, timeout_s: float = 120.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{server.url}/ready")
+        if response.status_code == 200:
+            return
+        detail = response.json().get("detail", "")
+        if "failed" in detail:
+            raise RuntimeError(detail)
+        time.sleep(0.05)
+    raise TimeoutError("worker did not become ready")

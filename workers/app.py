@@ -1,0 +1,155 @@
+"""The worker's Litestar app: serves one model over the OpenAI chat API, plus /ready and /v1/memory.
+
+The model loads in the background after start-up (progress in the log); until it is ready, chat
+requests get 503 `not_ready` and `/ready` says so. The app knows nothing about CUDA: building the
+engine is `workers.setup`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.response import Stream
+
+from router.config import Config
+from router.http_errors import exception_handlers
+from router.protocol import ModelCard, ModelList, encode
+from router.service import parse_chat_request
+from router.state import StateStore, create_store
+from workers.config import WorkerConfig, worker_config
+from workers.engine import EngineError, FaultHook, QueueFull
+from workers.errors import NotReady, from_engine_error
+from workers.ledger import VramExhausted
+from workers.memory import MemoryProbe
+from workers.service import WorkerService
+from workers.setup import build_service
+from workers.telemetry import heartbeat_forever
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class WorkerState:
+    """What the handlers see: the service once the model is loaded, or why it is not there yet."""
+
+    def __init__(self, tier: str, config: WorkerConfig) -> None:
+        self.tier = tier
+        self.config = config
+        self.service: WorkerService | None = None
+        self.detail = "loading the model"
+
+    def ready(self) -> WorkerService:
+        if self.service is not None and self.service.engine.crashed:
+            self.detail = "the generation engine crashed; see the log"
+            self.service = None
+        if self.service is None:
+            raise NotReady(f"the '{self.tier}' worker is not ready: {self.detail}")
+        return self.service
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, State], worker: WorkerState) -> Response[bytes] | Stream:
+    service = worker.ready()
+    chat = parse_chat_request(await request.body())
+    try:
+        if chat.stream:
+            chunks = await service.open_stream(chat)
+            return Stream(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+        completion = await service.complete(chat)
+    except (VramExhausted, QueueFull, EngineError) as exc:
+        raise from_engine_error(exc) from exc
+    return Response(encode(completion), media_type=JSON)
+
+
+@get("/v1/models")
+async def list_models(worker: WorkerState) -> Response[bytes]:
+    name = worker.config.served_name or worker.tier
+    return Response(encode(ModelList([ModelCard(id=name)])), media_type=JSON)
+
+
+@get("/v1/memory")
+async def memory(worker: WorkerState) -> Response[bytes]:
+    return Response(encode(worker.ready().memory()), media_type=JSON)
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready")
+async def ready(worker: WorkerState) -> Response[bytes]:
+    with contextlib.suppress(NotReady):
+        worker.ready()
+    if worker.service is None:
+        return Response(encode({"ready": False, "detail": worker.detail}), media_type=JSON, status_code=503)
+    return Response(encode({"ready": True, **worker.service.status()}), media_type=JSON)
+
+
+def create_worker_app(
+    config: Config,
+    tier: str,
+    *,
+    probe: MemoryProbe | None = None,
+    store: StateStore | None = None,
+    fault_hook: FaultHook | None = None,
+    heartbeat_s: float = 1.0,
+) -> Litestar:
+    """The worker for `tier`. `probe` simulates a GPU in tests; `store` overrides `redis.url` for telemetry."""
+    worker = WorkerState(tier, worker_config(config, tier))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state_store = store
+        if state_store is None and config.redis.url:
+            state_store = create_store(config.redis.url, config.redis.prefix)
+        loading = asyncio.create_task(_load(config, worker, probe, fault_hook), name="load-model")
+        heartbeat = (
+            asyncio.create_task(heartbeat_forever(state_store, worker, heartbeat_s), name="heartbeat")
+            if state_store is not None
+            else None
+        )
+        try:
+            yield
+        finally:
+            for task in (heartbeat, loading):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if worker.service is not None:
+                await asyncio.to_thread(worker.service.engine.stop)
+            if state_store is not None and store is None:
+                await state_store.close()
+
+    provide: Callable[[], WorkerState] = lambda: worker  # noqa: E731
+    return Litestar(
+        route_handlers=[chat_completions, list_models, memory, health, ready],
+        lifespan=[lifespan],
+        dependencies={"worker": Provide(provide, sync_to_thread=False)},
+        exception_handlers=exception_handlers(),
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+
+
+async def _load(config: Config, worker: WorkerState, probe: MemoryProbe | None, fault_hook: FaultHook | None) -> None:
+    try:
+        service = await asyncio.to_thread(build_service, config, worker.tier, worker.config, probe, fault_hook)
+    except Exception as exc:
+        worker.detail = f"loading failed: {type(exc).__name__}: {exc}"
+        log.exception("the '%s' worker failed to load its model", worker.tier)
+        return
+    service.engine.start()
+    worker.service = service
+    worker.detail = "ready"
+    log.info("the '%s' worker is ready: %s", worker.tier, service.memory())

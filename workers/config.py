@@ -1,0 +1,71 @@
+"""Typed worker configuration: the `workers.<tier>` section of router.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
+
+from router.config import Config, ConfigError, Strict, decode_struct
+
+Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+Positive = Annotated[int, Meta(ge=1)]
+
+
+class VramConfig(Strict, frozen=True):
+    budget_fraction: Fraction = 0.9
+    """Share of the device's total memory this worker may use (weights, graphs and KV cache together)."""
+    safety_margin_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024
+    """Kept free on top of every reservation; widened after an out-of-memory error."""
+    simulate_total_bytes: Annotated[int, Meta(ge=1)] | None = None
+    """Pretend the accelerator has this much memory (tests, demos on a CPU)."""
+
+
+class WorkerConfig(Strict, frozen=True):
+    model: str
+    """A local checkpoint directory, a hub id, or `demo:<name>` for a tiny checkpoint built locally."""
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8001
+    served_name: str | None = None
+    """The model name `/v1/models` reports (default: the tier name)."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:N`."""
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
+    """`auto`: bfloat16 on CUDA, float32 on the CPU."""
+    quantization: Literal["none", "nf4"] = "none"
+    device_map: str | None = None
+    alloc_conf: str | None = "expandable_segments:True"
+    """Written to PYTORCH_CUDA_ALLOC_CONF before torch initialises CUDA."""
+    cuda_graphs: bool = True
+    """Decode from captured CUDA graphs (on CUDA only); false is what other servers call enforce_eager."""
+    max_tokens_default: Positive = 256
+    max_tokens_cap: Positive = 2048
+    max_seq_len: Annotated[int, Meta(ge=16)] = 4096
+    """Longest sequence (prompt + generation) one request may use."""
+    max_batch_size: Positive = 16
+    queue_size: Annotated[int, Meta(ge=0)] = 64
+    """Requests waiting for a batch slot beyond this are refused with 503 and Retry-After."""
+    vram: VramConfig = VramConfig()
+    checkpoint_dir: str = "var/checkpoints"
+    """Where `demo:` checkpoints are built (relative to the config file)."""
+
+
+def worker_config(config: Config, tier: str) -> WorkerConfig:
+    """The decoded `workers.<tier>` section; errors name the file and key."""
+    raw: Any = config.workers.get(tier)
+    if raw is None:
+        known = ", ".join(sorted(config.workers)) or "none"
+        raise ConfigError(
+            config.source, f"workers.{tier}", f"no worker configured for tier '{tier}' (configured: {known})"
+        )
+    worker = decode_struct(raw, WorkerConfig, config.source, prefix=f"workers.{tier}")
+    if worker.max_tokens_default > worker.max_tokens_cap:
+        raise ConfigError(config.source, f"workers.{tier}.max_tokens_default", "must not exceed max_tokens_cap")
+    if worker.max_tokens_cap >= worker.max_seq_len:
+        raise ConfigError(config.source, f"workers.{tier}.max_tokens_cap", "must be below max_seq_len")
+    return worker
+
+
+def checkpoint_root(config: Config, worker: WorkerConfig) -> Path:
+    return config.resolve_path(worker.checkpoint_dir)

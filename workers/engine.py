@@ -1,0 +1,393 @@
+"""The generation engine: one thread that batches every running request into shared decode steps.
+
+Requests are admitted (VRAM reserved, queue bounded) on the event loop, then join the batch at a step
+boundary: their prompt is prefilled into a free cache row and they take part in the next decode step.
+Each step decodes one token for every running request at once. Out-of-memory errors are confined to
+the request that caused them. The engine knows nothing about HTTP; events reach the event loop
+through `RequestStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workers.detokenize import IncrementalText
+from workers.ledger import VramExhausted, VramLedger
+from workers.runner import ModelRunner
+from workers.sampling import SamplingParams, generator_for, sample
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the queue holds."""
+
+
+class EngineError(Exception):
+    """Generation failed for a reason other than memory."""
+
+
+@dataclass
+class GenerationRequest:
+    id: str
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    min_tokens: int = 0
+    """End-of-sequence tokens are suppressed until this many tokens were generated."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+    """`stop` (end of sequence or a stop string) or `length` (max_tokens)."""
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: Exception
+
+
+Event = TextDelta | Finished | Failed
+
+
+class RequestStream:
+    """The event-loop side of one request: await its events in order; cancel to stop it early."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self._loop = loop
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False
+
+    async def next(self) -> Event:
+        return await self._queue.get()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def emit(self, event: Event) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+
+@dataclass
+class _Running:
+    stream: RequestStream
+    text: IncrementalText
+    generator: torch.Generator | None
+    seq: int
+    length: int
+    last_token: int = 0
+    completion: int = 0
+    done: bool = False
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.stream.request
+
+    @property
+    def remaining(self) -> int:
+        return self.request.max_tokens - self.completion
+
+
+@dataclass
+class EngineStats:
+    queue_depth: int = 0
+    running: int = 0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    largest_batch: int = 0
+    tokens_per_second: float = 0.0
+    """Decode throughput over the last few seconds, all running requests together."""
+
+
+FaultHook = Callable[[str, list[str]], None]
+"""Called before each prefill ("prefill", [id]) and decode step ("decode", ids); tests raise from it."""
+
+
+class Engine:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer: Any,
+        ledger: VramLedger,
+        *,
+        eos_ids: Collection[int],
+        queue_size: int,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        self.runner = runner
+        self.cache = runner.cache
+        self.tokenizer = tokenizer
+        self.ledger = ledger
+        self.eos_ids = frozenset(eos_ids)
+        self._eos_index = torch.tensor(sorted(self.eos_ids), device=runner.device) if self.eos_ids else None
+        self.queue_size = queue_size
+        self.max_batch = runner.cache.max_batch
+        self.max_len = runner.cache.max_len
+        self.stats = EngineStats()
+        self._fault_hook = fault_hook
+        self._pending: deque[RequestStream] = deque()
+        self._rows: list[_Running] = []
+        self._column = 0
+        self._seq = itertools.count()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._rate: deque[tuple[float, int]] = deque()
+        self.crashed = False
+
+    # --- event-loop side -------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> RequestStream:
+        """Queue a request, or refuse it at once: `QueueFull`, or `VramExhausted` with bytes needed and free."""
+        if len(request.prompt) + request.max_tokens > self.max_len:
+            raise ValueError(
+                f"prompt ({len(request.prompt)}) + max_tokens ({request.max_tokens}) exceed {self.max_len}"
+            )
+        with self._wake:
+            if self.crashed or self._stopping:
+                raise EngineError("the generation engine is not running")
+            if len(self._pending) >= self.queue_size:
+                raise QueueFull(f"{len(self._pending)} requests already waiting")
+            self.ledger.reserve(request.id, len(request.prompt) + request.max_tokens)
+            stream = RequestStream(request, loop)
+            self._pending.append(stream)
+            self.stats.queue_depth = len(self._pending)
+            self._wake.notify()
+        return stream
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # --- engine thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._serve()
+        except Exception:  # a bug; fail every request rather than hang them, and refuse new ones
+            log.exception("engine loop crashed")
+            self.crashed = True
+        finally:
+            self._fail_all(EngineError("the generation engine stopped"))
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            self._admit()
+            if not self._rows:
+                with self._wake:
+                    if not self._pending and not self._stopping:
+                        self._wake.wait(timeout=0.5)
+                continue
+            self._step()
+
+    def _admit(self) -> None:
+        while len(self._rows) < self.max_batch:
+            with self._wake:
+                if not self._pending:
+                    return
+                stream = self._pending[0]
+                if stream.cancelled:
+                    self._pending.popleft()
+                    self.ledger.release(stream.request.id)
+                    continue
+                if not self._fits(stream.request):
+                    return  # waits until running requests finish
+                self._pending.popleft()
+                self.stats.queue_depth = len(self._pending)
+            self._join(stream)
+
+    def _fits(self, request: GenerationRequest) -> bool:
+        """Right-aligned rows need max(remaining) + max(length) columns; all of them must fit the cache width."""
+        remaining = max([r.remaining for r in self._rows] + [request.max_tokens])
+        length = max([r.length for r in self._rows] + [len(request.prompt)])
+        return remaining + length <= self.max_len
+
+    def _join(self, stream: RequestStream) -> None:
+        request = stream.request
+        n = len(request.prompt)
+        if not self._rows:
+            self._column = 0
+        if self._column < n:
+            self._shift(n - self._column)
+        row, start = len(self._rows), self._column - n
+        try:
+            if self._fault_hook:
+                self._fault_hook("prefill", [request.id])
+            logits = self.runner.prefill(row, start, request.prompt)
+        except torch.OutOfMemoryError:
+            self._out_of_memory([stream])
+            return
+        except Exception as exc:
+            log.exception("prefill failed for %s", request.id)
+            self._end(stream, Failed(EngineError(f"prefill failed: {type(exc).__name__}")))
+            return
+        mask = self.runner.mask
+        mask[row] = False
+        mask[row, :, :, start : self._column] = True
+        running = _Running(
+            stream=stream,
+            text=IncrementalText(self.tokenizer, request.stop),
+            generator=generator_for(request.sampling, self.runner.device),
+            seq=next(self._seq),
+            length=n,
+        )
+        self._rows.append(running)
+        self._accept(running, self._sample(logits[None], [running])[0])
+        self._sweep()
+
+    def _step(self) -> None:
+        self._sweep()
+        if not self._rows:
+            return
+        if self._column >= self.max_len:
+            self._shift(max(r.length for r in self._rows) - self._column)
+        rows, t = len(self._rows), self._column
+        bucket = self.runner.bucket_for(rows) if self.runner.use_graphs else rows
+        self.runner.input_ids[:rows, 0].copy_(torch.tensor([r.last_token for r in self._rows]), non_blocking=True)
+        self.runner.positions[:rows, 0].copy_(torch.tensor([r.length for r in self._rows]), non_blocking=True)
+        self.runner.mask[:bucket, :, :, t] = True
+        self.cache.column.fill_(t)
+        try:
+            if self._fault_hook:
+                self._fault_hook("decode", [r.request.id for r in self._rows])
+            logits = self.runner.decode(rows)
+            tokens = self._sample(logits, self._rows)
+        except torch.OutOfMemoryError:
+            # Blame the newest request: it is the one the memory was not planned for.
+            self._out_of_memory([max(self._rows, key=lambda r: r.seq).stream])
+            return
+        self._column += 1
+        for running, token in zip(self._rows, tokens, strict=True):
+            running.length += 1
+            self._accept(running, token)
+        self._count(rows)
+        self._sweep()
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Running]) -> list[int]:
+        early = [i for i, r in enumerate(rows) if r.completion < r.request.min_tokens]
+        if early and self._eos_index is not None:
+            logits[torch.tensor(early)[:, None], self._eos_index[None, :]] = float("-inf")
+        return sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
+
+    def _accept(self, running: _Running, token: int) -> None:
+        running.completion += 1
+        running.last_token = token
+        stream = running.stream
+        if token in self.eos_ids:
+            self._finish(running, "stop")
+            return
+        delta = running.text.push(token)
+        if delta:
+            stream.emit(TextDelta(delta))
+        if running.text.stopped:
+            self._finish(running, "stop")
+        elif running.remaining <= 0:
+            self._finish(running, "length")
+
+    def _finish(self, running: _Running, reason: str) -> None:
+        tail = running.text.finish()
+        if tail:
+            running.stream.emit(TextDelta(tail))
+        self._end(running.stream, Finished(reason, len(running.request.prompt), running.completion))
+        running.done = True
+
+    def _end(self, stream: RequestStream, event: Event) -> None:
+        self.ledger.release(stream.request.id)
+        stream.emit(event)
+
+    def _sweep(self) -> None:
+        """Drop finished and cancelled rows, keeping the running ones in rows [0, n)."""
+        i = 0
+        while i < len(self._rows):
+            running = self._rows[i]
+            if running.stream.cancelled and not running.done:
+                self.ledger.release(running.request.id)
+                running.done = True
+            if not running.done:
+                i += 1
+                continue
+            last = len(self._rows) - 1
+            if i != last:
+                self.cache.move_row(last, i)
+                self.runner.mask[i] = self.runner.mask[last]
+                self._rows[i] = self._rows[last]
+            self._rows.pop()
+        self.stats.running = len(self._rows)
+
+    def _shift(self, by: int) -> None:
+        rows = len(self._rows)
+        self.cache.shift(rows, by)
+        mask = self.runner.mask[:rows]
+        width = self.max_len - abs(by)
+        if by > 0:
+            mask[:, :, :, by:] = mask[:, :, :, :width].clone()
+            mask[:, :, :, :by] = False
+        elif by < 0:
+            mask[:, :, :, :width] = mask[:, :, :, -by:].clone()
+            mask[:, :, :, width:] = False
+        self._column += by
+
+    def _out_of_memory(self, victims: list[RequestStream]) -> None:
+        """Free the victims' cache and reservation, empty the allocator cache, keep a wider margin."""
+        for stream in victims:
+            needed = self.ledger.bytes_for(len(stream.request.prompt) + stream.request.max_tokens)
+            free = self.ledger.snapshot().free
+            for running in self._rows:
+                if running.stream is stream:
+                    running.done = True
+            self._end(stream, Failed(VramExhausted(needed, free)))
+            log.warning("out of memory serving %s: refused it, widening the safety margin", stream.request.id)
+        self._sweep()
+        if self.runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.ledger.widen_margin()
+
+    def _count(self, rows: int) -> None:
+        stats = self.stats
+        stats.decode_steps += 1
+        stats.decode_tokens += rows
+        stats.largest_batch = max(stats.largest_batch, rows)
+        now = time.monotonic()
+        self._rate.append((now, rows))
+        while self._rate and now - self._rate[0][0] > 5.0:
+            self._rate.popleft()
+        span = now - self._rate[0][0]
+        stats.tokens_per_second = sum(n for _, n in self._rate) / span if span > 0 else 0.0
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._wake:
+            pending = list(self._pending)
+            self._pending.clear()
+        for stream in pending + [r.stream for r in self._rows if not r.done]:
+            self._end(stream, Failed(error))
+        self._rows.clear()

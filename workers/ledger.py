@@ -1,0 +1,109 @@
+"""The VRAM ledger: what each in-flight request may use of the KV-cache budget, reserved up front.
+
+A request reserves its worst case, (prompt tokens + max_tokens) x KV bytes per token, when it is
+admitted, and releases it when it ends however it ends. A request that does not fit is refused at
+once with the bytes it needs and the bytes free, so the router can send it elsewhere before any
+out-of-memory error. Thread-safe: the engine thread releases, the event loop reserves.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from workers.memory import MemoryProbe
+
+
+class VramExhausted(Exception):
+    def __init__(self, needed: int, free: int) -> None:
+        super().__init__(f"needs {needed} bytes of KV cache, {free} free")
+        self.needed = needed
+        self.free = free
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    device: str
+    total: int
+    budget: int
+    """The KV-cache budget: min(total x budget_fraction - fixed - margin, the cache pool)."""
+    fixed: int
+    """Weights, CUDA context, graph pools and workspaces, measured at start-up."""
+    reserved: int
+    free: int
+    """min(budget - reserved, the device's own free memory - margin)."""
+    ledger_free: int
+    device_free: int
+    margin: int
+    kv_bytes_per_token: int
+    in_flight: int
+
+
+class VramLedger:
+    def __init__(
+        self,
+        probe: MemoryProbe,
+        *,
+        kv_bytes_per_token: int,
+        fixed_bytes: int,
+        pool_bytes: int,
+        budget_fraction: float,
+        margin_bytes: int,
+    ) -> None:
+        self.probe = probe
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.fixed_bytes = fixed_bytes
+        self.pool_bytes = pool_bytes
+        self.budget_fraction = budget_fraction
+        self.margin = margin_bytes
+        self._reservations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def budget(self) -> int:
+        by_device = int(self.probe.total_bytes() * self.budget_fraction) - self.fixed_bytes - self.margin
+        return max(0, min(by_device, self.pool_bytes))
+
+    def bytes_for(self, tokens: int) -> int:
+        return tokens * self.kv_bytes_per_token
+
+    def reserve(self, request_id: str, tokens: int) -> int:
+        needed = self.bytes_for(tokens)
+        with self._lock:
+            free = self._free_locked()
+            if needed > free:
+                raise VramExhausted(needed, free)
+            self._reservations[request_id] = needed
+            return needed
+
+    def release(self, request_id: str) -> None:
+        with self._lock:
+            self._reservations.pop(request_id, None)
+
+    def widen_margin(self, factor: float = 1.5) -> None:
+        """After an out-of-memory error: keep more free from now on (up to a quarter of the device)."""
+        with self._lock:
+            self.margin = min(int(max(self.margin, 64 * 1024 * 1024) * factor), self.probe.total_bytes() // 4)
+
+    def snapshot(self) -> MemorySnapshot:
+        with self._lock:
+            reserved = sum(self._reservations.values())
+            ledger_free = max(0, self.budget - reserved)
+            device_free = max(0, self.probe.free_bytes() - self.margin)
+            return MemorySnapshot(
+                device=self.probe.kind,
+                total=self.probe.total_bytes(),
+                budget=self.budget,
+                fixed=self.fixed_bytes,
+                reserved=reserved,
+                free=min(ledger_free, device_free),
+                ledger_free=ledger_free,
+                device_free=device_free,
+                margin=self.margin,
+                kv_bytes_per_token=self.kv_bytes_per_token,
+                in_flight=len(self._reservations),
+            )
+
+    def _free_locked(self) -> int:
+        reserved = sum(self._reservations.values())
+        return max(0, min(self.budget - reserved, self.probe.free_bytes() - self.margin))

@@ -1,0 +1,139 @@
+"""The worker's serving logic between HTTP and the engine: chat template, limits, OpenAI responses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from router.errors import InvalidRequest
+from router.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ResponseMessage,
+    Usage,
+    encode,
+)
+from router.sse import DONE, error_frame, frame
+from workers.config import WorkerConfig
+from workers.engine import Engine, Failed, Finished, GenerationRequest, RequestStream, TextDelta
+from workers.errors import from_engine_error
+from workers.ledger import VramLedger
+from workers.sampling import SamplingParams
+
+
+class WorkerService:
+    def __init__(self, name: str, config: WorkerConfig, engine: Engine, tokenizer: Any, ledger: VramLedger) -> None:
+        self.name = name
+        self.config = config
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.ledger = ledger
+
+    def generation_request(self, chat: ChatCompletionRequest) -> GenerationRequest:
+        messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
+        try:
+            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+        except Exception as exc:  # jinja errors: e.g. a template that rejects a role order
+            raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from exc
+        prompt: list[int] = list(encoded["input_ids"])
+        room = self.config.max_seq_len - len(prompt)
+        if room < 1:
+            raise InvalidRequest(
+                f"the prompt is {len(prompt)} tokens; this worker serves at most {self.config.max_seq_len} in all",
+                param="messages",
+            )
+        wanted = chat.token_limit() or self.config.max_tokens_default
+        max_tokens = min(wanted, self.config.max_tokens_cap, room)
+        temperature = (
+            1.0 if chat.temperature is None or not isinstance(chat.temperature, float | int) else chat.temperature
+        )
+        top_p = chat.top_p if isinstance(chat.top_p, float | int) else 1.0
+        seed = chat.seed if isinstance(chat.seed, int) else None
+        stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop) if isinstance(chat.stop, list) else []
+        sampling = SamplingParams(float(temperature), float(top_p), seed)
+        min_tokens = max_tokens if chat.ignore_eos is True else min(max_tokens, chat.min_tokens or 0)
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        return GenerationRequest(request_id, prompt, max_tokens, sampling, stop, min_tokens)
+
+    def submit(self, chat: ChatCompletionRequest) -> RequestStream:
+        request = self.generation_request(chat)
+        return self.engine.submit(request, asyncio.get_running_loop())
+
+    async def complete(self, chat: ChatCompletionRequest) -> ChatCompletion:
+        stream = self.submit(chat)
+        parts: list[str] = []
+        try:
+            while True:
+                event = await stream.next()
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, Finished):
+                    usage = Usage(
+                        event.prompt_tokens, event.completion_tokens, event.prompt_tokens + event.completion_tokens
+                    )
+                    message = ResponseMessage(content="".join(parts))
+                    choice = Choice(0, message, event.reason)
+                    return ChatCompletion(stream.request.id, int(time.time()), self.name, [choice], usage)
+                else:
+                    raise from_engine_error(event.error)
+        finally:
+            stream.cancel()  # a no-op once finished; stops generation if the client went away
+
+    async def open_stream(self, chat: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """Submit and wait for the first event, so a refusal or an early failure is still a plain 503."""
+        stream = self.submit(chat)
+        try:
+            first = await stream.next()
+        except BaseException:
+            stream.cancel()
+            raise
+        if isinstance(first, Failed):
+            stream.cancel()
+            raise from_engine_error(first.error)
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage is True)
+        return self._sse(stream, first, include_usage)
+
+    async def _sse(self, stream: RequestStream, first: Any, include_usage: bool) -> AsyncIterator[bytes]:
+        rid, created, name = stream.request.id, int(time.time()), self.name
+
+        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
+            choices = [] if usage else [ChunkChoice(0, delta, finish)]
+            return frame(encode(ChatCompletionChunk(rid, created, name, choices, usage)))
+
+        try:
+            yield chunk(Delta(role="assistant", content=""))
+            event = first
+            while True:
+                if isinstance(event, TextDelta):
+                    yield chunk(Delta(content=event.text))
+                elif isinstance(event, Finished):
+                    yield chunk(Delta(), event.reason)
+                    if include_usage:
+                        total = event.prompt_tokens + event.completion_tokens
+                        yield chunk(Delta(), usage=Usage(event.prompt_tokens, event.completion_tokens, total))
+                    yield DONE
+                    return
+                else:
+                    yield error_frame(from_engine_error(event.error))
+                    yield DONE
+                    return
+                event = await stream.next()
+        finally:
+            stream.cancel()
+
+    def memory(self) -> dict[str, Any]:
+        snapshot = asdict(self.ledger.snapshot())
+        stats = self.engine.stats
+        snapshot.update(queue_depth=stats.queue_depth, running=stats.running)
+        return snapshot
+
+    def status(self) -> dict[str, Any]:
+        return {"memory": self.memory(), "engine": asdict(self.engine.stats)}

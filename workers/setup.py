@@ -1,0 +1,121 @@
+"""Assemble a worker: load the model, size the KV cache to the memory budget, capture graphs, open the ledger.
+
+Blocking; runs in a thread from the app's lifespan. The order matters: the cache is sized from what is
+left after the weights, and the fixed cost is measured after the graphs exist, so the ledger counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from router.config import Config
+from workers.config import WorkerConfig, checkpoint_root
+from workers.engine import Engine, FaultHook
+from workers.kv_cache import SlotKVCache
+from workers.ledger import VramLedger
+from workers.loader import LoadedModel, load_model
+from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
+from workers.runner import ModelRunner
+from workers.service import WorkerService
+
+log = logging.getLogger(__name__)
+
+GRAPH_ALLOWANCE = 256 * 1024 * 1024
+"""Kept aside for the CUDA graph pools when sizing the cache; the real cost is measured afterwards."""
+
+
+def choose_probe(worker: WorkerConfig, device: str) -> MemoryProbe:
+    if worker.vram.simulate_total_bytes is not None:
+        return SimulatedGpu(worker.vram.simulate_total_bytes)
+    if device.startswith("cuda"):
+        return CudaProbe(torch.device(device).index or 0)
+    return HostProbe()
+
+
+def cache_shape(loaded: LoadedModel) -> tuple[int, int, int]:
+    cfg = loaded.model.config
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return int(cfg.num_hidden_layers), kv_heads, head_dim
+
+
+def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, used: int) -> tuple[int, int]:
+    """(rows, width): the most of max_batch_size x max_seq_len that fits the budget next to what is used."""
+    width = min(worker.max_seq_len, loaded.max_positions)
+    available = int(probe.total_bytes() * worker.vram.budget_fraction) - used - worker.vram.safety_margin_bytes
+    if loaded.device.startswith("cuda"):
+        available -= GRAPH_ALLOWANCE
+    rows = min(worker.max_batch_size, max(0, available) // (width * loaded.kv_bytes_per_token))
+    if rows < 1:
+        raise RuntimeError(
+            f"no room for a KV cache of one {width}-token sequence ({width * loaded.kv_bytes_per_token} bytes): "
+            f"{available} bytes of the budget are left after the weights; lower max_seq_len or raise budget_fraction"
+        )
+    if rows < worker.max_batch_size:
+        log.warning("memory budget fits %d of %d batch rows at %d tokens", rows, worker.max_batch_size, width)
+    return rows, width
+
+
+def build_service(
+    config: Config, tier: str, worker: WorkerConfig, probe: MemoryProbe | None, fault_hook: FaultHook | None
+) -> WorkerService:
+    loaded = load_model(worker, checkpoint_root(config, worker))
+    device = torch.device(loaded.device)
+    probe = probe or choose_probe(worker, loaded.device)
+    probe.allocated(loaded.weight_bytes)
+    used = probe.total_bytes() - probe.free_bytes() if probe.kind != "host" else loaded.weight_bytes
+    rows, width = size_cache(worker, probe, loaded, used)
+    layers, kv_heads, head_dim = cache_shape(loaded)
+    dtype = getattr(torch, loaded.dtype)
+    cache = SlotKVCache(
+        layers=layers, max_batch=rows, kv_heads=kv_heads, max_len=width, head_dim=head_dim, dtype=dtype, device=device
+    )
+    probe.allocated(cache.nbytes)
+    runner = ModelRunner(loaded.model, cache, use_graphs=worker.cuda_graphs)
+    graphs = runner.capture_graphs()
+    fixed = _fixed_cost(probe, loaded, cache, graphs.pool_bytes)
+    ledger = VramLedger(
+        probe,
+        kv_bytes_per_token=loaded.kv_bytes_per_token,
+        fixed_bytes=fixed,
+        pool_bytes=cache.nbytes,
+        budget_fraction=worker.vram.budget_fraction,
+        margin_bytes=worker.vram.safety_margin_bytes,
+    )
+    engine = Engine(
+        runner, loaded.tokenizer, ledger, eos_ids=_eos_ids(loaded), queue_size=worker.queue_size, fault_hook=fault_hook
+    )
+    log.info(
+        "'%s' worker: %d rows x %d tokens of KV cache (%.1f MB), fixed cost %.1f MB (graphs %.1f MB), %s",
+        tier,
+        rows,
+        width,
+        cache.nbytes / 1e6,
+        fixed / 1e6,
+        graphs.pool_bytes / 1e6,
+        "CUDA graphs" if runner.use_graphs else "eager decoding",
+    )
+    return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger)
+
+
+def _fixed_cost(probe: MemoryProbe, loaded: LoadedModel, cache: SlotKVCache, graph_bytes: int) -> int:
+    """What the worker holds besides the KV cache: on a real device, all it uses (weights, context, graph pools)."""
+    if isinstance(probe, CudaProbe):
+        return probe.total_bytes() - probe.free_bytes() - cache.nbytes
+    probe.allocated(graph_bytes)
+    return loaded.weight_bytes + graph_bytes
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    for source in (loaded.model.generation_config, loaded.model.config, loaded.tokenizer):
+        value: Any = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids
