@@ -73,7 +73,10 @@ def build(name: str, root: Path) -> Path:
     if (path / "config.json").exists():
         return path
     started = time.monotonic()
-    tokenizer = build_tokenizer(SHAPES[name]["vocab_size"])
+    # A small trained vocabulary, padded with ordinary (not special) tokens to the real size, so that every
+    # token a random model picks decodes to visible text and reaches the client as a chunk.
+    tokenizer = build_tokenizer(4096)
+    tokenizer.add_tokens([f"w{i}" for i in range(SHAPES[name]["vocab_size"] - len(tokenizer))], special_tokens=False)
     config = Qwen2Config(
         **SHAPES[name],
         max_position_embeddings=32768,
@@ -182,7 +185,7 @@ def serve_case(config_path: Path, tier: str, cases: list[tuple[str, int, int]], 
         peak = {
             "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
             "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
-            "nvml_used_gb": (nvml_used_mb() - before) / 1e3,
+            "nvml_used_gb": nvml_used_mb() / 1e3,
             "ledger": memory,
         }
         for row in rows:
@@ -201,138 +204,117 @@ def write_config(path: Path, workers: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def run_case(name: str, small: Path, large: Path, new: int) -> list[dict[str, Any]]:
+    """One case, in this process (the parent starts a fresh process per case, so memory peaks are its own)."""
+    tmp = Path("/tmp/bench-worker")
+    tmp.mkdir(exist_ok=True)
+    prompt = "word " * 500  # ~512 prompt tokens after the chat template
+    base = {"device": "cuda", "dtype": "bfloat16", "max_tokens_cap": 1024, "max_tokens_default": 256, "queue_size": 64}
+    small_w = {**base, "model": str(small), "max_seq_len": 2048, "max_batch_size": 16}
+    large_w = {**base, "model": str(large), "quantization": "nf4", "max_seq_len": 2048, "max_batch_size": 16}
+    load = [("batch1", 1, new), ("concurrent8", 8, new), ("concurrent16", 16, new)]
+    if name == "1.5b-bf16-graphs":
+        return serve_case(write_config(tmp / "a.yaml", {"small": small_w}), "small", load, prompt)
+    if name == "1.5b-bf16-eager":
+        config = write_config(tmp / "b.yaml", {"small": {**small_w, "cuda_graphs": False}})
+        return serve_case(config, "small", [("batch1", 1, new)], prompt)
+    if name == "7b-nf4-graphs":
+        return serve_case(write_config(tmp / "c.yaml", {"large": large_w}), "large", load, prompt)
+    if name == "7b-nf4-eager":
+        config = write_config(tmp / "d.yaml", {"large": {**large_w, "cuda_graphs": False}})
+        return serve_case(config, "large", [("batch1", 1, new)], prompt)
+    if name == "7b-nf4-one-4k-request":
+        one = {**large_w, "max_seq_len": 4352, "max_batch_size": 1, "max_tokens_cap": 300}
+        return serve_case(
+            write_config(tmp / "e.yaml", {"large": one}), "large", [("4k-prompt", 1, new)], "word " * 4000
+        )
+    if name == "both-tiers":
+        both = {
+            "small": {**small_w, "max_batch_size": 8, "port": 0},
+            "large": {**large_w, "max_batch_size": 8, "port": 0},
+        }
+        return serve_both(write_config(tmp / "f.yaml", both), prompt, new)
+    if name == "1.5b-plain-generate":
+        return [{"case": "batch1", **plain_generate(small, False, 512, new)}]
+    if name == "7b-plain-generate":
+        return [{"case": "batch1", **plain_generate(large, True, 512, new)}]
+    raise SystemExit(f"unknown case {name}")
+
+
+CASES = [
+    "1.5b-plain-generate",
+    "1.5b-bf16-graphs",
+    "1.5b-bf16-eager",
+    "7b-plain-generate",
+    "7b-nf4-graphs",
+    "7b-nf4-eager",
+    "7b-nf4-one-4k-request",
+    "both-tiers",
+]
+
+
+def serve_both(config_path: Path, prompt: str, new: int) -> list[dict[str, Any]]:
+    torch.cuda.reset_peak_memory_stats()
+    before = nvml_used_mb()
+    config = load_config(config_path, environ={})
+    servers = [ServerThread(create_worker_app(config, t)).__enter__() for t in ("small", "large")]
+    try:
+        for server in servers:
+            while httpx.get(f"{server.url}/ready").status_code != 200:
+                time.sleep(0.5)
+        rows = [
+            {"case": f"{tier}, 8 concurrent", **asyncio.run(measure(f"{s.url}/v1/chat/completions", prompt, new, 8))}
+            for tier, s in zip(("small", "large"), servers, strict=True)
+        ]
+        peak = {
+            "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+            "nvml_used_gb": nvml_used_mb() / 1e3,
+        }
+        return [{**row, **peak} for row in rows]
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer tokens, for a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bench-checkpoints"))
+    parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bench-checkpoints-v2"))
     parser.add_argument("--only", nargs="*", default=None, help="case name prefixes to run")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     new = 64 if args.quick else 256
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = Path("/tmp/bench-worker")
-    tmp.mkdir(exist_ok=True)
     small, large = build("qwen2.5-1.5b", args.checkpoints), build("qwen2.5-7b", args.checkpoints)
-    tokenizer_prompt = "word " * 500  # ~512 prompt tokens after the chat template
+    if args.case:
+        for row in run_case(args.case, small, large, new):
+            row.update(variant=args.case, device=torch.cuda.get_device_name())
+            print("ROW " + json.dumps(row, default=str), flush=True)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-
-    def record(model: str, variant: str, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            row.update(model=model, variant=variant, device=torch.cuda.get_device_name())
-            results.append(row)
-            print(json.dumps(row, default=str), flush=True)
-
-    base = {"device": "cuda", "dtype": "bfloat16", "max_tokens_cap": 4096, "max_tokens_default": 256, "queue_size": 64}
-    load_cases = [("batch1", 1, new), ("concurrent8", 8, new), ("concurrent16", 16, new)]
-    plan = [
-        (
-            "1.5b-bf16-graphs",
-            "small",
-            {**base, "model": str(small), "cuda_graphs": True, "max_seq_len": 2048, "max_batch_size": 16},
-            load_cases,
-        ),
-        (
-            "1.5b-bf16-eager",
-            "small",
-            {**base, "model": str(small), "cuda_graphs": False, "max_seq_len": 2048, "max_batch_size": 16},
-            [("batch1", 1, new)],
-        ),
-        (
-            "7b-nf4-graphs",
-            "large",
-            {
-                **base,
-                "model": str(large),
-                "quantization": "nf4",
-                "cuda_graphs": True,
-                "max_seq_len": 2048,
-                "max_batch_size": 16,
-            },
-            load_cases,
-        ),
-        (
-            "7b-nf4-eager",
-            "large",
-            {
-                **base,
-                "model": str(large),
-                "quantization": "nf4",
-                "cuda_graphs": False,
-                "max_seq_len": 2048,
-                "max_batch_size": 16,
-            },
-            [("batch1", 1, new)],
-        ),
-    ]
-    for name, tier, worker, cases in plan:
+    for name in CASES:
         if args.only and not any(name.startswith(p) for p in args.only):
             continue
-        path = write_config(tmp / f"{name}.yaml", {tier: worker})
-        record(name.split("-")[0], name, serve_case(path, tier, cases, tokenizer_prompt))
-
-    if not args.only or any(p.startswith("4k") for p in args.only):
-        long_worker = {
-            **base,
-            "model": str(large),
-            "quantization": "nf4",
-            "cuda_graphs": True,
-            "max_seq_len": 4352,
-            "max_batch_size": 1,
-        }
-        path = write_config(tmp / "4k.yaml", {"large": long_worker})
-        record("7b", "7b-nf4-one-4k-request", serve_case(path, "large", [("4k-prompt", 1, new)], "word " * 4000))
-    if not args.only or any(p.startswith("both") for p in args.only):
-        both = {
-            "small": {**base, "model": str(small), "max_seq_len": 2048, "max_batch_size": 8, "port": 0},
-            "large": {
-                **base,
-                "model": str(large),
-                "quantization": "nf4",
-                "max_seq_len": 2048,
-                "max_batch_size": 8,
-                "port": 0,
-            },
-        }
-        path = write_config(tmp / "both.yaml", both)
-        torch.cuda.reset_peak_memory_stats()
-        before = nvml_used_mb()
-        config = load_config(path, environ={})
-        servers = [ServerThread(create_worker_app(config, t)).__enter__() for t in ("small", "large")]
-        try:
-            for server in servers:
-                while httpx.get(f"{server.url}/ready").status_code != 200:
-                    time.sleep(0.5)
-            for server in servers:
-                asyncio.run(measure(f"{server.url}/v1/chat/completions", tokenizer_prompt, new, 8))
-            record(
-                "both",
-                "1.5b-bf16+7b-nf4",
-                [
-                    {
-                        "case": "both tiers, 8 concurrent each",
-                        "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
-                        "nvml_used_gb": (nvml_used_mb() - before) / 1e3,
-                    }
-                ],
-            )
-        finally:
-            for server in servers:
-                server.__exit__(None, None, None)
-        gc.collect()
-        torch.cuda.empty_cache()
-
-    if not args.only or any(p.startswith("baseline") for p in args.only):
-        for model, path, nf4 in (("1.5b", small, False), ("7b", large, True)):
-            record(model, f"{model}-plain-generate", [{"case": "batch1", **plain_generate(path, nf4, 512, new)}])
+        command = [sys.executable, __file__, "--case", name, "--checkpoints", str(args.checkpoints)]
+        child = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
+        rows = [json.loads(line[4:]) for line in child.stdout.splitlines() if line.startswith("ROW ")]
+        if child.returncode != 0 or not rows:
+            print(f"case {name} failed:\n{child.stderr[-3000:]}", flush=True)
+            continue
+        for row in rows:
+            print(json.dumps({k: v for k, v in row.items() if k != "ledger"}, default=str), flush=True)
+        results.extend(rows)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with (args.out / f"worker_gpu-{stamp}.jsonl").open("w") as fh:
         for row in results:
             fh.write(json.dumps(row, default=str) + "\n")
-    print(f"\n{'variant':<26} {'case':<32} {'tok/s':>8} {'ttft ms':>8} {'peak alloc':>10} {'reserved':>9} {'nvml':>7}")
+    print(f"\n{'variant':<24} {'case':<22} {'tok/s':>8} {'ttft ms':>8} {'peak alloc':>10} {'reserved':>9} {'nvml':>7}")
     for r in results:
         print(
-            f"{r['variant']:<26} {r['case']:<32} {r.get('tok_s', 0):>8.1f} {r.get('ttft_ms', 0):>8.1f} "
+            f"{r['variant']:<24} {r['case']:<22} {r.get('tok_s', 0):>8.1f} {r.get('ttft_ms', 0):>8.1f} "
             f"{r.get('peak_allocated_gb', 0):>9.2f}G {r.get('peak_reserved_gb', 0):>8.2f}G {r.get('nvml_used_gb', 0):>6.2f}G"
         )
     return 0
@@ -340,4 +322,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     sys.exit(main())
