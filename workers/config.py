@@ -44,6 +44,8 @@ class WorkerConfig(Strict, frozen=True):
     max_seq_len: Annotated[int, Meta(ge=16)] = 4096
     """Longest sequence (prompt + generation) one request may use."""
     max_batch_size: Positive = 16
+    prefill_chunk: Positive = 512
+    """Prompts are prefilled this many tokens at a time, which bounds the activation memory of long prompts."""
     queue_size: Annotated[int, Meta(ge=0)] = 64
     """Requests waiting for a batch slot beyond this are refused with 503 and Retry-After."""
     vram: VramConfig = VramConfig()

@@ -262,39 +262,68 @@ class Engine:
             length=n,
         )
         self._rows.append(running)
-        self._accept(running, self._sample(logits[None], [running])[0])
+        self._accept(running, int(self._sample(logits[None], [running], ahead=0)[0]))
         self._sweep()
 
     def _step(self) -> None:
+        """Decode until the batch changes, keeping one step queued on the device ahead of the host.
+
+        While the host turns step k's tokens into text and events, the device already runs step k+1,
+        fed from step k's tokens without leaving the GPU; so host work is off the critical path.
+        A row that finished at step k has one extra token computed at k+1, which is discarded.
+        """
         self._sweep()
         if not self._rows:
             return
         if self._column >= self.max_len:
             self._shift(max(r.length for r in self._rows) - self._column)
-        rows, t = len(self._rows), self._column
+        rows = len(self._rows)
+        self.runner.input_ids[:rows, 0].copy_(torch.tensor([r.last_token for r in self._rows]))
+        self.runner.positions[:rows, 0].copy_(torch.tensor([r.length for r in self._rows]))
+        tokens = self._launch(self._column, ahead=0)
+        while tokens is not None:
+            queued = None
+            if self._can_chain():
+                self.runner.input_ids[:rows, 0].copy_(tokens)
+                self.runner.positions[:rows] += 1
+                queued = self._launch(self._column + 1, ahead=1)
+            self._consume(tokens.tolist())
+            tokens = queued
+        self._sweep()
+
+    def _launch(self, column: int, ahead: int) -> torch.Tensor | None:
+        """Queue one decode step writing `column` for every running row; None after an out-of-memory error."""
+        rows = len(self._rows)
         bucket = self.runner.bucket_for(rows) if self.runner.use_graphs else rows
-        self.runner.input_ids[:rows, 0].copy_(torch.tensor([r.last_token for r in self._rows]), non_blocking=True)
-        self.runner.positions[:rows, 0].copy_(torch.tensor([r.length for r in self._rows]), non_blocking=True)
-        self.runner.mask[:bucket, :, :, t] = True
-        self.cache.column.fill_(t)
+        self.runner.mask[:bucket, :, :, column] = True
+        self.cache.column.fill_(column)
         try:
             if self._fault_hook:
                 self._fault_hook("decode", [r.request.id for r in self._rows])
-            logits = self.runner.decode(rows)
-            tokens = self._sample(logits, self._rows)
+            return self._sample(self.runner.decode(rows), self._rows, ahead)
         except torch.OutOfMemoryError:
             # Blame the newest request: it is the one the memory was not planned for.
             self._out_of_memory([max(self._rows, key=lambda r: r.seq).stream])
-            return
+            return None
+
+    def _can_chain(self) -> bool:
+        return (
+            not self._pending
+            and self._column + 1 < self.max_len
+            and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
+        )
+
+    def _consume(self, tokens: list[int]) -> None:
         self._column += 1
         for running, token in zip(self._rows, tokens, strict=True):
-            running.length += 1
-            self._accept(running, token)
-        self._count(rows)
-        self._sweep()
+            if not running.done:
+                running.length += 1
+                self._accept(running, token)
+        self._count(len(tokens))
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Running]) -> list[int]:
-        early = [i for i, r in enumerate(rows) if r.completion < r.request.min_tokens]
+    def _sample(self, logits: torch.Tensor, rows: list[_Running], ahead: int) -> torch.Tensor:
+        """`ahead`: how many tokens each row will have gained before these are consumed (for min_tokens)."""
+        early = [i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens]
         if early and self._eos_index is not None:
             logits[torch.tensor(early)[:, None], self._eos_index[None, :]] = float("-inf")
         return sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
@@ -367,7 +396,6 @@ class Engine:
                     running.done = True
             self._end(stream, Failed(VramExhausted(needed, free)))
             log.warning("out of memory serving %s: refused it, widening the safety margin", stream.request.id)
-        self._sweep()
         if self.runner.device.type == "cuda":
             torch.cuda.empty_cache()
         self.ledger.widen_margin()

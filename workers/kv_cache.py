@@ -44,9 +44,10 @@ class SlotKVCache(Cache):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
-    def prefill_mode(self, row: int, start: int, length: int) -> None:
-        """The next forward writes one prompt of `length` tokens into `row`, columns [start, start+length)."""
-        self._prefill = (row, start, length)
+    def prefill_mode(self, row: int, start: int, offset: int, length: int) -> None:
+        """The next forward writes `length` prompt tokens into `row` at [start+offset, start+offset+length)
+        and attends over the whole prompt so far, [start, start+offset+length) (chunked prefill)."""
+        self._prefill = (row, start, offset, length)
 
     def decode_mode(self, bucket: int) -> None:
         """The next forward is one step for rows [0, bucket), writing at `self.column`."""
@@ -63,12 +64,11 @@ class SlotKVCache(Cache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self._prefill is not None:
-            row, start, length = self._prefill
-            k = keys[row : row + 1, :, start : start + length]
-            v = values[row : row + 1, :, start : start + length]
-            k.copy_(key_states)
-            v.copy_(value_states)
-            return k, v
+            row, start, offset, length = self._prefill
+            end = start + offset + length
+            keys[row : row + 1, :, start + offset : end].copy_(key_states)
+            values[row : row + 1, :, start + offset : end].copy_(value_states)
+            return keys[row : row + 1, :, start:end], values[row : row + 1, :, start:end]
         k, v = keys[: self._bucket], values[: self._bucket]
         k.index_copy_(2, self.column, key_states)
         v.index_copy_(2, self.column, value_states)

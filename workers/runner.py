@@ -37,7 +37,8 @@ class GraphStats:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, cache: SlotKVCache, *, use_graphs: bool) -> None:
+    def __init__(self, model: Any, cache: SlotKVCache, *, use_graphs: bool, prefill_chunk: int = 512) -> None:
+        self.prefill_chunk = prefill_chunk
         self.model = model
         self.cache = cache
         device = cache.column.device
@@ -53,21 +54,30 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, row: int, start: int, prompt: list[int]) -> torch.Tensor:
-        """Write the prompt's keys/values into `row` at [start, start+len) and return last-position logits."""
-        length = len(prompt)
+        """Write the prompt's keys/values into `row` at [start, start+len) and return last-position logits.
+
+        Long prompts go through in chunks of `prefill_chunk` tokens, each attending to all before it, so the
+        activations a 4k-token prompt needs stay those of one chunk.
+        """
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        positions = torch.arange(length, device=self.device).unsqueeze(0)
-        causal = torch.ones((length, length), dtype=torch.bool, device=self.device).tril_()[None, None]
-        self.cache.prefill_mode(row, start, length)
-        out = self.model(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=causal,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[0, -1].float()
+        logits = None
+        for offset in range(0, len(prompt), self.prefill_chunk):
+            length = min(self.prefill_chunk, len(prompt) - offset)
+            positions = torch.arange(offset, offset + length, device=self.device).unsqueeze(0)
+            seen = torch.arange(offset + length, device=self.device)
+            causal = (seen[None, :] <= positions[0, :, None])[None, None]
+            self.cache.prefill_mode(row, start, offset, length)
+            out = self.model(
+                input_ids=ids[:, offset : offset + length],
+                position_ids=positions,
+                attention_mask=causal,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits
+        assert logits is not None, "empty prompt"
+        return logits[0, -1].float()
 
     def bucket_for(self, rows: int) -> int:
         return next(b for b in self.buckets if b >= rows)

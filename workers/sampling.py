@@ -14,12 +14,11 @@ class SamplingParams:
     seed: int | None = None
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of `logits` [rows, vocab]."""
-    greedy = logits.argmax(dim=-1)
-    if all(p.temperature == 0.0 for p in params):
-        return [int(t) for t in greedy.tolist()]
-    chosen = greedy.tolist()
+def sample(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> torch.Tensor:
+    """One token per row of `logits` [rows, vocab], as a tensor on the logits' device (no host sync)."""
+    chosen = logits.argmax(dim=-1)
     for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.temperature == 0.0:
             continue
@@ -29,8 +28,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
             keep = sorted_probs.cumsum(-1) - sorted_probs < p.top_p
             sorted_probs = sorted_probs * keep
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        chosen[row] = int(torch.multinomial(probs, 1, generator=generator))
-    return [int(t) for t in chosen]
+        chosen[row] = torch.multinomial(probs, 1, generator=generator)[0]
+    return chosen
 
 
 def generator_for(params: SamplingParams, device: torch.device) -> torch.Generator | None:
