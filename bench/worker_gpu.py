@@ -167,7 +167,6 @@ async def measure(url: str, prompt: str, new_tokens: int, concurrency: int) -> d
 
 def serve_case(config_path: Path, tier: str, cases: list[tuple[str, int, int]], prompt: str) -> list[dict[str, Any]]:
     torch.cuda.reset_peak_memory_stats()
-    before = nvml_used_mb()
     config = load_config(config_path, environ={})
     server = ServerThread(create_worker_app(config, tier)).__enter__()
     rows = []
@@ -255,7 +254,6 @@ CASES = [
 
 def serve_both(config_path: Path, prompt: str, new: int) -> list[dict[str, Any]]:
     torch.cuda.reset_peak_memory_stats()
-    before = nvml_used_mb()
     config = load_config(config_path, environ={})
     servers = [ServerThread(create_worker_app(config, t)).__enter__() for t in ("small", "large")]
     try:
@@ -315,7 +313,8 @@ def main() -> int:
     for r in results:
         print(
             f"{r['variant']:<24} {r['case']:<22} {r.get('tok_s', 0):>8.1f} {r.get('ttft_ms', 0):>8.1f} "
-            f"{r.get('peak_allocated_gb', 0):>9.2f}G {r.get('peak_reserved_gb', 0):>8.2f}G {r.get('nvml_used_gb', 0):>6.2f}G"
+            f"{r.get('peak_allocated_gb', 0):>9.2f}G {r.get('peak_reserved_gb', 0):>8.2f}G "
+            f"{r.get('nvml_used_gb', 0):>6.2f}G"
         )
     return 0
 

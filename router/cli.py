@@ -23,7 +23,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # httpx logs every request at INFO: noise, and CPU on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         result: int = args.run(args)
         return result

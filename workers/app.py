@@ -22,7 +22,7 @@ from router.config import Config
 from router.http_errors import exception_handlers
 from router.protocol import ModelCard, ModelList, encode
 from router.service import parse_chat_request
-from router.state import StateStore, create_store
+from router.state import create_store
 from workers.config import WorkerConfig, worker_config
 from workers.engine import EngineError, FaultHook, QueueFull
 from workers.errors import NotReady, from_engine_error
@@ -99,18 +99,15 @@ def create_worker_app(
     tier: str,
     *,
     probe: MemoryProbe | None = None,
-    store: StateStore | None = None,
     fault_hook: FaultHook | None = None,
     heartbeat_s: float = 1.0,
 ) -> Litestar:
-    """The worker for `tier`. `probe` simulates a GPU in tests; `store` overrides `redis.url` for telemetry."""
+    """The worker for `tier`. `probe` simulates a GPU in tests; `fault_hook` injects failures into the engine."""
     worker = WorkerState(tier, worker_config(config, tier))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        state_store = store
-        if state_store is None and config.redis.url:
-            state_store = create_store(config.redis.url, config.redis.prefix)
+        state_store = create_store(config.redis.url, config.redis.prefix) if config.redis.url else None
         loading = asyncio.create_task(_load(config, worker, probe, fault_hook), name="load-model")
         heartbeat = (
             asyncio.create_task(heartbeat_forever(state_store, worker, heartbeat_s), name="heartbeat")
@@ -127,7 +124,7 @@ def create_worker_app(
                         await task
             if worker.service is not None:
                 await asyncio.to_thread(worker.service.engine.stop)
-            if state_store is not None and store is None:
+            if state_store is not None:
                 await state_store.close()
 
     provide: Callable[[], WorkerState] = lambda: worker  # noqa: E731

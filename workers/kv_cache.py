@@ -37,7 +37,7 @@ class SlotKVCache(Cache):
         self.max_len = max_len
         self.column = torch.zeros(1, dtype=torch.long, device=device)
         """The shared write column of a decode step (a tensor, so a captured graph reads it)."""
-        self._prefill: tuple[int, int, int] | None = None
+        self._prefill: tuple[int, int, int, int] | None = None
         self._bucket = 1
 
     @property

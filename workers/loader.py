@@ -85,7 +85,7 @@ def load_model(worker: WorkerConfig, checkpoint_root: Path) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(source)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if worker.quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -94,7 +94,7 @@ def load_model(worker: WorkerConfig, checkpoint_root: Path) -> LoadedModel:
         kwargs["device_map"] = worker.device_map or device
     elif worker.device_map:
         kwargs["device_map"] = worker.device_map
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()

@@ -77,7 +77,8 @@ class ModelRunner:
             )
             logits = out.logits
         assert logits is not None, "empty prompt"
-        return logits[0, -1].float()
+        last: torch.Tensor = logits[0, -1].float()
+        return last
 
     def bucket_for(self, rows: int) -> int:
         return next(b for b in self.buckets if b >= rows)
@@ -117,7 +118,7 @@ class ModelRunner:
         self.cache.column.fill_(self.cache.max_len - 1)
         self.mask[:, :, :, -1] = True
         pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self.device)
+        stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for bucket in self.buckets:

@@ -30,6 +30,27 @@ def test_shipped_config_loads(shipped_config: Any) -> None:
     assert shipped_config.rules[-1].when.is_empty()
 
 
+def test_gpu_config_loads_with_production_models() -> None:
+    from workers.config import worker_config
+
+    config = load_config(REPO / "config" / "gpu.yaml", environ={})
+    small, large = worker_config(config, "small"), worker_config(config, "large")
+    assert (small.model, small.dtype, small.quantization) == ("Qwen/Qwen2.5-1.5B-Instruct", "bfloat16", "none")
+    assert (large.model, large.quantization, large.cuda_graphs) == ("Qwen/Qwen2.5-7B-Instruct", "nf4", True)
+
+
+def test_invalid_worker_section_fails_at_start(tmp_path: Path) -> None:
+    raw = shipped()
+    raw["workers"]["large"]["quantization"] = "int3"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, raw), environ={})
+    assert caught.value.key == "workers.large.quantization"
+    raw = shipped()
+    raw["workers"]["huge"] = {"model": "x"}
+    with pytest.raises(ConfigError, match="no tier named 'huge'"):
+        load_config(write(tmp_path, raw), environ={})
+
+
 @pytest.mark.parametrize(
     ("mutate", "key", "reason"),
     [

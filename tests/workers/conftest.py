@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from router.config import load_config
-from router.state import StateStore
 from tests.conftest import REPO
 from tests.servers import ServerThread
 from workers.app import create_worker_app
@@ -41,20 +40,22 @@ def start_worker(tmp_path: Path, checkpoint_dir: Path) -> Iterator[WorkerFactory
         tier: str = "small",
         *,
         probe: MemoryProbe | None = None,
-        store: StateStore | None = None,
         fault_hook: FaultHook | None = None,
         heartbeat_s: float = 1.0,
         wait_ready: bool = True,
+        redis: dict[str, str] | None = None,
         **overrides: Any,
     ) -> ServerThread:
         raw = yaml.safe_load((REPO / "config" / "router.yaml").read_text())
+        if redis is not None:
+            raw["redis"] = redis
         worker = raw["workers"][tier]
         worker.update(checkpoint_dir=str(checkpoint_dir), device="cpu", **overrides)
         path = tmp_path / f"router-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(raw))
         config = load_config(path, environ={})
-        app = create_worker_app(config, tier, probe=probe, store=store, fault_hook=fault_hook, heartbeat_s=heartbeat_s)
-        server = ServerThread(app).__enter__()
+        app = create_worker_app(config, tier, probe=probe, fault_hook=fault_hook, heartbeat_s=heartbeat_s)
+        server = ServerThread(app, port=overrides.get("port")).__enter__()
         started.append(server)
         if wait_ready:
             wait_until_ready(server)
