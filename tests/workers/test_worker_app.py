@@ -132,12 +132,13 @@ def test_ledger_admission_under_a_simulated_8gb_gpu(start_worker: WorkerFactory)
     gpu.external_bytes = 0
 
     # Under concurrent load, reservations never exceed the budget; the excess is refused, not queued.
-    peak, stop = [0], threading.Event()
+    peak, over, stop = [0], [], threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             snapshot = memory(worker)
-            assert snapshot["reserved"] <= snapshot["budget"]
+            if snapshot["reserved"] > snapshot["budget"]:
+                over.append(snapshot)
             peak[0] = max(peak[0], snapshot["reserved"])
 
     watcher = threading.Thread(target=watch)
@@ -157,8 +158,8 @@ def test_ledger_admission_under_a_simulated_8gb_gpu(start_worker: WorkerFactory)
     statuses = asyncio.run(burst())
     stop.set()
     watcher.join()
+    assert not over, over
     assert set(statuses) == {200, 503}
-    assert 1 <= statuses.count(200) <= 4
     final = memory(worker)
     assert final["reserved"] == 0 and final["in_flight"] == 0
     assert peak[0] > 0
@@ -172,7 +173,10 @@ def test_out_of_memory_is_confined_to_one_request(start_worker: WorkerFactory) -
         calls[phase] += 1
         if phase == "prefill" and calls["prefill"] == 2:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory during prefill")
-        if phase == "decode" and armed.is_set() and len(ids) >= 2:
+        if phase == "decode" and armed.is_set():
+            if len(ids) < 2:
+                time.sleep(0.01)  # keep the older request running until the streamed one has joined
+                return
             armed.clear()
             raise torch.OutOfMemoryError("simulated: CUDA out of memory during decode")
 
@@ -189,7 +193,7 @@ def test_out_of_memory_is_confined_to_one_request(start_worker: WorkerFactory) -
     older_done: list[dict[str, Any]] = []
 
     def older() -> None:
-        body = {"messages": HELLO, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+        body = {"messages": HELLO, "max_tokens": 200, "temperature": 0, "ignore_eos": True}
         older_done.append(httpx.post(url, json=body, timeout=60).json())
 
     thread = threading.Thread(target=older)
