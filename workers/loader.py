@@ -61,12 +61,17 @@ def resolve_source(worker: WorkerConfig, checkpoint_root: Path) -> str:
     return worker.model
 
 
-def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
-    """Keys and values, every layer, every KV head: 2 x layers x kv_heads x head_dim x bytes."""
-    layers = int(config.num_hidden_layers)
+def attention_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a transformers model config."""
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return int(config.num_hidden_layers), kv_heads, head_dim
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Keys and values, every layer, every KV head: 2 x layers x kv_heads x head_dim x bytes."""
+    layers, kv_heads, head_dim = attention_shape(config)
     return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 

@@ -16,7 +16,7 @@ from workers.config import WorkerConfig, checkpoint_root
 from workers.engine import Engine, FaultHook
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
-from workers.loader import LoadedModel, load_model
+from workers.loader import LoadedModel, attention_shape, load_model
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
 from workers.runner import ModelRunner
 from workers.service import WorkerService
@@ -33,14 +33,6 @@ def choose_probe(worker: WorkerConfig, device: str) -> MemoryProbe:
     if device.startswith("cuda"):
         return CudaProbe(torch.device(device).index or 0)
     return HostProbe()
-
-
-def cache_shape(loaded: LoadedModel) -> tuple[int, int, int]:
-    cfg = loaded.model.config
-    heads = int(cfg.num_attention_heads)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    return int(cfg.num_hidden_layers), kv_heads, head_dim
 
 
 def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, used: int) -> tuple[int, int]:
@@ -69,7 +61,7 @@ def build_service(
     probe.allocated(loaded.weight_bytes)
     used = probe.total_bytes() - probe.free_bytes() if probe.kind != "host" else loaded.weight_bytes
     rows, width = size_cache(worker, probe, loaded, used)
-    layers, kv_heads, head_dim = cache_shape(loaded)
+    layers, kv_heads, head_dim = attention_shape(loaded.model.config)
     dtype = getattr(torch, loaded.dtype)
     cache = SlotKVCache(
         layers=layers, max_batch=rows, kv_heads=kv_heads, max_len=width, head_dim=head_dim, dtype=dtype, device=device
