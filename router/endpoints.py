@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from router.protocol import ModelCard, ModelList, encode
@@ -17,7 +18,9 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, State], service: RoutingService) -> Response[bytes] | Stream:
+async def chat_completions(
+    request: Request[Any, Any, State], service: NamedDependency[RoutingService]
+) -> Response[bytes] | Stream:
     chat = parse_chat_request(await request.body())
     decision = await service.decide(chat, request.headers)
     headers = decision_headers(decision)
@@ -29,14 +32,14 @@ async def chat_completions(request: Request[Any, Any, State], service: RoutingSe
 
 
 @post("/v1/route", status_code=200)
-async def route(request: Request[Any, Any, State], service: RoutingService) -> Response[bytes]:
+async def route(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
     chat = parse_chat_request(await request.body())
     decision = await service.decide(chat, request.headers)
     return Response(encode(decision), media_type=JSON, headers=decision_headers(decision))
 
 
 @get("/v1/models")
-async def list_models(service: RoutingService) -> Response[bytes]:
+async def list_models(service: NamedDependency[RoutingService]) -> Response[bytes]:
     cards = [ModelCard(id=name) for name in service.rules.model_names()]
     return Response(encode(ModelList(cards)), media_type=JSON)
 
@@ -47,6 +50,6 @@ async def health() -> dict[str, str]:
 
 
 @get("/ready")
-async def ready(service: RoutingService) -> Response[bytes]:
+async def ready(service: NamedDependency[RoutingService]) -> Response[bytes]:
     report = await service.readiness()
     return Response(encode(report), media_type=JSON, status_code=200 if report["ready"] else 503)

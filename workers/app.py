@@ -15,7 +15,7 @@ from typing import Any
 
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.response import Stream
 
 from router.config import Config
@@ -56,7 +56,9 @@ class WorkerState:
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, State], worker: WorkerState) -> Response[bytes] | Stream:
+async def chat_completions(
+    request: Request[Any, Any, State], worker: NamedDependency[WorkerState]
+) -> Response[bytes] | Stream:
     service = worker.ready()
     chat = parse_chat_request(await request.body())
     try:
@@ -70,13 +72,13 @@ async def chat_completions(request: Request[Any, Any, State], worker: WorkerStat
 
 
 @get("/v1/models")
-async def list_models(worker: WorkerState) -> Response[bytes]:
+async def list_models(worker: NamedDependency[WorkerState]) -> Response[bytes]:
     name = worker.config.served_name or worker.tier
     return Response(encode(ModelList([ModelCard(id=name)])), media_type=JSON)
 
 
 @get("/v1/memory")
-async def memory(worker: WorkerState) -> Response[bytes]:
+async def memory(worker: NamedDependency[WorkerState]) -> Response[bytes]:
     return Response(encode(worker.ready().memory()), media_type=JSON)
 
 
@@ -86,7 +88,7 @@ async def health() -> dict[str, str]:
 
 
 @get("/ready")
-async def ready(worker: WorkerState) -> Response[bytes]:
+async def ready(worker: NamedDependency[WorkerState]) -> Response[bytes]:
     with contextlib.suppress(NotReady):
         worker.ready()
     if worker.service is None:
