@@ -239,3 +239,13 @@ def test_upstream_failures_name_the_tier(start_router: RouterFactory, unused_url
                 assert response.headers["x-router-tier"] == tier
         relayed = httpx.post(f"{router.url}/v1/chat/completions", json={"model": "remote", "messages": FRANCE})
         assert relayed.status_code == 400 and "stand-in failing" in relayed.json()["error"]["message"]
+
+
+def test_embedding_classifier_routes_end_to_end(start_router: RouterFactory, standins: dict[str, ServerThread]) -> None:
+    urls = [f"{standins[t].url}/v1" for t in ("small", "large", "remote")]
+    router = start_router(router_yaml(*urls, classifier={"kind": "embedding", "threshold": 0.5}))
+    simple = httpx.post(f"{router.url}/v1/route", json={"messages": FRANCE}, timeout=30).json()
+    complex_ = httpx.post(f"{router.url}/v1/route", json={"messages": PROOF}, timeout=30).json()
+    assert (simple["tier"], complex_["tier"]) == ("small", "large")
+    assert any(r.startswith("embedding:") for r in complex_["reasons"])
+    assert httpx.get(f"{router.url}/ready").json()["classifier"] == "embedding"
