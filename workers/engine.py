@@ -294,7 +294,7 @@ class Engine:
     def _launch(self, column: int, ahead: int) -> torch.Tensor | None:
         """Queue one decode step writing `column` for every running row; None after an out-of-memory error."""
         rows = len(self._rows)
-        bucket = self.runner.bucket_for(rows) if self.runner.use_graphs else rows
+        bucket = self.runner.bucket_for(rows) if self.runner.padded else rows
         self.runner.mask[:bucket, :, :, column] = True
         self.cache.column.fill_(column)
         try:

@@ -67,7 +67,9 @@ def build_service(
         layers=layers, max_batch=rows, kv_heads=kv_heads, max_len=width, head_dim=head_dim, dtype=dtype, device=device
     )
     probe.allocated(cache.nbytes)
-    runner = ModelRunner(loaded.model, cache, use_graphs=worker.cuda_graphs, prefill_chunk=worker.prefill_chunk)
+    runner = ModelRunner(
+        loaded.model, cache, use_graphs=worker.cuda_graphs, prefill_chunk=worker.prefill_chunk, compile=worker.compile
+    )
     graphs = runner.capture_graphs()
     fixed = _fixed_cost(probe, loaded, cache, graphs.pool_bytes)
     ledger = VramLedger(

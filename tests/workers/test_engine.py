@@ -43,12 +43,17 @@ def reference(model: LlamaForCausalLM, prompt: list[int], n: int) -> str:
     return LetterTokenizer().decode(out[0, len(prompt) :].tolist())
 
 
-@pytest.mark.parametrize(("max_len", "prefill_chunk"), [(64, 512), (64, 4), (256, 7)])
-def test_batched_greedy_decoding_matches_generate(model: LlamaForCausalLM, max_len: int, prefill_chunk: int) -> None:
+@pytest.mark.parametrize(
+    ("max_len", "prefill_chunk", "compiled"),
+    [(64, 512, False), (64, 4, False), (256, 7, False), pytest.param(64, 512, True, marks=pytest.mark.slow)],
+)
+def test_batched_greedy_decoding_matches_generate(
+    model: LlamaForCausalLM, max_len: int, prefill_chunk: int, compiled: bool
+) -> None:
     cache = SlotKVCache(
         layers=2, max_batch=4, kv_heads=2, max_len=max_len, head_dim=16, dtype=torch.float32, device="cpu"
     )
-    runner = ModelRunner(model, cache, use_graphs=False, prefill_chunk=prefill_chunk)
+    runner = ModelRunner(model, cache, use_graphs=False, prefill_chunk=prefill_chunk, compile=compiled)
     ledger = VramLedger(
         SimulatedGpu(10**9),
         kv_bytes_per_token=512,
