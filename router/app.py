@@ -1,4 +1,4 @@
-"""The router's Litestar app: the factory, its lifespan, and the error handlers."""
+"""The router's Litestar app: the factory and its lifespan (errors render through `router.http_errors`)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ from router.service import RoutingService
 from router.state import StateStore, create_store
 
 log = logging.getLogger(__name__)
-
-_HTTP_ERROR_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-}
 
 
 def create_app(
