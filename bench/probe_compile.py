@@ -54,15 +54,20 @@ def main() -> int:
     reference = None
     for label in ("eager-modules", "inductor"):
         cache = SlotKVCache(
-            layers=layers, max_batch=max(args.buckets), kv_heads=kv_heads, max_len=1024, head_dim=head_dim,
-            dtype=torch.bfloat16, device="cuda",
+            layers=layers,
+            max_batch=max(args.buckets),
+            kv_heads=kv_heads,
+            max_len=1024,
+            head_dim=head_dim,
+            dtype=torch.bfloat16,
+            device="cuda",
         )
         runner = ModelRunner(model, cache, use_graphs=True)
         runner.buckets = sorted(args.buckets)
         if label == "inductor":
             started = time.monotonic()
             runner.model = torch.compile(model, dynamic=False)
-            print(f"compiling (lazily, during capture)...", flush=True)
+            print("compiling (lazily, during capture)...", flush=True)
         started = time.monotonic()
         try:
             runner.capture_graphs()
@@ -78,7 +83,10 @@ def main() -> int:
         for rows in sorted(args.buckets):
             ms = time_replays(runner, rows)
             results[(label, rows)] = ms
-            print(f"{label:<14} rows {rows:>2}: {ms:.3f} ms/step = {rows * 1000 / ms:.0f} tok/s (capture {capture_s:.0f}s)")
+            print(
+                f"{label:<14} rows {rows:>2}: {ms:.3f} ms/step = {rows * 1000 / ms:.0f} tok/s "
+                f"(capture {capture_s:.0f}s)"
+            )
         logits = runner.decode(1)[0]
         if reference is None:
             reference = logits.clone()
