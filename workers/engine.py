@@ -142,6 +142,8 @@ class Engine:
         self.ledger = ledger
         self.eos_ids = frozenset(eos_ids)
         self._eos_index = torch.tensor(sorted(self.eos_ids), device=runner.device) if self.eos_ids else None
+        self._rows_key: tuple[int, ...] = ()
+        self._rows_tensor = torch.zeros(0, dtype=torch.long, device=runner.device)
         self.queue_size = queue_size
         self.max_batch = runner.cache.max_batch
         self.max_len = runner.cache.max_len
@@ -323,10 +325,18 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, rows: list[_Running], ahead: int) -> torch.Tensor:
         """`ahead`: how many tokens each row will have gained before these are consumed (for min_tokens)."""
-        early = [i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens]
+        early = tuple(i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens)
         if early and self._eos_index is not None:
-            logits[torch.tensor(early)[:, None], self._eos_index[None, :]] = float("-inf")
+            logits[self._row_index(early)[:, None], self._eos_index[None, :]] = float("-inf")
         return sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
+
+    def _row_index(self, rows: tuple[int, ...]) -> torch.Tensor:
+        """The rows as a device tensor, rebuilt only when they change: a host-to-device copy from pageable
+        memory waits for the device, which would stall the step queued ahead."""
+        if self._rows_key != rows:
+            self._rows_key = rows
+            self._rows_tensor = torch.tensor(rows, device=self.runner.device)
+        return self._rows_tensor
 
     def _accept(self, running: _Running, token: int) -> None:
         running.completion += 1

@@ -100,3 +100,42 @@ def test_batched_greedy_decoding_matches_generate(
         assert (finished.reason, finished.prompt_tokens, finished.completion_tokens) == ("length", len(prompt), n)
     assert engine.stats.largest_batch > 1
     assert ledger.snapshot().reserved == 0
+
+
+def test_min_tokens_holds_back_end_of_sequence(model: LlamaForCausalLM) -> None:
+    cache = SlotKVCache(layers=2, max_batch=4, kv_heads=2, max_len=64, head_dim=16, dtype=torch.float32, device="cpu")
+    ledger = VramLedger(
+        SimulatedGpu(10**9),
+        kv_bytes_per_token=512,
+        fixed_bytes=0,
+        pool_bytes=cache.nbytes,
+        budget_fraction=1.0,
+        margin_bytes=0,
+    )
+    half_the_vocabulary_ends = range(150)
+    engine = Engine(
+        ModelRunner(model, cache, use_graphs=False),
+        LetterTokenizer(),
+        ledger,
+        eos_ids=half_the_vocabulary_ends,
+        queue_size=4,
+    )
+    engine.start()
+
+    async def run(min_tokens: int) -> Finished:
+        request = GenerationRequest(f"m{min_tokens}", [1, 2, 3], 30, SamplingParams(temperature=0.0), [], min_tokens)
+        stream = engine.submit(request, asyncio.get_running_loop())
+        while not isinstance(event := await stream.next(), Finished):
+            assert not isinstance(event, Failed)
+        return event
+
+    async def main() -> list[Finished]:
+        return list(await asyncio.gather(run(0), run(12), run(30)))
+
+    try:
+        free, held, forced = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert free.completion_tokens < 12, "without min_tokens the first end-of-sequence token stops it"
+    assert held.completion_tokens >= 12
+    assert (forced.reason, forced.completion_tokens) == ("length", 30)
