@@ -5,13 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from router.errors import RouterError
-from router.protocol import encode
+from router.protocol import ChatCompletionChunk, ChunkChoice, Delta, Usage, encode
 
 DONE = b"data: [DONE]\n\n"
 
 
 def frame(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
+
+
+def chunk_frame(
+    chunk_id: str, created: int, model: str, delta: Delta, finish: str | None = None, usage: Usage | None = None
+) -> bytes:
+    """One `chat.completion.chunk` event; a usage-only chunk (stream_options.include_usage) has no choices."""
+    choices = [] if usage else [ChunkChoice(0, delta, finish)]
+    return frame(encode(ChatCompletionChunk(chunk_id, created, model, choices, usage)))
 
 
 def error_frame(error: RouterError) -> bytes:

@@ -19,10 +19,8 @@ import msgspec
 
 from router.protocol import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
-    ChunkChoice,
     Delta,
     ErrorBody,
     ErrorDetail,
@@ -33,7 +31,7 @@ from router.protocol import (
     decode_chat_request,
     encode,
 )
-from router.sse import DONE, frame
+from router.sse import DONE, chunk_frame
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -109,9 +107,8 @@ class Standin:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
 
         async def emit(delta: Delta, finish: str | None = None, with_usage: Usage | None = None) -> None:
-            choices = [] if with_usage else [ChunkChoice(0, delta, finish)]
-            chunk = ChatCompletionChunk("chatcmpl-standin", created, settings.name, choices, with_usage)
-            await send({"type": "http.response.body", "body": frame(encode(chunk)), "more_body": True})
+            body = chunk_frame("chatcmpl-standin", created, settings.name, delta, finish, with_usage)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
 
         await emit(Delta(role="assistant", content=""))
         for i, word in enumerate(words):

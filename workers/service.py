@@ -12,16 +12,13 @@ from typing import Any
 from router.errors import InvalidRequest
 from router.protocol import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
-    ChunkChoice,
     Delta,
     ResponseMessage,
     Usage,
-    encode,
 )
-from router.sse import DONE, error_frame, frame
+from router.sse import DONE, chunk_frame, error_frame
 from workers.config import WorkerConfig
 from workers.engine import Engine, Failed, Finished, GenerationRequest, RequestStream, TextDelta
 from workers.errors import from_engine_error
@@ -105,8 +102,7 @@ class WorkerService:
         rid, created, name = stream.request.id, int(time.time()), self.name
 
         def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
-            choices = [] if usage else [ChunkChoice(0, delta, finish)]
-            return frame(encode(ChatCompletionChunk(rid, created, name, choices, usage)))
+            return chunk_frame(rid, created, name, delta, finish, usage)
 
         try:
             yield chunk(Delta(role="assistant", content=""))

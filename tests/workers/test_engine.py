@@ -37,6 +37,30 @@ def model() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_engine(
+    model: LlamaForCausalLM,
+    *,
+    max_len: int = 64,
+    prefill_chunk: int = 512,
+    compiled: bool = False,
+    eos_ids: range | list[int] = (),
+    queue_size: int = 16,
+) -> Engine:
+    cache = SlotKVCache(
+        layers=2, max_batch=4, kv_heads=2, max_len=max_len, head_dim=16, dtype=torch.float32, device="cpu"
+    )
+    runner = ModelRunner(model, cache, use_graphs=False, prefill_chunk=prefill_chunk, compile=compiled)
+    ledger = VramLedger(
+        SimulatedGpu(10**9),
+        kv_bytes_per_token=512,
+        fixed_bytes=0,
+        pool_bytes=cache.nbytes,
+        budget_fraction=1.0,
+        margin_bytes=0,
+    )
+    return Engine(runner, LetterTokenizer(), ledger, eos_ids=eos_ids, queue_size=queue_size)
+
+
 def reference(model: LlamaForCausalLM, prompt: list[int], n: int) -> str:
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -50,19 +74,7 @@ def reference(model: LlamaForCausalLM, prompt: list[int], n: int) -> str:
 def test_batched_greedy_decoding_matches_generate(
     model: LlamaForCausalLM, max_len: int, prefill_chunk: int, compiled: bool
 ) -> None:
-    cache = SlotKVCache(
-        layers=2, max_batch=4, kv_heads=2, max_len=max_len, head_dim=16, dtype=torch.float32, device="cpu"
-    )
-    runner = ModelRunner(model, cache, use_graphs=False, prefill_chunk=prefill_chunk, compile=compiled)
-    ledger = VramLedger(
-        SimulatedGpu(10**9),
-        kv_bytes_per_token=512,
-        fixed_bytes=0,
-        pool_bytes=cache.nbytes,
-        budget_fraction=1.0,
-        margin_bytes=0,
-    )
-    engine = Engine(runner, LetterTokenizer(), ledger, eos_ids=[], queue_size=16)
+    engine = tiny_engine(model, max_len=max_len, prefill_chunk=prefill_chunk, compiled=compiled)
     engine.start()
     # Staggered arrivals of different lengths: joins mid-batch, right shifts, compaction at the cache's end.
     jobs = [
@@ -99,27 +111,12 @@ def test_batched_greedy_decoding_matches_generate(
         assert text == reference(model, prompt, n)
         assert (finished.reason, finished.prompt_tokens, finished.completion_tokens) == ("length", len(prompt), n)
     assert engine.stats.largest_batch > 1
-    assert ledger.snapshot().reserved == 0
+    assert engine.ledger.snapshot().reserved == 0
 
 
 def test_min_tokens_holds_back_end_of_sequence(model: LlamaForCausalLM) -> None:
-    cache = SlotKVCache(layers=2, max_batch=4, kv_heads=2, max_len=64, head_dim=16, dtype=torch.float32, device="cpu")
-    ledger = VramLedger(
-        SimulatedGpu(10**9),
-        kv_bytes_per_token=512,
-        fixed_bytes=0,
-        pool_bytes=cache.nbytes,
-        budget_fraction=1.0,
-        margin_bytes=0,
-    )
     half_the_vocabulary_ends = range(150)
-    engine = Engine(
-        ModelRunner(model, cache, use_graphs=False),
-        LetterTokenizer(),
-        ledger,
-        eos_ids=half_the_vocabulary_ends,
-        queue_size=4,
-    )
+    engine = tiny_engine(model, eos_ids=half_the_vocabulary_ends, queue_size=4)
     engine.start()
 
     async def run(min_tokens: int) -> Finished:
