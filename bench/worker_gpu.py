@@ -172,8 +172,8 @@ def serve_case(config_path: Path, tier: str, cases: list[tuple[str, int, int]], 
     rows = []
     try:
         deadline = time.monotonic() + 900
-        while httpx.get(f"{server.url}/ready").status_code != 200:
-            detail = httpx.get(f"{server.url}/ready").json()["detail"]
+        while (ready := httpx.get(f"{server.url}/ready")).status_code != 200:
+            detail = str(ready.json().get("detail", ""))
             if "failed" in detail or time.monotonic() > deadline:
                 raise RuntimeError(detail)
             time.sleep(0.5)
@@ -214,6 +214,17 @@ def run_case(name: str, small: Path, large: Path, new: int) -> list[dict[str, An
     load = [("batch1", 1, new), ("concurrent8", 8, new), ("concurrent16", 16, new)]
     if name == "1.5b-bf16-graphs":
         return serve_case(write_config(tmp / "a.yaml", {"small": small_w}), "small", load, prompt)
+    if name == "1.5b-bf16-compiled":
+        config = write_config(tmp / "g.yaml", {"small": {**small_w, "compile": True}})
+        return serve_case(config, "small", [("batch1", 1, new), ("concurrent16", 16, new)], prompt)
+    if name == "7b-nf4-compiled":
+        config = write_config(tmp / "h.yaml", {"large": {**large_w, "compile": True}})
+        return serve_case(config, "large", [("batch1", 1, new), ("concurrent16", 16, new)], prompt)
+    if name == "7b-nf4-one-4k-request-chunk256":
+        one = {**large_w, "max_seq_len": 4352, "max_batch_size": 1, "max_tokens_cap": 300, "prefill_chunk": 256}
+        return serve_case(
+            write_config(tmp / "i.yaml", {"large": one}), "large", [("4k-prompt", 1, new)], "word " * 4000
+        )
     if name == "1.5b-bf16-eager":
         config = write_config(tmp / "b.yaml", {"small": {**small_w, "cuda_graphs": False}})
         return serve_case(config, "small", [("batch1", 1, new)], prompt)
@@ -248,7 +259,10 @@ CASES = [
     "7b-nf4-graphs",
     "7b-nf4-eager",
     "7b-nf4-one-4k-request",
+    "7b-nf4-one-4k-request-chunk256",
     "both-tiers",
+    "1.5b-bf16-compiled",
+    "7b-nf4-compiled",
 ]
 
 
@@ -282,6 +296,7 @@ def main() -> int:
     parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bench-checkpoints-v2"))
     parser.add_argument("--only", nargs="*", default=None, help="case name prefixes to run")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--case-timeout", type=float, default=900, help="seconds before a case is abandoned")
     args = parser.parse_args()
     new = 64 if args.quick else 256
     small, large = build("qwen2.5-1.5b", args.checkpoints), build("qwen2.5-7b", args.checkpoints)
@@ -296,7 +311,13 @@ def main() -> int:
         if args.only and not any(name.startswith(p) for p in args.only):
             continue
         command = [sys.executable, __file__, "--case", name, "--checkpoints", str(args.checkpoints)]
-        child = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
+        try:
+            child = subprocess.run(
+                command + (["--quick"] if args.quick else []), capture_output=True, text=True, timeout=args.case_timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            print(f"case {name} ran past {args.case_timeout:.0f} s:\n{str(exc.stderr or '')[-3000:]}", flush=True)
+            continue
         rows = [json.loads(line[4:]) for line in child.stdout.splitlines() if line.startswith("ROW ")]
         if child.returncode != 0 or not rows:
             print(f"case {name} failed:\n{child.stderr[-3000:]}", flush=True)
