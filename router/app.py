@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+import anyio
 import httpx
 from litestar import Litestar
 from litestar.datastructures import State
@@ -16,8 +17,9 @@ from router.backends import TierBackend, create_client
 from router.classify.base import ComplexityClassifier, build_classifier
 from router.config import Config
 from router.endpoints import chat_completions, health, list_models, ready, route
+from router.guard.rails import Guard
 from router.http_errors import exception_handlers
-from router.service import RoutingService
+from router.service import RoutingService, needs_guard
 from router.state import StateStore, create_store
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ def create_app(
     http_client: httpx.AsyncClient | None = None,
     store: StateStore | None = None,
     classifier: ComplexityClassifier | None = None,
+    guard: Guard | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Litestar:
     """Build the router. Injected resources are used as given and left open; the rest are owned here."""
@@ -43,10 +46,21 @@ def create_app(
         try:
             await scorer.start()
             backends = {name: TierBackend(name, tier, client, environ) for name, tier in config.tiers.items()}
-            service = RoutingService(config, scorer, backends, state_store)
+            rails = guard
+            if rails is None and needs_guard(config):
+                rails = await anyio.to_thread.run_sync(Guard.load, config)
+            if rails is not None:
+                rails.bind(backends)
+            service = RoutingService(config, scorer, backends, state_store, rails)
             app.state.service = service
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
-            log.info("router ready: classifier=%s state=%s tiers=%s", scorer.name, state_store.backend, list(backends))
+            log.info(
+                "router ready: classifier=%s state=%s tiers=%s guardrails=%s",
+                scorer.name,
+                state_store.backend,
+                list(backends),
+                "on" if rails is not None else "off",
+            )
             yield
         finally:
             if flusher is not None:

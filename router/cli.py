@@ -35,12 +35,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from router.app import create_app
+    from router.guard.rails import Guard
+    from router.service import needs_guard
 
     config = load_config(args.config)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    # Loaded before serving, so a broken guardrails config stops start-up with a message, not a traceback.
+    guard = Guard.load(config) if needs_guard(config) else None
     print(f"tiered-router: serving on http://{host}:{port}/v1 (config {args.config})", flush=True)
-    uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
+    app = create_app(config, guard=guard)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
     return 0
 
 

@@ -112,6 +112,25 @@ class RedisConfig(Strict, frozen=True):
     prefix: str = "tiered-router:"
 
 
+class GuardrailsConfig(Strict, frozen=True):
+    """The guard stage (router.guard): NeMo Guardrails around dispatch, for requests the rules mark."""
+
+    path: str = "guardrails"
+    """The NeMo Guardrails config directory (config.yml, rails.co, prompts.yml), relative to this file."""
+    refusal: str = "I'm sorry, but I can't help with that request."
+    on_error: Literal["block", "allow"] = "block"
+    """What a rail that raises or times out means: `block` fails closed."""
+    timeout_s: Seconds = 5.0
+    speculative: bool = True
+    """Start generating while input rails run; nothing is released before they pass."""
+    stream_chunk_chars: Annotated[int, Meta(ge=1)] = 64
+    """Streams: output rails re-check the text each time this many new characters have arrived."""
+    hold_back_chars: Annotated[int, Meta(ge=0)] = 0
+    """Streams: characters always kept back from the client beyond what the pattern rails hold."""
+    self_check_tier: str = "small"
+    """The tier that answers NeMo's own LLM calls (self check input/output): never the 7B."""
+
+
 class Config(Strict, frozen=True):
     tiers: dict[str, TierConfig]
     rules: list[Rule]
@@ -119,6 +138,7 @@ class Config(Strict, frozen=True):
     classifier: ClassifierConfig = ClassifierConfig()
     routing: RoutingConfig = RoutingConfig()
     redis: RedisConfig = RedisConfig()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
     workers: dict[str, dict[str, Any]] = {}
     """Per-tier worker settings, decoded by `workers.config.worker_config` (validated here too)."""
     source: str = ""
@@ -203,6 +223,8 @@ def validate(config: Config) -> None:
         if rule.fallback is not None:
             _check_chain(src, f"{key}.fallback", rule.fallback, tiers, own=rule.tier)
         _check_match(src, f"{key}.when", rule.when)
+    if config.guardrails.self_check_tier not in tiers:
+        raise ConfigError(src, "guardrails.self_check_tier", f"unknown tier {config.guardrails.self_check_tier!r}")
     from workers.config import worker_config  # the worker's own schema; imports nothing heavy
 
     for name in config.workers:

@@ -23,12 +23,12 @@ async def chat_completions(
 ) -> Response[bytes] | Stream:
     chat = parse_chat_request(await request.body())
     decision = await service.decide(chat, request.headers)
-    headers = decision_headers(decision)
     if chat.stream:
-        upstream = await service.open_stream(chat, decision)
-        return Stream(relay(upstream.chunks()), media_type="text/event-stream", headers={**headers, **SSE_HEADERS})
-    reply = await service.complete(chat, decision)
-    return Response(reply.body, media_type=JSON, headers=headers)
+        opened = await service.open_stream(chat, decision)
+        headers = {**opened.headers, **SSE_HEADERS}
+        return Stream(relay(opened.chunks), media_type="text/event-stream", headers=headers)
+    answer = await service.complete(chat, decision)
+    return Response(answer.body, media_type=JSON, headers=answer.headers)
 
 
 @post("/v1/route", status_code=200)

@@ -9,12 +9,15 @@ from collections.abc import Mapping
 
 import msgspec
 
-from router.backends import TierBackend, UpstreamReply, UpstreamStream
+from router.backends import TierBackend
 from router.classify.base import ComplexityClassifier
 from router.config import Config
 from router.conversation import Conversation
+from router.dispatch import Answer, Dispatcher, StreamAnswer
 from router.errors import InvalidRequest
-from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request, encode
+from router.guard.pipeline import GuardedDispatch
+from router.guard.rails import Guard
+from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request
 from router.rules import RouteInput, RuleSet
 from router.state import StateStore, StateUnavailable
 
@@ -39,6 +42,11 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
 
 
+def needs_guard(config: Config) -> bool:
+    """Does any tier or rule ask for guardrails? Only then is NeMo loaded."""
+    return any(t.guardrails for t in config.tiers.values()) or any(r.guardrails for r in config.rules)
+
+
 def decision_headers(decision: RouteDecision) -> dict[str, str]:
     return {
         "x-router-tier": decision.tier,
@@ -56,11 +64,14 @@ class RoutingService:
         classifier: ComplexityClassifier,
         backends: Mapping[str, TierBackend],
         store: StateStore,
+        guard: Guard | None = None,
     ) -> None:
         self.config = config
         self.rules = RuleSet(config)
         self.classifier = classifier
         self.backends = dict(backends)
+        self.dispatcher = Dispatcher(self.backends)
+        self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
         self.store = store
         self._routed: Counter[str] = Counter()
 
@@ -73,17 +84,34 @@ class RoutingService:
         decision.reasons.append(f"prompt: ~{conversation.prompt_tokens} tokens over {len(request.messages)} messages")
         return decision
 
-    def upstream_payload(self, request: ChatCompletionRequest, decision: RouteDecision) -> bytes:
-        backend = self.backends[decision.tier]
-        return encode(msgspec.structs.replace(request, model=backend.config.model))
+    def _guarded(self, decision: RouteDecision) -> GuardedDispatch | None:
+        if not decision.guardrails:
+            return None
+        if self.guarded is None:  # start-up loads the guard whenever a tier or rule asks for it
+            raise RuntimeError("a guarded route was decided but no guard is loaded")
+        return self.guarded
 
-    async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> UpstreamReply:
+    async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> Answer:
         self._routed[decision.tier] += 1
-        return await self.backends[decision.tier].complete(self.upstream_payload(request, decision))
+        guarded = self._guarded(decision)
+        if guarded is not None:
+            answer = await guarded.complete(request, decision)
+        else:
+            reply, route = await self.dispatcher.complete(request, decision)
+            answer = Answer(reply.body, route.headers())
+        answer.headers = {**decision_headers(decision), **answer.headers}
+        return answer
 
-    async def open_stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> UpstreamStream:
+    async def open_stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> StreamAnswer:
         self._routed[decision.tier] += 1
-        return await self.backends[decision.tier].open_stream(self.upstream_payload(request, decision))
+        guarded = self._guarded(decision)
+        if guarded is not None:
+            answer = await guarded.stream(request, decision)
+        else:
+            upstream, route = await self.dispatcher.open_stream(request, decision)
+            answer = StreamAnswer(upstream.chunks(), route.headers())
+        answer.headers = {**decision_headers(decision), **answer.headers}
+        return answer
 
     async def flush_counts(self) -> None:
         """Move this replica's counts into the shared store (Redis or memory); kept for the next try on failure."""

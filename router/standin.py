@@ -81,7 +81,8 @@ class Standin:
     async def _chat(self, scope: Scope, body: bytes, send: Send) -> None:
         settings = self.settings
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.received.append({"headers": headers, "body": msgspec.json.decode(body) if body else None})
+        record = {"headers": headers, "body": msgspec.json.decode(body) if body else None, "at": time.monotonic()}
+        self.received.append(record)
         while len(self.received) > settings.record:
             self.received.popleft()
         if settings.response_delay_s:

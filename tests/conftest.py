@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 
 from router.app import create_app
 from router.config import Config, load_config
+from router.guard.rails import Guard
 from router.standin import Standin, StandinSettings
 from tests.servers import ServerThread, free_port, redis_server
 
@@ -29,9 +31,14 @@ def router_yaml(small: str, large: str, remote: str, **overrides: Any) -> dict[s
     for name, url in (("small", small), ("large", large), ("remote", remote)):
         raw["tiers"][name]["base_url"] = url
     raw["tiers"]["remote"]["api_key_env"] = "TEST_REMOTE_KEY"
+    raw.setdefault("guardrails", {})["path"] = raw_guard_path()
     for key, value in overrides.items():
         raw[key] = value
     return raw
+
+
+def raw_guard_path() -> str:
+    return str(REPO / "config" / "guardrails")
 
 
 def write_config(path: Path, raw: dict[str, Any]) -> Path:
@@ -53,8 +60,16 @@ def standins() -> Iterator[dict[str, ServerThread]]:
 RouterFactory = Callable[..., ServerThread]
 
 
+@pytest.fixture(scope="session")
+def shipped_guard() -> Guard:
+    """The shipped guardrails (config/guardrails), loaded once: routers built from the shipped YAML share it."""
+    raw = router_yaml("http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
+    config = load_config(write_config(Path(tempfile.mkdtemp()) / "router.yaml", raw), environ={})
+    return Guard.load(config)
+
+
 @pytest.fixture
-def start_router(tmp_path: Path, standins: dict[str, ServerThread]) -> Iterator[RouterFactory]:
+def start_router(tmp_path: Path, standins: dict[str, ServerThread], shipped_guard: Guard) -> Iterator[RouterFactory]:
     """Start a real router (uvicorn on loopback) from YAML; keyword args override top-level config keys."""
     started: list[ServerThread] = []
 
@@ -65,7 +80,8 @@ def start_router(tmp_path: Path, standins: dict[str, ServerThread]) -> Iterator[
             raw = router_yaml(*(f"{standins[t].url}/v1" for t in ("small", "large", "remote")), **overrides)
         config = load_config(write_config(tmp_path / f"router{len(started)}.yaml", raw), environ={})
         env = {"TEST_REMOTE_KEY": "sk-test-secret-key"} if environ is None else environ
-        server = ServerThread(create_app(config, environ=env))
+        guard = shipped_guard if config.guardrails.path == raw_guard_path() else None
+        server = ServerThread(create_app(config, environ=env, guard=guard))
         server.__enter__()
         started.append(server)
         return server

@@ -222,6 +222,8 @@ def test_upstream_failures_name_the_tier(start_router: RouterFactory, unused_url
     rejecting = ServerThread(Standin(StandinSettings(name="rejecting", fail_status=400)))
     with failing, slow, rejecting:
         raw = router_yaml(f"{failing.url}/v1", unused_url, f"{rejecting.url}/v1")
+        for tier in ("small", "large"):
+            raw["tiers"][tier]["fallback"] = []  # each failure must reach the client here
         raw["tiers"]["slow"] = {
             "base_url": f"{slow.url}/v1",
             "model": "slow",

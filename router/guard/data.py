@@ -1,0 +1,69 @@
+"""Typed data for the LLM-free rails, read from the NeMo config's `custom_data` and validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from router.config import ConfigError, Strict, Unit, decode_struct
+
+GROUPS = ("injection", "jailbreak", "secrets", "pii")
+"""Pattern groups the rails in rails.co refer to; input rails use the first two, output rails the rest."""
+
+
+class PatternRule(Strict, frozen=True):
+    name: str
+    regex: str
+    validate: Literal["luhn"] | None = None
+    """An extra check on a match (`luhn`: a credit card number's check digit), cutting false positives."""
+
+
+class PatternGroups(Strict, frozen=True):
+    injection: list[PatternRule] = msgspec.field(default_factory=list)
+    jailbreak: list[PatternRule] = msgspec.field(default_factory=list)
+    secrets: list[PatternRule] = msgspec.field(default_factory=list)
+    pii: list[PatternRule] = msgspec.field(default_factory=list)
+
+    def group(self, name: str) -> list[PatternRule]:
+        rules: list[PatternRule] = getattr(self, name)
+        return rules
+
+
+class SimilaritySettings(Strict, frozen=True):
+    disallowed: str
+    allowed: str | None = None
+    threshold: Unit = 0.5
+    margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+
+
+class GuardData(Strict, frozen=True):
+    patterns: PatternGroups = PatternGroups()
+    similarity: SimilaritySettings | None = None
+
+
+def load_guard_data(custom_data: dict[str, Any], directory: Path) -> tuple[GuardData, list[str], list[str]]:
+    """Decode `custom_data` and read the example files; returns (data, disallowed lines, allowed lines)."""
+    source = str(directory)
+    known = {k: v for k, v in custom_data.items() if k in GuardData.__struct_fields__}
+    data = decode_struct(known, GuardData, source, prefix="custom_data")
+    disallowed: list[str] = []
+    allowed: list[str] = []
+    if data.similarity is not None:
+        disallowed = _read_lines(directory, data.similarity.disallowed, "custom_data.similarity.disallowed")
+        if not disallowed:
+            raise ConfigError(source, "custom_data.similarity.disallowed", "the file has no examples")
+        if data.similarity.allowed:
+            allowed = _read_lines(directory, data.similarity.allowed, "custom_data.similarity.allowed")
+    return data, disallowed, allowed
+
+
+def _read_lines(directory: Path, name: str, key: str) -> list[str]:
+    path = directory / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(directory), key, f"cannot read {path}: {exc.strerror or exc}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]

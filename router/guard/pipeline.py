@@ -1,0 +1,154 @@
+"""Guarded dispatch: input rails concurrently with the start of generation, output rails on the answer.
+
+Speculative start: the dispatcher starts generating (with its fallback chain, so a request that falls
+back to the remote API stays guarded there) while the input rails run. Nothing from the upstream is
+released before they pass; a block cancels the generation by closing its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import msgspec
+
+from router.backends import UpstreamStream
+from router.dispatch import Answer, Dispatcher, StreamAnswer
+from router.guard.rails import Guard, GuardVerdict
+from router.guard.stream import GuardedStream
+from router.protocol import ChatCompletion, ChatCompletionRequest, Choice, Delta, ResponseMessage, RouteDecision, encode
+from router.sse import DONE, chunk_frame
+
+T = TypeVar("T")
+
+
+def user_text(request: ChatCompletionRequest) -> str:
+    """What the input rails read: every user message's text, in order (history can carry injections too)."""
+    parts: list[str] = []
+    for message in request.messages:
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str):
+            parts.append(message.content)
+        elif message.content:
+            parts.extend(p.text for p in message.content if isinstance(p.text, str))
+    return "\n".join(parts)
+
+
+def guard_headers(verdict: GuardVerdict) -> dict[str, str]:
+    if verdict.blocked:
+        return {"x-router-guardrail": "blocked", "x-router-guardrail-rail": verdict.rail or ""}
+    return {"x-router-guardrail": "passed"}
+
+
+class GuardedDispatch:
+    def __init__(self, guard: Guard, dispatcher: Dispatcher) -> None:
+        self.guard = guard
+        self.dispatcher = dispatcher
+
+    async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> Answer:
+        text = user_text(request)
+        verdict, generation = await self._input_then(text, self.dispatcher.complete(request, decision))
+        if verdict.blocked:
+            return self._refusal(request, verdict, {"x-router-tier": decision.tier})
+        assert generation is not None
+        reply, route = await generation
+        output = _completion_text(reply.body)
+        out = await self.guard.check_output(text, output)
+        if out.blocked:
+            return self._refusal(request, out, route.headers())
+        return Answer(reply.body, {**route.headers(), **guard_headers(out)})
+
+    async def stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> StreamAnswer:
+        text = user_text(request)
+        verdict, opening = await self._input_then(text, self.dispatcher.open_stream(request, decision))
+        if verdict.blocked:
+            refusal = self._refusal_stream(request)
+            return StreamAnswer(refusal, {"x-router-tier": decision.tier, **guard_headers(verdict)})
+        assert opening is not None
+        upstream, route = await opening
+        guarded = GuardedStream(self.guard, text, request.model)
+        frames = guarded.frames(upstream.chunks())
+        # Pull up to the first checked release, so a block found there is still in the headers.
+        first = await anext(frames, None)
+        verdict = guarded.verdict or GuardVerdict(False)
+        return StreamAnswer(_prepend(first, frames), {**route.headers(), **guard_headers(verdict)})
+
+    async def _input_then(self, text: str, generation: Awaitable[T]) -> tuple[GuardVerdict, asyncio.Task[T] | None]:
+        """Run the input rails, with the generation started alongside when speculative start is on."""
+        if not self.guard.settings.speculative:
+            verdict = await self.guard.check_input(text)
+            if verdict.blocked:
+                _discard(generation)
+                return verdict, None
+            return verdict, asyncio.ensure_future(generation)
+        task = asyncio.ensure_future(generation)
+        try:
+            verdict = await self.guard.check_input(text)
+        except BaseException:
+            await _cancel(task)
+            raise
+        if verdict.blocked:
+            await _cancel(task)
+            return verdict, None
+        return verdict, task
+
+    def _refusal(self, request: ChatCompletionRequest, verdict: GuardVerdict, headers: dict[str, str]) -> Answer:
+        message = ResponseMessage(content=self.guard.settings.refusal)
+        body = ChatCompletion(_completion_id(), int(time.time()), request.model, [Choice(0, message, "content_filter")])
+        return Answer(encode(body), {**headers, **guard_headers(verdict)})
+
+    async def _refusal_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        chunk_id, created = _completion_id(), int(time.time())
+        yield chunk_frame(chunk_id, created, request.model, Delta(role="assistant"))
+        yield chunk_frame(chunk_id, created, request.model, Delta(content=self.guard.settings.refusal))
+        yield chunk_frame(chunk_id, created, request.model, Delta(), "content_filter")
+        yield DONE
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a speculative generation; an upstream stream it already opened is closed (the worker stops)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if task.cancelled() or task.exception() is not None:
+        return  # nothing was opened, or it failed: either way there is nothing to relay
+    result = task.result()
+    if isinstance(result, tuple) and isinstance(result[0], UpstreamStream):
+        await result[0].aclose()
+
+
+def _discard(awaitable: Awaitable[Any]) -> None:
+    if asyncio.iscoroutine(awaitable):
+        awaitable.close()
+
+
+async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield first
+    async for frame in rest:
+        yield frame
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _completion_text(body: bytes) -> str:
+    """The answer's text for the output rails: message content plus any tool-call arguments."""
+    try:
+        reply: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return ""
+    parts: list[str] = []
+    for choice in reply.get("choices") or [] if isinstance(reply, dict) else []:
+        message = choice.get("message") or {}
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                parts.append(arguments)
+    return "\n".join(parts)
