@@ -119,10 +119,25 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
     # Stand-ins named "no": a self-check reads their answer ("[no] ...") as "allow".
     upstreams = [
         start(
-            ["standin", "--port", str(large_port), "--name", "no", "--delay-ms", "100", "--chunk-delay-ms", "7"],
+            [
+                "standin",
+                "--port",
+                str(large_port),
+                "--name",
+                "no",
+                "--delay-ms",
+                "100",
+                "--chunk-delay-ms",
+                "7",
+                "--record",
+                "100000",
+            ],
             f"{large}/v1/models",
         ),
-        start(["standin", "--port", str(small_port), "--name", "no", "--delay-ms", "20"], f"{small}/v1/models"),
+        start(
+            ["standin", "--port", str(small_port), "--name", "no", "--delay-ms", "20", "--record", "100000"],
+            f"{small}/v1/models",
+        ),
     ]
     self_check = work / "guardrails-self-check"
     shutil.copytree(ROOT / "config" / "guardrails", self_check)
@@ -142,7 +157,7 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
             try:
                 before = calls(large), calls(small)
                 result = drive(f"http://127.0.0.1:{port}", n)
-                requests = 2 * (n + 3)
+                requests = 2 * n + 3  # 3 warm-up requests, n plain, n streamed
                 result["large_calls_per_request"] = (calls(large) - before[0]) / requests
                 result["small_calls_per_request"] = (calls(small) - before[1]) / requests
                 rows.append({"variant": label, **result})
@@ -251,7 +266,19 @@ async def naive_nemo(n: int, work: Path) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     standin = start(
-        ["standin", "--port", str(port), "--name", "no", "--delay-ms", "100", "--chunk-delay-ms", "7"],
+        [
+            "standin",
+            "--port",
+            str(port),
+            "--name",
+            "no",
+            "--delay-ms",
+            "100",
+            "--chunk-delay-ms",
+            "7",
+            "--record",
+            "100000",
+        ],
         f"{url}/v1/models",
     )
     client = create_client(8)

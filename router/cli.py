@@ -75,6 +75,7 @@ def _standin(args: argparse.Namespace) -> int:
         chunk_delay_s=args.chunk_delay_ms / 1000,
         response_delay_s=args.delay_ms / 1000,
         fail_status=args.fail_status,
+        record=args.record,
     )
     print(f"stand-in '{args.name}' on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(Standin(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     standin.add_argument("--chunk-delay-ms", type=float, default=0.0)
     standin.add_argument("--delay-ms", type=float, default=0.0)
     standin.add_argument("--fail-status", type=int, default=None)
+    standin.add_argument("--record", type=int, default=200, help="received requests kept for /_standin/requests")
     standin.set_defaults(run=_standin)
 
     calibrate = sub.add_parser(

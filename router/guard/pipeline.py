@@ -18,11 +18,13 @@ import msgspec
 from router.backends import UpstreamStream
 from router.dispatch import Answer, Dispatcher, StreamAnswer
 from router.guard.rails import Guard, GuardVerdict
-from router.guard.stream import GuardedStream
+from router.guard.stream import GuardedStream, choices_text
 from router.protocol import ChatCompletion, ChatCompletionRequest, Choice, Delta, ResponseMessage, RouteDecision, encode
 from router.sse import DONE, chunk_frame
 
 T = TypeVar("T")
+SEND_STEPS = 3
+"""Event-loop turns given to a speculative generation: enough to acquire a pooled connection and write."""
 
 
 def user_text(request: ChatCompletionRequest) -> str:
@@ -86,6 +88,10 @@ class GuardedDispatch:
                 return verdict, None
             return verdict, asyncio.ensure_future(generation)
         task = asyncio.ensure_future(generation)
+        # Let the generation send its request before the rails take the event loop: NeMo's runtime is
+        # CPU-bound between awaits, so without this the request would leave only after the rails.
+        for _ in range(SEND_STEPS):
+            await asyncio.sleep(0)
         try:
             verdict = await self.guard.check_input(text)
         except BaseException:
@@ -142,13 +148,4 @@ def _completion_text(body: bytes) -> str:
         reply: Any = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return ""
-    parts: list[str] = []
-    for choice in reply.get("choices") or [] if isinstance(reply, dict) else []:
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str):
-            parts.append(message["content"])
-        for call in message.get("tool_calls") or []:
-            arguments = (call.get("function") or {}).get("arguments")
-            if isinstance(arguments, str):
-                parts.append(arguments)
-    return "\n".join(parts)
+    return choices_text(reply, "message")

@@ -107,12 +107,17 @@ def _frame_text(frame: bytes) -> str:
         event: Any = msgspec.json.decode(data)
     except msgspec.DecodeError:
         return ""
+    return choices_text(event, "delta")
+
+
+def choices_text(event: Any, field: str) -> str:
+    """The text of a completion (`field="message"`) or chunk (`"delta"`): content plus tool-call arguments."""
     parts: list[str] = []
     for choice in event.get("choices") or [] if isinstance(event, dict) else []:
-        delta = choice.get("delta") or {}
-        if isinstance(delta.get("content"), str):
-            parts.append(delta["content"])
-        for call in delta.get("tool_calls") or []:
+        part = choice.get(field) or {}
+        if isinstance(part.get("content"), str):
+            parts.append(part["content"])
+        for call in part.get("tool_calls") or []:
             arguments = (call.get("function") or {}).get("arguments")
             if isinstance(arguments, str):
                 parts.append(arguments)
