@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
 
+from router.stack import wait_ready  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 PROMPT = (
@@ -45,16 +46,16 @@ EXE = str(Path(sys.executable).parent / "tiered-router")
 
 def start(args: list[str], url: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    if wait_ready(url, time.monotonic() + 90):
+        return process
     process.kill()
     raise RuntimeError(f"{url} did not come up")
+
+
+def start_7b_standin(port: int) -> subprocess.Popen[bytes]:
+    """The upstream both the router variants and naive NeMo are measured against: a local 7B's timing."""
+    args = ["standin", "--port", str(port), "--name", "no", "--delay-ms", "100", "--chunk-delay-ms", "7"]
+    return start([*args, "--record", "100000"], f"http://127.0.0.1:{port}/v1/models")
 
 
 def calls(url: str) -> int:
@@ -118,22 +119,7 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
     large, small = f"http://127.0.0.1:{large_port}", f"http://127.0.0.1:{small_port}"
     # Stand-ins named "no": a self-check reads their answer ("[no] ...") as "allow".
     upstreams = [
-        start(
-            [
-                "standin",
-                "--port",
-                str(large_port),
-                "--name",
-                "no",
-                "--delay-ms",
-                "100",
-                "--chunk-delay-ms",
-                "7",
-                "--record",
-                "100000",
-            ],
-            f"{large}/v1/models",
-        ),
+        start_7b_standin(large_port),
         start(
             ["standin", "--port", str(small_port), "--name", "no", "--delay-ms", "20", "--record", "100000"],
             f"{small}/v1/models",
@@ -265,22 +251,7 @@ async def naive_nemo(n: int, work: Path) -> dict[str, Any]:
     shutil.copy(ROOT / "config" / "guardrails" / "prompts.yml", directory / "prompts.yml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    standin = start(
-        [
-            "standin",
-            "--port",
-            str(port),
-            "--name",
-            "no",
-            "--delay-ms",
-            "100",
-            "--chunk-delay-ms",
-            "7",
-            "--record",
-            "100000",
-        ],
-        f"{url}/v1/models",
-    )
+    standin = start_7b_standin(port)
     client = create_client(8)
     try:
         llm = TierLLM("large", default_max_tokens=None)
