@@ -101,15 +101,18 @@ def drive(router: str, n: int) -> dict[str, float]:
     }
 
 
-def router_config(directory: Path, large: str, small: str, guarded: bool, guard_path: Path) -> Path:
+def router_config(
+    directory: Path, large: str, small: str, guarded: bool, guard_path: Path, compiled: bool = True
+) -> Path:
     raw: dict[str, Any] = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())
     raw["tiers"]["large"]["base_url"] = f"{large}/v1"
     raw["tiers"]["small"]["base_url"] = f"{small}/v1"
     raw["tiers"]["large"]["guardrails"] = guarded
     raw["tiers"]["remote"]["guardrails"] = guarded
     raw["guardrails"]["path"] = str(guard_path)
+    raw["guardrails"]["compile_flows"] = compiled
     raw.pop("workers", None)
-    path = directory / f"router-{guarded}-{guard_path.name}.yaml"
+    path = directory / f"router-{guarded}-{guard_path.name}-{compiled}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -129,16 +132,19 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
     shutil.copytree(ROOT / "config" / "guardrails", self_check)
     config = self_check / "config.yml"
     config.write_text(config.read_text().replace("# - self check input", "- self check input"))
+    shipped = ROOT / "config" / "guardrails"
     variants = [
-        ("unguarded", False, ROOT / "config" / "guardrails"),
-        ("guarded: LLM-free rails (default)", True, ROOT / "config" / "guardrails"),
-        ("guarded: + self check input", True, self_check),
+        ("unguarded", False, shipped, True),
+        ("guarded: LLM-free rails (default: compiled flows)", True, shipped, True),
+        ("guarded: LLM-free rails, interpreted by NeMo (compile_flows: false)", True, shipped, False),
+        ("guarded: + self check input", True, self_check, True),
     ]
     rows = []
     try:
-        for label, guarded, path in variants:
+        for label, guarded, path, compiled in variants:
             port = free_port()
-            args = ["serve", "--config", str(router_config(work, large, small, guarded, path)), "--port", str(port)]
+            config_path = router_config(work, large, small, guarded, path, compiled)
+            args = ["serve", "--config", str(config_path), "--port", str(port)]
             router = start(args, f"http://127.0.0.1:{port}/health")
             try:
                 before = calls(large), calls(small)
@@ -158,10 +164,19 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
 
 
 async def rail_costs(n: int) -> list[dict[str, Any]]:
+    import msgspec
+
     from router.config import load_config
     from router.guard.rails import Guard
 
-    guard = Guard.load(load_config(ROOT / "config" / "router.yaml", environ={}))
+    config = load_config(ROOT / "config" / "router.yaml", environ={})
+    guard = Guard.load(config)
+
+    def variant(**settings: bool) -> Guard:
+        guardrails = msgspec.structs.replace(config.guardrails, **settings)
+        return Guard.load(msgspec.structs.replace(config, guardrails=guardrails))
+
+    interpreted, unpruned = variant(compile_flows=False), variant(compile_flows=False, prune_flows=False)
     output = "Raft elects a leader with randomized timeouts; Paxos separates proposers and acceptors. " * 4
 
     async def timed(label: str, fn: Any) -> dict[str, Any]:
@@ -174,14 +189,19 @@ async def rail_costs(n: int) -> list[dict[str, Any]]:
             samples.append(time.perf_counter() - started)
         return {"rail": label, "p50_ms": statistics.median(samples) * 1000, "p90_ms": pct(samples, 0.9) * 1000}
 
+    flows = len(interpreted.rails.runtime.flow_configs), len(unpruned.rails.runtime.flow_configs)
     rows = [
-        await timed("pattern: injection (action alone)", lambda: guard._match_patterns("injection", PROMPT)),
-        await timed("pattern: jailbreak (action alone)", lambda: guard._match_patterns("jailbreak", PROMPT)),
-        await timed("embedding similarity (action alone)", lambda: guard._similar_to_disallowed(PROMPT)),
-        await timed("pattern: secrets (action alone)", lambda: guard._match_patterns("secrets", output)),
-        await timed("pattern: pii (action alone)", lambda: guard._match_patterns("pii", output)),
-        await timed("all input rails through NeMo check_async", lambda: guard.check_input(PROMPT)),
-        await timed("all output rails through NeMo check_async", lambda: guard.check_output(PROMPT, output)),
+        await timed("pattern: injection (check alone)", lambda: guard.first_hit(["injection"], PROMPT)),
+        await timed("pattern: jailbreak (check alone)", lambda: guard.first_hit(["jailbreak"], PROMPT)),
+        await timed("embedding similarity (check alone)", lambda: guard.first_hit(["similarity"], PROMPT)),
+        await timed("pattern: secrets (check alone)", lambda: guard.first_hit(["secrets"], output)),
+        await timed("pattern: pii (check alone)", lambda: guard.first_hit(["pii"], output)),
+        await timed("input rails, compiled (default)", lambda: guard.check_input(PROMPT)),
+        await timed("output rails, compiled (default)", lambda: guard.check_output(PROMPT, output)),
+        await timed(f"input rails via NeMo ({flows[0]} flows)", lambda: interpreted.check_input(PROMPT)),
+        await timed(f"output rails via NeMo ({flows[0]} flows)", lambda: interpreted.check_output(PROMPT, output)),
+        await timed(f"input rails via NeMo, unpruned ({flows[1]})", lambda: unpruned.check_input(PROMPT)),
+        await timed(f"output rails via NeMo, unpruned ({flows[1]})", lambda: unpruned.check_output(PROMPT, output)),
     ]
     for row in rows:
         print(json.dumps(row), flush=True)

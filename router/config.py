@@ -129,6 +129,10 @@ class GuardrailsConfig(Strict, frozen=True):
     """Streams: characters always kept back from the client beyond what the pattern rails hold."""
     self_check_tier: str = "small"
     """The tier that answers NeMo's own LLM calls (self check input/output): never the 7B."""
+    prune_flows: bool = True
+    """Drop NeMo library flows the configured rails never reach from the Colang runtime (faster checks)."""
+    compile_flows: bool = True
+    """Run flows that are one `llm_free_checks` call and a refusal directly, not through Colang."""
 
 
 class Config(Strict, frozen=True):

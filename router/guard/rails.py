@@ -2,11 +2,18 @@
 
 Only rails run here (`LLMRails.check_async` with a rail type): NeMo never generates the answer. A rail
 that raises or runs past `timeout_s` counts as a block when `on_error: block` (the default).
+
+What a check costs is NeMo's Colang 1.0 runtime, not our checks (microseconds for the patterns): every
+event of a check is matched against every loaded flow, and `LLMRails` loads all ~80 flows of NeMo's
+library (ActiveFence, Llama Guard, ...) whether configured or not. So the LLM-free checks run as one
+action per direction (`llm_free_checks`), and at start-up the runtime's flow table is pruned to the flows
+the configured rails can reach (`prune_flows`, on by default; measured in bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from router.config import Config, ConfigError, GuardrailsConfig
+from router.guard.compiled import CompiledRail, Direction, compile_flow
 from router.guard.data import GROUPS, load_guard_data
 from router.guard.llm import TierLLM
 from router.guard.patterns import PatternSet
@@ -29,6 +37,17 @@ log = logging.getLogger(__name__)
 
 ERROR_RAIL = "guardrails error"
 OUTPUT_GROUPS = ("secrets", "pii")
+CHECK_RAILS = {
+    "injection": "check prompt injection",
+    "jailbreak": "check jailbreak",
+    "similarity": "check disallowed similarity",
+    "secrets": "check secrets",
+    "pii": "check pii",
+}
+"""The checks `llm_free_checks(checks="...")` runs, and the rail name a hit is reported under."""
+CHECKS_ACTION = "llm_free_checks"
+_hits: contextvars.ContextVar[list[str]] = contextvars.ContextVar("guard_hits")
+"""The checks that hit during the current `_check` (set there, appended to by the action)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +68,21 @@ class Guard:
         patterns: dict[str, PatternSet],
         similarity: DisallowedSimilarity | None,
         llm: TierLLM,
+        compiled: list[CompiledRail] | None = None,
     ) -> None:
         self.settings = settings
         self.rails = rails
         self.patterns = patterns
         self.similarity = similarity
         self.llm = llm
-        self._has_input = bool(rails.config.rails.input.flows)
-        self._has_output = bool(rails.config.rails.output.flows)
+        self.compiled: dict[Direction, list[CompiledRail]] = {"input": [], "output": []}
+        for rail in compiled or []:
+            self.compiled[rail.direction].append(rail)
+        self.interpreted: dict[Direction, list[str]] = {
+            "input": list(rails.config.rails.input.flows),
+            "output": list(rails.config.rails.output.flows),
+        }
+        """The flows NeMo's runtime runs (everything not compiled)."""
 
     @classmethod
     def load(cls, config: Config) -> Guard:
@@ -82,18 +108,23 @@ class Guard:
         if similarity is not None:
             similarity.load()
         llm = TierLLM(settings.self_check_tier)
+        own_flows = {flow["id"] for flow in rails_config.flows}  # LLMRails adds NeMo's flows to this list
+        compiled = _compile(rails_config) if settings.compile_flows else []
         try:
             rails = LLMRails(rails_config, llm=llm)
         except Exception as exc:
             raise ConfigError(str(directory), "(guardrails config)", f"{type(exc).__name__}: {exc}") from exc
-        guard = cls(settings, rails, patterns, similarity, llm)
-        rails.register_action(guard._match_patterns, "match_patterns")
-        rails.register_action(guard._similar_to_disallowed, "similar_to_disallowed")
+        _validate_checks(rails, str(directory), similarity is not None)
+        pruned = prune_flows(rails, own_flows) if settings.prune_flows else 0
+        guard = cls(settings, rails, patterns, similarity, llm, compiled)
+        rails.register_action(guard._llm_free_checks, CHECKS_ACTION)
         log.info(
-            "guardrails loaded from %s: input %s, output %s",
+            "guardrails loaded from %s: compiled %s; through NeMo: input %s, output %s (%d unused flows pruned)",
             directory,
-            rails_config.rails.input.flows,
-            rails_config.rails.output.flows,
+            [rail.flow for rail in compiled],
+            guard.interpreted["input"],
+            guard.interpreted["output"],
+            pruned,
         )
         return guard
 
@@ -101,44 +132,147 @@ class Guard:
         self.llm.bind(backends[self.settings.self_check_tier])
 
     async def check_input(self, user_text: str) -> GuardVerdict:
-        if not self._has_input or not user_text.strip():
+        if not user_text.strip():
             return PASSED
-        return await self._check([{"role": "user", "content": user_text}], "input")
+        return await self._check("input", user_text, [{"role": "user", "content": user_text}])
 
     async def check_output(self, user_text: str, output: str) -> GuardVerdict:
-        if not self._has_output or not output.strip():
+        if not output.strip():
             return PASSED
         messages = [{"role": "user", "content": user_text}, {"role": "assistant", "content": output}]
-        return await self._check(messages, "output")
+        return await self._check("output", output, messages)
 
     def hold_from(self, output: str) -> int:
         """Where output that a pattern rail could still block begins (streams keep it back)."""
         return min(self.patterns[g].hold_from(output) for g in OUTPUT_GROUPS)
 
-    async def _check(self, messages: list[dict[str, Any]], kind: str) -> GuardVerdict:
-        from nemoguardrails.rails.llm.options import RailStatus, RailType
-
+    async def _check(self, kind: Direction, text: str, messages: list[dict[str, Any]]) -> GuardVerdict:
+        """Compiled rails first (cheapest), then NeMo's runtime for the rest; the first block wins."""
+        if not self.compiled[kind] and not self.interpreted[kind]:
+            return PASSED
         started = time.perf_counter()
-        rail_type = RailType.INPUT if kind == "input" else RailType.OUTPUT
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                result = await self.rails.check_async(messages, rail_types=[rail_type])
+                rail = await self._run_compiled(kind, text)
+                if rail is None and self.interpreted[kind]:
+                    rail = await self._run_interpreted(kind, messages)
         except Exception as exc:  # fail closed (or open, if configured) on any rail failure
             log.warning("%s rails failed (%s: %s); on_error=%s", kind, type(exc).__name__, exc, self.settings.on_error)
             blocked = self.settings.on_error == "block"
             return GuardVerdict(blocked, ERROR_RAIL if blocked else None, time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        if result.status == RailStatus.BLOCKED:
-            return GuardVerdict(True, result.rail or f"{kind} rails", seconds)
-        return GuardVerdict(False, None, seconds)
+        return GuardVerdict(rail is not None, rail, time.perf_counter() - started)
 
-    async def _match_patterns(self, group: str = "", text: str | None = None) -> bool:
-        patterns = self.patterns.get(group)
-        if patterns is None:
-            raise ValueError(f"unknown pattern group {group!r} (known: {', '.join(GROUPS)})")
-        return bool(text) and patterns.first_match(text or "") is not None
+    async def _run_compiled(self, kind: Direction, text: str) -> str | None:
+        for rail in self.compiled[kind]:
+            hit = await self.first_hit(list(rail.checks), text)
+            if hit is not None:
+                return CHECK_RAILS[hit]
+        return None
 
-    async def _similar_to_disallowed(self, text: str | None = None) -> bool:
-        if self.similarity is None:
-            raise ValueError("the similarity rail is used but custom_data.similarity is not configured")
-        return await self.similarity.check(text or "")
+    async def _run_interpreted(self, kind: Direction, messages: list[dict[str, Any]]) -> str | None:
+        from nemoguardrails.rails.llm.options import RailStatus, RailType
+
+        hits: list[str] = []
+        _hits.set(hits)  # a list, so the action's appends are seen here even from a copied context
+        rail_type = RailType.INPUT if kind == "input" else RailType.OUTPUT
+        result = await self.rails.check_async(messages, rail_types=[rail_type])
+        if result.status != RailStatus.BLOCKED:
+            return None
+        return CHECK_RAILS[hits[-1]] if hits else (result.rail or f"{kind} rails")
+
+    async def first_hit(self, checks: list[str], text: str) -> str | None:
+        """The first of `checks` that flags `text`, cheapest first as listed (the action's logic)."""
+        if not text.strip():
+            return None
+        for check in checks:
+            if check == "similarity":
+                assert self.similarity is not None, "validated at load"
+                hit = await self.similarity.check(text)
+            else:
+                hit = self.patterns[check].first_match(text) is not None
+            if hit:
+                return check
+        return None
+
+    async def _llm_free_checks(self, checks: str = "", text: str | None = None) -> bool:
+        hit = await self.first_hit(_split(checks), text or "")
+        if hit is not None:
+            hits = _hits.get(None)
+            if hits is not None:
+                hits.append(hit)
+        return hit is not None
+
+
+def _compile(rails_config: Any) -> list[CompiledRail]:
+    """Take the flows of the compilable shape out of NeMo's rail lists; the router runs them directly."""
+    flows = {flow["id"]: flow for flow in rails_config.flows}
+    compiled: list[CompiledRail] = []
+    for direction in ("input", "output"):
+        section = getattr(rails_config.rails, direction)
+        remaining = []
+        for name in section.flows:
+            flow = flows.get(name)
+            rail = compile_flow(name, flow["elements"], CHECKS_ACTION) if flow is not None else None
+            if rail is not None and rail.direction == direction:
+                compiled.append(rail)
+            else:
+                remaining.append(name)
+        section.flows = remaining
+    return compiled
+
+
+def _split(checks: str) -> list[str]:
+    return [c.strip() for c in checks.split(",") if c.strip()]
+
+
+def _validate_checks(rails: LLMRails, source: str, has_similarity: bool) -> None:
+    """Every `llm_free_checks(checks=...)` in the Colang flows names known checks (a typo fails here)."""
+    for flow in rails.runtime.flow_configs.values():
+        for element in flow.elements:
+            if element.get("_type") != "run_action" or element.get("action_name") != CHECKS_ACTION:
+                continue
+            checks = element.get("action_params", {}).get("checks")
+            where = f"flow {flow.id!r}: {CHECKS_ACTION}(checks=...)"
+            if not isinstance(checks, str) or not _split(checks):
+                raise ConfigError(source, where, f'give the checks as a string, e.g. "{",".join(CHECK_RAILS)}"')
+            unknown = [c for c in _split(checks) if c not in CHECK_RAILS]
+            if unknown:
+                raise ConfigError(source, where, f"unknown checks {unknown} (known: {', '.join(CHECK_RAILS)})")
+            if "similarity" in _split(checks) and not has_similarity:
+                raise ConfigError(source, where, "the similarity check needs custom_data.similarity")
+
+
+def prune_flows(rails: LLMRails, own_flows: set[str]) -> int:
+    """Drop NeMo library flows the configured rails cannot reach from the runtime's flow table.
+
+    Colang 1.0 matches each event of a check against every flow it holds, so unused library flows cost
+    time on every request. Kept: the config's own flows, NeMo's core flows (llm_flows.co), the flows
+    the rails list, and every flow those call. Returns how many were dropped.
+    """
+    table = rails.runtime.flow_configs
+    settings = rails.config.rails
+    listed = [*settings.input.flows, *settings.output.flows, *settings.retrieval.flows]
+    reachable: set[str] = set()
+    pending = [flow.split(" $")[0].strip() for flow in listed]
+    while pending:
+        flow_id = pending.pop()
+        if flow_id in reachable or flow_id not in table:
+            continue
+        reachable.add(flow_id)
+        for element in table[flow_id].elements:
+            name = element.get("flow_name")
+            if element.get("_type") == "flow" and isinstance(name, str) and not name.startswith("$"):
+                pending.append(name)
+    dropped = [
+        flow_id
+        for flow_id, flow in table.items()
+        if flow_id not in own_flows and flow_id not in reachable and not _is_core(flow)
+    ]
+    for flow_id in dropped:
+        del table[flow_id]
+    return len(dropped)
+
+
+def _is_core(flow: Any) -> bool:
+    elements = flow.elements
+    return bool(elements) and elements[0].get("_source_mapping", {}).get("filename") == "llm_flows.co"

@@ -129,8 +129,9 @@ def _load(tmp_path: Path, directory: Path, **guardrails: object) -> Guard:
 @pytest.mark.parametrize(
     ("file", "old", "new", "expected"),
     [
-        ("config.yml", "- check jailbreak", "- check jailbrake", "check jailbrake"),
-        ("rails.co", 'group="jailbreak", text=$user_message)', 'group="jailbreak"', "(guardrails config)"),
+        ("config.yml", "- llm free input rails", "- llm free inptu rails", "llm free inptu rails"),
+        ("rails.co", "text=$user_message)", "text=$user_message", "(guardrails config)"),
+        ("rails.co", 'checks="injection,', 'checks="injektion,', "unknown checks ['injektion']"),
         ("patterns.yml", "'(?i)\\b(developer", "'(?i)\\b((developer", "custom_data.patterns.jailbreak[1].regex"),
         ("patterns.yml", "threshold: 0.5 ", "threshold: 1.5 ", "custom_data.similarity.threshold"),
         ("patterns.yml", "disallowed: disallowed.txt", "disallowed: missing.txt", "missing.txt"),
@@ -151,3 +152,41 @@ def test_a_broken_guardrails_config_fails_at_start_up(
 def test_a_missing_guardrails_directory_fails_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no NeMo Guardrails config\.yml"):
         _load(tmp_path, tmp_path / "nowhere")
+
+
+def test_compiled_rails_decide_exactly_as_nemo_interpreting_them(tmp_path: Path, shipped_guard: Guard) -> None:
+    """The shipped one-check flows run directly (no Colang); NeMo interpreting the same flows agrees."""
+    assert [r.flow for r in shipped_guard.compiled["input"]] == ["llm free input rails"]
+    assert [r.flow for r in shipped_guard.compiled["output"]] == ["llm free output rails"]
+    assert shipped_guard.interpreted == {"input": [], "output": []}
+    interpreted = _load(tmp_path, REPO / "config" / "guardrails", compile_flows=False)
+    assert not interpreted.compiled["input"] and interpreted.interpreted["input"] == ["llm free input rails"]
+
+    inputs = [*INJECTIONS[:2], *JAILBREAKS[:2], *DISALLOWED[:2], *NEAR_MISSES[:2], "What is Raft?"]
+    outputs = ["Use AKIAIOSFODNN7EXAMPLE for the bucket.", "Her SSN is 123-45-6789.", "The capital is Paris."]
+
+    async def verdicts(guard: Guard) -> list[tuple[bool, str | None]]:
+        found = [await guard.check_input(text) for text in inputs]
+        found += [await guard.check_output("hi", text) for text in outputs]
+        return [(v.blocked, v.rail) for v in found]
+
+    direct, through_nemo = run(verdicts(shipped_guard)), run(verdicts(interpreted))
+    assert direct == through_nemo
+    assert sum(blocked for blocked, _ in direct) == 8, direct
+
+
+def test_flows_of_any_other_shape_stay_with_nemo(tmp_path: Path) -> None:
+    directory = _copy_config(tmp_path)
+    rails = directory / "rails.co"
+    # An extra step after the check: no longer the compilable shape, so NeMo's runtime runs it.
+    rails.write_text(
+        rails.read_text().replace(
+            "    bot refuse to respond\n    stop\n\ndefine subflow llm free output rails",
+            "    bot refuse to respond\n    bot refuse to respond\n    stop\n\ndefine subflow llm free output rails",
+        )
+    )
+    guard = _load(tmp_path, directory)
+    assert guard.interpreted["input"] == ["llm free input rails"] and not guard.compiled["input"]
+    assert [r.flow for r in guard.compiled["output"]] == ["llm free output rails"]
+    verdict = run(guard.check_input(INJECTIONS[0]))
+    assert verdict.blocked and verdict.rail == "check prompt injection"
