@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
 
-from router.stack import wait_ready  # noqa: E402
+from bench.processes import start  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 PROMPT = (
@@ -41,15 +41,6 @@ PROMPT = (
     "and describe a scenario where one is preferable."
 )
 MESSAGES = [{"role": "user", "content": PROMPT}]
-EXE = str(Path(sys.executable).parent / "tiered-router")
-
-
-def start(args: list[str], url: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([EXE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if wait_ready(url, time.monotonic() + 90):
-        return process
-    process.kill()
-    raise RuntimeError(f"{url} did not come up")
 
 
 def start_7b_standin(port: int) -> subprocess.Popen[bytes]:

@@ -17,6 +17,7 @@ from router.backends import TierBackend, create_client
 from router.classify.base import ComplexityClassifier, build_classifier
 from router.config import Config
 from router.endpoints import chat_completions, health, list_models, ready, route
+from router.fleet import Fleet
 from router.guard.rails import Guard
 from router.http_errors import exception_handlers
 from router.service import RoutingService, needs_guard
@@ -43,6 +44,7 @@ def create_app(
         state_store = store or create_store(config.redis.url, config.redis.prefix)
         scorer = classifier or build_classifier(config)
         flusher: asyncio.Task[None] | None = None
+        discovery: asyncio.Task[None] | None = None
         try:
             await scorer.start()
             backends = {name: TierBackend(name, tier, client, environ) for name, tier in config.tiers.items()}
@@ -51,7 +53,10 @@ def create_app(
                 rails = await anyio.to_thread.run_sync(Guard.load, config)
             if rails is not None:
                 rails.bind(backends)
-            service = RoutingService(config, scorer, backends, state_store, rails)
+            fleet = Fleet(config, state_store, client)
+            await fleet.refresh()  # the first reading before the first request
+            discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
+            service = RoutingService(config, scorer, backends, state_store, rails, fleet)
             app.state.service = service
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
             log.info(
@@ -63,6 +68,10 @@ def create_app(
             )
             yield
         finally:
+            if discovery is not None:
+                discovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await discovery
             if flusher is not None:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import anyio
 import httpx
+import msgspec
 
 from router.config import TierConfig
 from router.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -68,6 +69,7 @@ class TierBackend:
         # Parsed once: building URLs and headers per request is a measurable share of httpx's CPU cost.
         self._url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")
         self._models_url = httpx.URL(config.base_url.rstrip("/") + "/models")
+        self._environ = environ
         env = os.environ if environ is None else environ
         # identity: upstream bytes are relayed as they are, so they must not arrive compressed.
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
@@ -85,6 +87,12 @@ class TierBackend:
 
     def __repr__(self) -> str:  # never shows headers, so never the key
         return f"TierBackend({self.name!r}, {self.config.base_url!r})"
+
+    def at(self, base_url: str) -> TierBackend:
+        """The same tier served at another URL (another worker of it, found by discovery)."""
+        return TierBackend(
+            self.name, msgspec.structs.replace(self.config, base_url=base_url), self._client, self._environ
+        )
 
     async def complete(self, payload: bytes) -> UpstreamReply:
         self._require_key()
@@ -136,9 +144,13 @@ class TierBackend:
         except UpstreamError:
             raise
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(self.name, f"no answer in time ({type(exc).__name__})") from exc
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-            raise UpstreamUnavailable(self.name, f"cannot reach the backend ({type(exc).__name__})") from exc
+            raise UpstreamTimeout(self.name, f"no answer in time ({type(exc).__name__})", reason="timeout") from exc
+        except httpx.ConnectError as exc:
+            message = f"cannot reach the backend ({type(exc).__name__})"
+            raise UpstreamUnavailable(self.name, message, reason="connect_failed") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            message = f"the connection broke ({type(exc).__name__})"
+            raise UpstreamUnavailable(self.name, message, reason="connection_lost") from exc
         except httpx.HTTPError as exc:
             raise UpstreamBadResponse(self.name, f"transport error ({type(exc).__name__})") from exc
 
@@ -151,13 +163,15 @@ class TierBackend:
             return
         if status in RELAYED_CLIENT_ERRORS:
             raise RelayedClientError(self.name, status, body)
-        detail = f"the backend answered {status}"
+        code = _error_code(body)
+        detail = f"the backend answered {status}" + (f" ({code})" if code else "")
+        reason = code or ("rate_limited" if status == 429 else f"http_{status}")
         if status in (429, 503):
-            error: UpstreamError = UpstreamUnavailable(self.name, detail)
+            error: UpstreamError = UpstreamUnavailable(self.name, detail, reason=reason, status=status)
         elif status == 504:
-            error = UpstreamTimeout(self.name, detail)
+            error = UpstreamTimeout(self.name, detail, reason=reason, status=status)
         else:
-            error = UpstreamBadResponse(self.name, detail)
+            error = UpstreamBadResponse(self.name, detail, reason=reason, status=status)
         retry_after = headers.get("retry-after")
         if retry_after:
             error.retry_after = retry_after
@@ -185,6 +199,17 @@ def create_client(max_connections: int) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,
     )
+
+
+def _error_code(body: bytes) -> str | None:
+    """The `error.code` of an OpenAI-shaped error body (our workers say `vram_exhausted`, `queue_full`)."""
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    error = decoded.get("error") if isinstance(decoded, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 64 else None
 
 
 def _passed_headers(headers: httpx.Headers) -> dict[str, str]:

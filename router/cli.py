@@ -60,7 +60,7 @@ def _worker(args: argparse.Namespace) -> int:
     host = args.host or worker.host
     port = worker.port if args.port is None else args.port
     print(f"tiered-router worker '{args.tier}' ({worker.model}) on http://{host}:{port}/v1", flush=True)
-    app = create_worker_app(config, args.tier)
+    app = create_worker_app(config, args.tier, host=host, port=port)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
     return 0
 
@@ -76,6 +76,7 @@ def _standin(args: argparse.Namespace) -> int:
         response_delay_s=args.delay_ms / 1000,
         fail_status=args.fail_status,
         record=args.record,
+        max_words=args.max_words,
     )
     print(f"stand-in '{args.name}' on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(Standin(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
@@ -131,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     standin.add_argument("--delay-ms", type=float, default=0.0)
     standin.add_argument("--fail-status", type=int, default=None)
     standin.add_argument("--record", type=int, default=200, help="received requests kept for /_standin/requests")
+    standin.add_argument("--max-words", type=int, default=64, help="longest answer, in words")
     standin.set_defaults(run=_standin)
 
     calibrate = sub.add_parser(

@@ -52,6 +52,24 @@ class Timeouts(Strict, frozen=True):
     total: Seconds = 600.0
 
 
+class RetryConfig(Strict, frozen=True):
+    """Retries of failures before the first byte (429, 5xx, refused, timed out), with jittered backoff."""
+
+    attempts: Annotated[int, Meta(ge=0, le=10)] = 3
+    backoff_s: Seconds = 0.2
+    """The first wait; doubled each retry (with jitter) up to `max_backoff_s`."""
+    max_backoff_s: Seconds = 5.0
+    max_retry_after_s: Annotated[float, Meta(ge=0)] = 10.0
+    """A `Retry-After` longer than this is not waited for: the request moves on (or fails) at once."""
+
+
+class BreakerConfig(Strict, frozen=True):
+    failures: Annotated[int, Meta(ge=1)] = 5
+    """Consecutive failures that open the breaker (requests then skip the tier at once)."""
+    reset_s: Seconds = 30.0
+    """How long it stays open before one probe request may try again (half-open)."""
+
+
 class TierConfig(Strict, frozen=True):
     base_url: str
     model: str
@@ -61,6 +79,13 @@ class TierConfig(Strict, frozen=True):
     fallback: list[str] = []
     timeouts: Timeouts = Timeouts()
     max_connections: Annotated[int, Meta(ge=1)] = 256
+    retry: RetryConfig | None = None
+    breaker: BreakerConfig | None = None
+    max_concurrency: Annotated[int, Meta(ge=1)] | None = None
+    """Requests in flight to this tier at most (a stream counts until it ends); others wait, within the deadline."""
+    continuation_body: dict[str, Any] = {}
+    """Extra request fields when this tier continues a stream another tier broke off (the text so far is sent
+    as a final assistant message), e.g. `{continue_final_message: true, add_generation_prompt: false}` for vLLM."""
 
 
 class ClassifierConfig(Strict, frozen=True):
@@ -105,6 +130,23 @@ class Rule(Strict, frozen=True):
 
 class RoutingConfig(Strict, frozen=True):
     allow_forced_tier: bool = True
+    fallback_deadline_s: Seconds = 30.0
+    """How long a request may spend on refusals, retries and fallbacks before its first byte."""
+    mid_stream: Literal["continue", "error"] = "continue"
+    """A stream whose tier fails after tokens were sent: continue it on the next tier of the chain, with the
+    text so far as an assistant prefix, or end it with an error event. Never cut silently."""
+    preflight: bool = True
+    """Skip a worker tier whose telemetry says the request would not fit in its free GPU memory."""
+
+
+class DiscoveryConfig(Strict, frozen=True):
+    """Worker telemetry: heartbeats in Redis (when `redis.url` is set) or polling each worker's /v1/memory."""
+
+    interval_s: Seconds = 0.5
+    stale_after_s: Seconds = 3.0
+    """Telemetry older than this counts as unknown: the router tries the worker and reacts to its answer."""
+    poll: bool = True
+    """Without Redis, poll `/v1/memory` of each worker tier's base_url."""
 
 
 class RedisConfig(Strict, frozen=True):
@@ -142,6 +184,7 @@ class Config(Strict, frozen=True):
     classifier: ClassifierConfig = ClassifierConfig()
     routing: RoutingConfig = RoutingConfig()
     redis: RedisConfig = RedisConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     workers: dict[str, dict[str, Any]] = {}
     """Per-tier worker settings, decoded by `workers.config.worker_config` (validated here too)."""

@@ -64,9 +64,22 @@ class UpstreamError(RouterError):
     error_type = "upstream_error"
     retry_after: str | None = None
 
-    def __init__(self, tier: str, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        tier: str,
+        message: str,
+        *,
+        code: str | None = None,
+        reason: str | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(f"tier '{tier}': {message}", code=code)
         self.tier = tier
+        self.reason = reason
+        """Why, in a word, for the fallback header and counters: the upstream's own error code
+        (`vram_exhausted`, `queue_full`), `connect_failed`, `connection_lost`, `timeout`, `http_<status>`."""
+        self.status = status
+        """The upstream's HTTP status, when it answered."""
 
     def headers(self) -> dict[str, str]:
         headers = {"x-router-tier": self.tier}

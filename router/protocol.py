@@ -186,6 +186,8 @@ class RouteDecision(msgspec.Struct):
     reasons: list[str]
     guardrails: bool
     fallback: list[str]
+    prompt_tokens: int = 0
+    """The router's estimate of the prompt's size, which the pre-flight memory check uses."""
 
 
 def decode_chat_request(body: bytes) -> ChatCompletionRequest:

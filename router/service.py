@@ -15,6 +15,7 @@ from router.config import Config
 from router.conversation import Conversation
 from router.dispatch import Answer, Dispatcher, StreamAnswer
 from router.errors import InvalidRequest
+from router.fleet import Fleet
 from router.guard.pipeline import GuardedDispatch
 from router.guard.rails import Guard
 from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request
@@ -65,12 +66,14 @@ class RoutingService:
         backends: Mapping[str, TierBackend],
         store: StateStore,
         guard: Guard | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
         self.rules = RuleSet(config)
         self.classifier = classifier
         self.backends = dict(backends)
-        self.dispatcher = Dispatcher(self.backends)
+        self.fleet = fleet
+        self.dispatcher = Dispatcher(config, self.backends, fleet)
         self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
         self.store = store
         self._routed: Counter[str] = Counter()
@@ -82,6 +85,7 @@ class RoutingService:
         verdict = await self.classifier.ascore(conversation)
         decision = self.rules.decide(RouteInput(request, conversation, verdict, headers, key_group))
         decision.reasons.append(f"prompt: ~{conversation.prompt_tokens} tokens over {len(request.messages)} messages")
+        decision.prompt_tokens = conversation.prompt_tokens
         return decision
 
     def _guarded(self, decision: RouteDecision) -> GuardedDispatch | None:
@@ -147,4 +151,25 @@ class RoutingService:
             "tiers": tiers,
             "state": {"backend": self.store.backend, "ready": store_ok, "routed": routed},
             "classifier": self.classifier.name,
+            "workers": self._workers(),
+            "counters": self.dispatcher.stats(),
         }
+
+    def _workers(self) -> dict[str, list[dict[str, object]]]:
+        """What discovery knows of each worker tier: where, from which source, and how fresh."""
+        if self.fleet is None:
+            return {}
+        found: dict[str, list[dict[str, object]]] = {}
+        for tier in self.fleet.worker_tiers:
+            for endpoint in self.fleet.endpoints(tier):
+                telemetry = self.fleet.fresh(endpoint)
+                found.setdefault(tier, []).append(
+                    {
+                        "url": endpoint.base_url,
+                        "source": endpoint.source,
+                        "fresh": telemetry is not None,
+                        "free_bytes": telemetry.free if telemetry else None,
+                        "queue_depth": telemetry.queue_depth if telemetry else None,
+                    }
+                )
+        return found

@@ -22,6 +22,11 @@ def chunk_frame(
     return frame(encode(ChatCompletionChunk(chunk_id, created, model, choices, usage)))
 
 
+def frame_data(complete: bytes) -> bytes:
+    """The data of one complete SSE frame (its `data:` lines joined); b"" for a comment or an empty frame."""
+    return b"".join(line[5:].strip() for line in complete.split(b"\n") if line.startswith(b"data:"))
+
+
 def error_frame(error: RouterError) -> bytes:
     """An in-band error for a stream whose headers were already sent (the OpenAI SDK raises on it)."""
     return frame(encode(error.body()))

@@ -2,7 +2,8 @@
 
 It answers chat completions by echoing the last user message, word by word when streaming,
 and records what it received (`GET /_standin/requests`) so tests can check what the router
-forwarded. Plain ASGI, so it costs as little CPU as possible when used as a benchmark upstream.
+forwarded; `POST /_standin/script` queues scripted failures (`StandinSettings.script`). Plain ASGI,
+so it costs as little CPU as possible when used as a benchmark upstream.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ class StandinSettings:
     """How many received requests to keep for `GET /_standin/requests`."""
     hold_after_first: threading.Event | None = None
     """When given, a stream pauses after its first word until the event is set (tests of pass-through)."""
+    script: deque[str] = field(default_factory=deque)
+    """What the next chat requests get, one entry each, then normal answers: `ok`, a status (`503`),
+    `429:<retry-after>`, `slow:<seconds>` (then an answer), `die:<words>` (a stream breaks off after
+    that many words, as a worker that crashed). Tests of retries, breakers and failover script it."""
+
+
+class StandinDied(Exception):
+    """Raised inside the app to break a stream off mid-way (uvicorn then drops the connection)."""
 
 
 @dataclass
@@ -71,6 +80,10 @@ class Standin:
             await self._chat(scope, body, send)
         elif path.endswith("/models"):
             await _send_json(send, 200, encode(ModelList([ModelCard(id=self.settings.name)])))
+        elif path == "/_standin/script" and method == "POST":
+            steps = msgspec.json.decode(await _read_body(receive), type=list[str])
+            self.settings.script.extend(steps)
+            await _send_json(send, 200, encode({"queued": len(self.settings.script)}))
         elif path == "/_standin/requests":
             await _send_json(send, 200, encode(list(self.received)))
         elif path in ("/health", "/ready"):
@@ -85,12 +98,19 @@ class Standin:
         self.received.append(record)
         while len(self.received) > settings.record:
             self.received.popleft()
+        step = settings.script.popleft() if settings.script else "ok"
+        action, _, argument = step.partition(":")
         if settings.response_delay_s:
             await asyncio.sleep(settings.response_delay_s)
-        if settings.fail_status is not None:
-            error = ErrorBody(ErrorDetail(f"stand-in failing with {settings.fail_status}", "server_error"))
-            await _send_json(send, settings.fail_status, encode(error))
+        if action == "slow":
+            await asyncio.sleep(float(argument))
+        status = settings.fail_status or (int(action) if action.isdigit() else None)
+        if status is not None:
+            error = ErrorBody(ErrorDetail(f"stand-in failing with {status}", "server_error"))
+            extra = [(b"retry-after", argument.encode())] if argument else []
+            await _send_json(send, status, encode(error), extra)
             return
+        die_after = int(argument) if action == "die" else None
         try:
             request = decode_chat_request(body)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
@@ -113,6 +133,8 @@ class Standin:
 
         await emit(Delta(role="assistant", content=""))
         for i, word in enumerate(words):
+            if i == die_after:
+                raise StandinDied(f"scripted: the stream breaks off after {i} words")
             if settings.chunk_delay_s:
                 await asyncio.sleep(settings.chunk_delay_s)
             await emit(Delta(content=word if i == 0 else " " + word))
@@ -139,8 +161,8 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

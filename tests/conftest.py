@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,24 @@ def write_config(path: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def standins() -> Iterator[dict[str, ServerThread]]:
-    """One stand-in per tier, named after it, shared by the session."""
+@contextmanager
+def serve_standins() -> Iterator[dict[str, ServerThread]]:
+    """One stand-in per tier, named after it, served on loopback."""
     servers = {name: ServerThread(Standin(StandinSettings(name=name))) for name in ("small", "large", "remote")}
     for server in servers.values():
         server.__enter__()
-    yield servers
-    for server in servers.values():
-        server.__exit__(None, None, None)
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def standins() -> Iterator[dict[str, ServerThread]]:
+    """Stand-ins shared by the session (tests that script failures start their own: `serve_standins`)."""
+    with serve_standins() as servers:
+        yield servers
 
 
 RouterFactory = Callable[..., ServerThread]

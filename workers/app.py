@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -103,9 +104,17 @@ def create_worker_app(
     probe: MemoryProbe | None = None,
     fault_hook: FaultHook | None = None,
     heartbeat_s: float = 1.0,
+    host: str | None = None,
+    port: int | None = None,
 ) -> Litestar:
-    """The worker for `tier`. `probe` simulates a GPU in tests; `fault_hook` injects failures into the engine."""
-    worker = WorkerState(tier, worker_config(config, tier))
+    """The worker for `tier`. `probe` simulates a GPU in tests; `fault_hook` injects failures into the engine.
+
+    `host` and `port` override the config's (the CLI's flags): they are the address the worker advertises.
+    """
+    settings = worker_config(config, tier)
+    advertised = {"host": host or settings.host, "port": settings.port if port is None else port}
+    settings = msgspec.structs.replace(settings, **advertised)
+    worker = WorkerState(tier, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -128,7 +128,14 @@ class WorkerService:
     def memory(self) -> dict[str, Any]:
         snapshot = asdict(self.ledger.snapshot())
         stats = self.engine.stats
-        snapshot.update(queue_depth=stats.queue_depth, running=stats.running)
+        snapshot.update(
+            queue_depth=stats.queue_depth,
+            running=stats.running,
+            queue_size=self.config.queue_size,
+            max_tokens_default=self.config.max_tokens_default,
+            max_tokens_cap=self.config.max_tokens_cap,
+            at=time.time(),  # when it was taken: the router ignores stale readings
+        )
         return snapshot
 
     def status(self) -> dict[str, Any]:

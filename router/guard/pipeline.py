@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from router.backends import UpstreamStream
-from router.dispatch import Answer, Dispatcher, StreamAnswer
+from router.continuation import ContinuingStream
+from router.dispatch import Answer, Dispatcher, RoutedStream, StreamAnswer
 from router.guard.rails import Guard, GuardVerdict
 from router.guard.stream import GuardedStream, choices_text
 from router.protocol import ChatCompletion, ChatCompletionRequest, Choice, Delta, ResponseMessage, RouteDecision, encode
@@ -122,7 +122,7 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
     if task.cancelled() or task.exception() is not None:
         return  # nothing was opened, or it failed: either way there is nothing to relay
     result = task.result()
-    if isinstance(result, tuple) and isinstance(result[0], UpstreamStream):
+    if isinstance(result, tuple) and isinstance(result[0], ContinuingStream | RoutedStream):
         await result[0].aclose()
 
 

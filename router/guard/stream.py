@@ -19,7 +19,7 @@ import msgspec
 
 from router.guard.rails import Guard, GuardVerdict
 from router.protocol import Delta
-from router.sse import DONE, chunk_frame
+from router.sse import DONE, chunk_frame, frame_data
 
 DONE_DATA = b"[DONE]"
 
@@ -100,7 +100,7 @@ class GuardedStream:
 
 def _frame_text(frame: bytes) -> str:
     """The text an SSE frame adds to the answer: content deltas and tool-call argument deltas."""
-    data = b"".join(line[5:].strip() for line in frame.split(b"\n") if line.startswith(b"data:"))
+    data = frame_data(frame)
     if not data or data == DONE_DATA:
         return ""
     try:

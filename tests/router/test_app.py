@@ -111,7 +111,7 @@ def test_route_endpoint_explains_without_generating(
     response = httpx.post(f"{router.url}/v1/route", json={"model": "auto", "messages": PROOF})
     assert response.status_code == 200
     decision = response.json()
-    assert set(decision) == {"tier", "score", "rule", "reasons", "guardrails", "fallback"}
+    assert set(decision) == {"tier", "score", "rule", "reasons", "guardrails", "fallback", "prompt_tokens"}
     assert decision["tier"] == "large" and decision["rule"] == "complex"
     assert decision["guardrails"] is True and decision["fallback"] == ["remote"]
     assert any("reasoning" in r for r in decision["reasons"])

@@ -1,0 +1,85 @@
+"""Pre-flight decisions from worker telemetry: a pure function of the endpoints, their readings and the request."""
+
+from __future__ import annotations
+
+from router.fleet import Endpoint, Telemetry
+from router.preflight import needed_bytes, plan
+
+KV = 1000  # bytes per token
+
+
+def worker(name: str, free: int, *, queue: int = 0, queue_size: int = 8, running: int = 0) -> Endpoint:
+    telemetry = Telemetry(free=free, kv_bytes_per_token=KV, queue_depth=queue, running=running, queue_size=queue_size)
+    return Endpoint("large", f"http://{name}/v1", "redis", telemetry)
+
+
+def decide(endpoints: list[Endpoint], prompt: int = 100, max_tokens: int | None = 400, stale=(), sent=None):  # type: ignore[no-untyped-def]
+    sent = sent or {}
+    return plan(
+        endpoints,
+        lambda e: None if e.base_url in stale else e.telemetry,
+        lambda e: sent.get(e.base_url, 0),
+        prompt,
+        max_tokens,
+    )
+
+
+def test_a_request_that_fits_goes_to_the_worker() -> None:
+    chosen = decide([worker("a", free=600 * KV)])
+    assert [t.endpoint.base_url for t in chosen.targets] == ["http://a/v1"]
+    assert chosen.targets[0].needed == 500 * KV and chosen.refused is None
+
+
+def test_a_request_that_does_not_fit_is_refused_before_it_is_sent() -> None:
+    refused = decide([worker("a", free=499 * KV)])
+    assert refused.targets == [] and refused.refused == "vram_exhausted"
+    assert "needs 500000 bytes, 499000 free" in refused.detail
+
+
+def test_bytes_this_router_sent_since_the_reading_count_against_free_memory() -> None:
+    assert decide([worker("a", free=900 * KV)]).targets
+    assert decide([worker("a", free=900 * KV)], sent={"http://a/v1": 500 * KV}).refused == "vram_exhausted"
+
+
+def test_a_full_queue_is_refused() -> None:
+    assert decide([worker("a", free=10**9, queue=8, queue_size=8)]).refused == "queue_full"
+
+
+def test_stale_telemetry_is_unknown_so_the_worker_is_tried() -> None:
+    chosen = decide([worker("a", free=0)], stale={"http://a/v1"})
+    assert [t.known for t in chosen.targets] == [False]
+
+
+def test_the_least_loaded_worker_comes_first_and_unknown_ones_last() -> None:
+    endpoints = [
+        worker("busy", free=10**9, queue=3),
+        worker("stale", free=10**9),
+        worker("roomy", free=10**9),
+        worker("tight", free=600 * KV),
+        worker("full", free=10 * KV),
+    ]
+    chosen = decide(endpoints, stale={"http://stale/v1"})
+    order = [t.endpoint.base_url.split("/")[2] for t in chosen.targets]
+    assert order == ["roomy", "tight", "busy", "stale"]  # less queued first, then more free; "full" is out
+
+
+def test_no_limit_in_the_request_means_the_workers_default_capped() -> None:
+    telemetry = Telemetry(free=0, kv_bytes_per_token=KV, max_tokens_default=256, max_tokens_cap=300)
+    assert needed_bytes(telemetry, 100, None) == 356 * KV
+    assert needed_bytes(telemetry, 100, 10_000) == 400 * KV  # the worker would cap it at 300
+
+
+def test_the_fleet_treats_old_readings_as_unknown_and_counts_what_it_sent_since(shipped_config) -> None:  # type: ignore[no-untyped-def]
+    from router.fleet import Fleet
+
+    now = [1000.0]
+    fleet = Fleet(shipped_config, None, None, clock=lambda: now[0])
+    endpoint = Endpoint("large", "http://a/v1", "poll", Telemetry(free=10**6, kv_bytes_per_token=KV, taken_at=999.0))
+    assert fleet.fresh(endpoint) is not None
+    ticket = fleet.start(endpoint, 5000)
+    assert fleet.in_flight_bytes(endpoint) == 5000
+    fleet.finish(endpoint, ticket)
+    assert fleet.in_flight_bytes(endpoint) == 0
+    now[0] += shipped_config.discovery.stale_after_s + 1
+    assert fleet.fresh(endpoint) is None  # stale: the worker will be tried, and its answer decides
+    assert [e.source for e in fleet.endpoints("large")] == ["static"]
