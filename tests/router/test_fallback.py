@@ -75,8 +75,9 @@ def test_a_slow_remote_times_out_and_the_retry_answers(
 
 
 def test_the_breaker_opens_on_repeated_failures_and_a_probe_closes_it(
-    start_router: RouterFactory, upstreams: dict[str, ServerThread]
+    start_router: RouterFactory, upstreams: dict[str, ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("DEBUG")
     router = start_router(config(upstreams, retry={"attempts": 0}, breaker={"failures": 3, "reset_s": 0.5}))
     script(upstreams["remote"], "503", "500", "503")
     body = {"model": "remote", "messages": QUESTION}
@@ -95,6 +96,10 @@ def test_the_breaker_opens_on_repeated_failures_and_a_probe_closes_it(
     probe = httpx.post(f"{router.url}/v1/chat/completions", json=body)
     assert probe.status_code == 200
     assert counters(router)["breaker"] == {"remote": "closed"}
+    # The remote's key went upstream on every call, and never into a log line or an error.
+    assert all(r["headers"]["authorization"] == "Bearer sk-test-secret-key" for r in received(upstreams["remote"]))
+    assert "breaker" in caplog.text and "sk-test-secret-key" not in caplog.text
+    assert "sk-test-secret-key" not in failed.text + rejected.text
 
 
 def stream_text(router: ServerThread, **extra: Any) -> tuple[list[str], list[str], list[dict[str, Any]]]:
