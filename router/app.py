@@ -16,7 +16,16 @@ from litestar.di import Provide
 from router.backends import TierBackend, create_client
 from router.classify.base import ComplexityClassifier, build_classifier
 from router.config import Config
-from router.endpoints import chat_completions, health, list_models, ready, route
+from router.endpoints import (
+    chat_completions,
+    health,
+    list_models,
+    metrics,
+    ready,
+    route,
+    status_data,
+    status_page,
+)
 from router.fleet import Fleet
 from router.guard.rails import Guard
 from router.http_errors import exception_handlers
@@ -85,7 +94,7 @@ def create_app(
                 await client.aclose()
 
     return Litestar(
-        route_handlers=[chat_completions, route, list_models, health, ready],
+        route_handlers=[chat_completions, route, list_models, health, ready, metrics, status_page, status_data],
         lifespan=[lifespan],
         dependencies={"service": Provide(_service, sync_to_thread=False)},
         exception_handlers=exception_handlers(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from importlib.resources import files
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -9,11 +11,14 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
-from router.protocol import ModelCard, ModelList, encode
+from router.errors import RouterError
+from router.protocol import ModelCard, ModelList, RouteDecision, encode
 from router.service import RoutingService, decision_headers, parse_chat_request
 from router.sse import relay
 
 JSON = "application/json"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+STATUS_PAGE = (files("router") / "data" / "status.html").read_bytes()
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -21,14 +26,29 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 async def chat_completions(
     request: Request[Any, Any, State], service: NamedDependency[RoutingService]
 ) -> Response[bytes] | Stream:
-    chat = parse_chat_request(await request.body())
-    decision = await service.decide(chat, request.headers)
-    if chat.stream:
-        opened = await service.open_stream(chat, decision)
-        headers = {**opened.headers, **SSE_HEADERS}
-        return Stream(relay(opened.chunks), media_type="text/event-stream", headers=headers)
-    answer = await service.complete(chat, decision)
-    return Response(answer.body, media_type=JSON, headers=answer.headers)
+    started = time.perf_counter()
+    decision: RouteDecision | None = None
+    try:
+        chat = parse_chat_request(await request.body())
+        decision = await service.decide(chat, request.headers)
+        service.observer.scored(decision.score)
+        if chat.stream:
+            opened = await service.open_stream(chat, decision)
+        else:
+            answer = await service.complete(chat, decision)
+    except RouterError as exc:
+        service.observed(decision, exc.headers(), exc.status_code, time.perf_counter() - started)
+        raise
+    if not chat.stream:
+        service.observed(decision, answer.headers, 200, time.perf_counter() - started, body=answer.body)
+        return Response(answer.body, media_type=JSON, headers=answer.headers)
+    routed = decision
+
+    def done(ttft: float | None, seconds: float, chunks: int) -> None:
+        service.observed(routed, opened.headers, 200, seconds, stream=True, ttft=ttft, chunks=chunks)
+
+    chunks = service.observer.watch(relay(opened.chunks), started, done)
+    return Stream(chunks, media_type="text/event-stream", headers={**opened.headers, **SSE_HEADERS})
 
 
 @post("/v1/route", status_code=200)
@@ -53,3 +73,18 @@ async def health() -> dict[str, str]:
 async def ready(service: NamedDependency[RoutingService]) -> Response[bytes]:
     report = await service.readiness()
     return Response(encode(report), media_type=JSON, status_code=200 if report["ready"] else 503)
+
+
+@get("/metrics")
+async def metrics(service: NamedDependency[RoutingService]) -> Response[bytes]:
+    return Response(service.observer.render(), media_type=PROMETHEUS)
+
+
+@get("/status")
+async def status_page() -> Response[bytes]:
+    return Response(STATUS_PAGE, media_type="text/html; charset=utf-8")
+
+
+@get("/status.json")
+async def status_data(service: NamedDependency[RoutingService]) -> Response[bytes]:
+    return Response(encode(await service.status()), media_type=JSON, headers={"cache-control": "no-store"})

@@ -44,6 +44,9 @@ class Telemetry:
     max_tokens_cap: int | None = None
     taken_at: float = 0.0
     """Wall-clock time the worker took it (its `at`), or when the router received it."""
+    total: int | None = None
+    budget: int | None = None
+    reserved: int | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], received_at: float) -> Telemetry | None:
@@ -57,6 +60,9 @@ class Telemetry:
                 max_tokens_default=_int_or_none(raw.get("max_tokens_default")),
                 max_tokens_cap=_int_or_none(raw.get("max_tokens_cap")),
                 taken_at=float(raw.get("at", received_at)),
+                total=_int_or_none(raw.get("total")),
+                budget=_int_or_none(raw.get("budget")),
+                reserved=_int_or_none(raw.get("reserved")),
             )
         except (KeyError, TypeError, ValueError):
             return None

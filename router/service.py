@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping
 
@@ -18,6 +19,7 @@ from router.errors import InvalidRequest
 from router.fleet import Fleet
 from router.guard.pipeline import GuardedDispatch
 from router.guard.rails import Guard
+from router.observe import Observer, RequestRecord, completion_tokens
 from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request
 from router.rules import RouteInput, RuleSet
 from router.state import StateStore, StateUnavailable
@@ -25,6 +27,8 @@ from router.state import StateStore, StateUnavailable
 log = logging.getLogger(__name__)
 
 ROUTED_COUNTS = "routed"
+READY_CACHE_S = 2.0
+"""`/status` refreshes every second; tier probes are redone at most this often."""
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -74,6 +78,8 @@ class RoutingService:
         self.backends = dict(backends)
         self.fleet = fleet
         self.dispatcher = Dispatcher(config, self.backends, fleet)
+        self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers)
+        self._ready_cache: tuple[float, dict[str, object]] | None = None
         self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
         self.store = store
         self._routed: Counter[str] = Counter()
@@ -117,6 +123,36 @@ class RoutingService:
         answer.headers = {**decision_headers(decision), **answer.headers}
         return answer
 
+    def observed(
+        self,
+        decision: RouteDecision | None,
+        headers: Mapping[str, str],
+        status: int,
+        seconds: float,
+        *,
+        stream: bool = False,
+        ttft: float | None = None,
+        body: bytes = b"",
+        chunks: int = 0,
+    ) -> None:
+        """Record one finished request (an error too) in the metrics and the status window."""
+        tier = headers.get("x-router-tier") or (decision.tier if decision else "none")
+        blocked = headers.get("x-router-guardrail") == "blocked"
+        record = RequestRecord(
+            at=time.time(),
+            tier=tier,
+            rule=decision.rule if decision else "none",
+            status=status,
+            seconds=seconds,
+            ttft=ttft,
+            fallback=headers.get("x-router-fallback"),
+            reason=headers.get("x-router-fallback-reason"),
+            guardrail=headers.get("x-router-guardrail-rail") if blocked else None,
+        )
+        tokens_out = chunks if stream else completion_tokens(body)
+        tokens_in = decision.prompt_tokens if decision else 0
+        self.observer.record(record, stream=stream, tokens_in=tokens_in, tokens_out=tokens_out)
+
     async def flush_counts(self) -> None:
         """Move this replica's counts into the shared store (Redis or memory); kept for the next try on failure."""
         if not self._routed:
@@ -156,20 +192,43 @@ class RoutingService:
         }
 
     def _workers(self) -> dict[str, list[dict[str, object]]]:
-        """What discovery knows of each worker tier: where, from which source, and how fresh."""
+        """What discovery knows of each worker tier: where, from which source, how fresh, how full."""
         if self.fleet is None:
             return {}
         found: dict[str, list[dict[str, object]]] = {}
         for tier in self.fleet.worker_tiers:
             for endpoint in self.fleet.endpoints(tier):
-                telemetry = self.fleet.fresh(endpoint)
+                t = self.fleet.fresh(endpoint)
                 found.setdefault(tier, []).append(
                     {
                         "url": endpoint.base_url,
                         "source": endpoint.source,
-                        "fresh": telemetry is not None,
-                        "free_bytes": telemetry.free if telemetry else None,
-                        "queue_depth": telemetry.queue_depth if telemetry else None,
+                        "fresh": t is not None,
+                        "free_bytes": t.free if t else None,
+                        "total_bytes": t.total if t else None,
+                        "budget": t.budget if t else None,
+                        "reserved": t.reserved if t else None,
+                        "queue_depth": t.queue_depth if t else None,
+                        "queue_size": t.queue_size if t else None,
                     }
                 )
         return found
+
+    async def status(self) -> dict[str, object]:
+        """What `/status` draws: tiers with their workers, the routing mix, latency and recent events."""
+        now = time.monotonic()
+        if self._ready_cache is None or now - self._ready_cache[0] > READY_CACHE_S:
+            self._ready_cache = (now, await self.readiness())
+        ready = self._ready_cache[1]
+        workers = self._workers()
+        tiers = [
+            {
+                "name": name,
+                "kind": t["kind"],
+                "ready": t["ready"],
+                "detail": t["detail"],
+                "workers": workers.get(name, []),
+            }
+            for name, t in ready["tiers"].items()  # type: ignore[attr-defined]
+        ]
+        return {"tiers": tiers, "counters": self.dispatcher.stats(), **self.observer.summary()}

@@ -29,6 +29,7 @@ from workers.engine import EngineError, FaultHook, QueueFull
 from workers.errors import NotReady, from_engine_error
 from workers.ledger import VramExhausted
 from workers.memory import MemoryProbe
+from workers.metrics import render, worker_registry
 from workers.service import WorkerService
 from workers.setup import build_service
 from workers.telemetry import heartbeat_forever
@@ -46,6 +47,7 @@ class WorkerState:
         self.config = config
         self.service: WorkerService | None = None
         self.detail = "loading the model"
+        self.registry = worker_registry(tier, lambda: self.service)
 
     def ready(self) -> WorkerService:
         if self.service is not None and self.service.engine.crashed:
@@ -81,6 +83,11 @@ async def list_models(worker: NamedDependency[WorkerState]) -> Response[bytes]:
 @get("/v1/memory")
 async def memory(worker: NamedDependency[WorkerState]) -> Response[bytes]:
     return Response(encode(worker.ready().memory()), media_type=JSON)
+
+
+@get("/metrics")
+async def metrics(worker: NamedDependency[WorkerState]) -> Response[bytes]:
+    return Response(render(worker.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @get("/health")
@@ -140,7 +147,7 @@ def create_worker_app(
 
     provide: Callable[[], WorkerState] = lambda: worker  # noqa: E731
     return Litestar(
-        route_handlers=[chat_completions, list_models, memory, health, ready],
+        route_handlers=[chat_completions, list_models, memory, metrics, health, ready],
         lifespan=[lifespan],
         dependencies={"worker": Provide(provide, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
