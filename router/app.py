@@ -29,6 +29,7 @@ from router.endpoints import (
 from router.fleet import Fleet
 from router.guard.rails import Guard
 from router.http_errors import exception_handlers
+from router.reload import ConfigReloader
 from router.service import RoutingService, needs_guard
 from router.state import StateStore, create_store
 
@@ -54,6 +55,8 @@ def create_app(
         scorer = classifier or build_classifier(config)
         flusher: asyncio.Task[None] | None = None
         discovery: asyncio.Task[None] | None = None
+        watcher: asyncio.Task[None] | None = None
+        reloader: ConfigReloader | None = None
         try:
             await scorer.start()
             backends = {name: TierBackend(name, tier, client, environ) for name, tier in config.tiers.items()}
@@ -68,6 +71,11 @@ def create_app(
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)
             app.state.service = service
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
+            if config.source:
+                reloader = service.reloader = ConfigReloader(service, config.source)
+                reloader.install_sighup()
+                if config.reload.watch:
+                    watcher = asyncio.create_task(reloader.watch_forever(config.reload.poll_s), name="config-watch")
             log.info(
                 "router ready: classifier=%s state=%s tiers=%s guardrails=%s",
                 scorer.name,
@@ -77,10 +85,13 @@ def create_app(
             )
             yield
         finally:
-            if discovery is not None:
-                discovery.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await discovery
+            if reloader is not None:
+                reloader.remove_sighup()
+            for task in (watcher, discovery):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if flusher is not None:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

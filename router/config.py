@@ -139,6 +139,13 @@ class RoutingConfig(Strict, frozen=True):
     """Skip a worker tier whose telemetry says the request would not fit in its free GPU memory."""
 
 
+class ReloadConfig(Strict, frozen=True):
+    """Hot reload of rules, thresholds and routing settings: on SIGHUP, and on file change when `watch`."""
+
+    watch: bool = True
+    poll_s: Seconds = 1.0
+
+
 class DiscoveryConfig(Strict, frozen=True):
     """Worker telemetry: heartbeats in Redis (when `redis.url` is set) or polling each worker's /v1/memory."""
 
@@ -185,6 +192,7 @@ class Config(Strict, frozen=True):
     routing: RoutingConfig = RoutingConfig()
     redis: RedisConfig = RedisConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    reload: ReloadConfig = ReloadConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     workers: dict[str, dict[str, Any]] = {}
     """Per-tier worker settings, decoded by `workers.config.worker_config` (validated here too)."""

@@ -21,6 +21,7 @@ from router.guard.pipeline import GuardedDispatch
 from router.guard.rails import Guard
 from router.observe import Observer, RequestRecord, completion_tokens
 from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request
+from router.reload import ConfigReloader
 from router.rules import RouteInput, RuleSet
 from router.state import StateStore, StateUnavailable
 
@@ -80,6 +81,8 @@ class RoutingService:
         self.dispatcher = Dispatcher(config, self.backends, fleet)
         self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers)
         self._ready_cache: tuple[float, dict[str, object]] | None = None
+        self.reloader: ConfigReloader | None = None
+        """Set by the app when the config came from a file (hot reload)."""
         self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
         self.store = store
         self._routed: Counter[str] = Counter()
@@ -93,6 +96,12 @@ class RoutingService:
         decision.reasons.append(f"prompt: ~{conversation.prompt_tokens} tokens over {len(request.messages)} messages")
         decision.prompt_tokens = conversation.prompt_tokens
         return decision
+
+    def apply(self, config: Config) -> None:
+        """Switch to a reloaded config (rules, thresholds, routing settings); router.reload checked it."""
+        rules = RuleSet(config)
+        self.config, self.rules = config, rules
+        self.dispatcher.config = config
 
     def _guarded(self, decision: RouteDecision) -> GuardedDispatch | None:
         if not decision.guardrails:
@@ -189,6 +198,18 @@ class RoutingService:
             "classifier": self.classifier.name,
             "workers": self._workers(),
             "counters": self.dispatcher.stats(),
+            "config": self._config_state(),
+        }
+
+    def _config_state(self) -> dict[str, object]:
+        state = self.reloader.state if self.reloader is not None else None
+        return {
+            "source": self.config.source,
+            "version": state.version if state else 1,
+            "last_error": state.last_error if state else None,
+            "rejected": state.rejected if state else 0,
+            "rules": [rule.name for rule in self.config.rules],
+            "threshold": self.rules.threshold,
         }
 
     def _workers(self) -> dict[str, list[dict[str, object]]]:

@@ -69,4 +69,4 @@ def test_metrics_count_requests_latency_scores_fallbacks_blocks_and_tokens(
         assert kinds.count("fallback") == 1 and kinds.count("block") == 1
         assert {t["name"]: t["ready"] for t in status["tiers"]} == {"small": True, "large": True, "remote": True}
         page = httpx.get(f"{router.url}/status")
-        assert page.status_code == 200 and "<svg id=\"mix\"" in page.text
+        assert page.status_code == 200 and '<svg id="mix"' in page.text

@@ -263,3 +263,20 @@ def test_nf4_large_worker_through_the_real_loader(start_worker: WorkerFactory) -
     response = httpx.post(f"{worker.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 6}, timeout=120)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_worker_metrics_show_memory_queue_batch_and_throughput(start_worker: WorkerFactory) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    worker = start_worker("small", probe=SimulatedGpu(8 * GB), max_batch_size=4, max_seq_len=256, max_tokens_cap=200)
+    response = httpx.post(f"{worker.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 16})
+    assert response.status_code == 200
+    scraped = httpx.get(f"{worker.url}/metrics").text
+    samples = {s.name: s.value for f in text_string_to_metric_families(scraped) for s in f.samples}
+    assert samples["tiered_worker_ready"] == 1
+    assert samples["tiered_worker_vram_total_bytes"] == 8 * GB
+    assert 0 < samples["tiered_worker_vram_free_bytes"] <= samples["tiered_worker_vram_budget_bytes"]
+    assert samples["tiered_worker_vram_reserved_bytes"] == 0
+    assert samples["tiered_worker_queue_depth"] == 0 and samples["tiered_worker_batch_size"] == 0
+    assert samples["tiered_worker_decode_tokens_total"] >= 15
+    assert "tiered_worker_decode_tokens_per_second" in samples
