@@ -29,6 +29,7 @@ from router.endpoints import (
 from router.fleet import Fleet
 from router.guard.rails import Guard
 from router.http_errors import exception_handlers
+from router.logs import send_request_id, with_request_id
 from router.reload import ConfigReloader
 from router.service import RoutingService, needs_guard
 from router.state import StateStore, create_store
@@ -107,6 +108,8 @@ def create_app(
     return Litestar(
         route_handlers=[chat_completions, route, list_models, health, ready, metrics, status_page, status_data],
         lifespan=[lifespan],
+        middleware=[with_request_id],
+        before_send=[send_request_id],
         dependencies={"service": Provide(_service, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         request_max_body_size=config.server.max_body_bytes,

@@ -20,6 +20,7 @@ import msgspec
 
 from router.config import TierConfig
 from router.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.logs import REQUEST_ID_HEADER, request_id
 from router.transport import FastHTTPTransport
 
 RELAYED_CLIENT_ERRORS = frozenset({400, 413, 422})
@@ -134,7 +135,13 @@ class TierBackend:
         return True, "ok"
 
     def _request(self, payload: bytes, timeout: dict[str, float | None]) -> httpx.Request:
-        return httpx.Request("POST", self._url, content=payload, headers=self._headers, extensions={"timeout": timeout})
+        request = httpx.Request(
+            "POST", self._url, content=payload, headers=self._headers, extensions={"timeout": timeout}
+        )
+        rid = request_id.get()
+        if rid is not None:
+            request.headers[REQUEST_ID_HEADER] = rid  # the worker logs under the router's id
+        return request
 
     @contextmanager
     def translating(self) -> Iterator[None]:

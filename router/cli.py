@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from router.config import ConfigError, load_config
+from router.logs import configure as configure_logging
 
 DEFAULT_CONFIG = "config/router.yaml"
 
@@ -17,11 +17,7 @@ DEFAULT_CONFIG = "config/router.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every request at INFO: noise, and CPU on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
     os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
     try:
         result: int = args.run(args)
@@ -104,6 +100,7 @@ def _train(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiered-router", description=__doc__)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="json", choices=["json", "text"], help="JSON lines (default) or text")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the router (OpenAI-compatible, port 8000 by default)")

@@ -139,6 +139,11 @@ class RoutingConfig(Strict, frozen=True):
     """Skip a worker tier whose telemetry says the request would not fit in its free GPU memory."""
 
 
+class LoggingConfig(Strict, frozen=True):
+    prompts: bool = False
+    """Put the last user message (up to 2,000 characters) in the access log. Off: prompts never reach logs."""
+
+
 class ReloadConfig(Strict, frozen=True):
     """Hot reload of rules, thresholds and routing settings: on SIGHUP, and on file change when `watch`."""
 
@@ -193,6 +198,7 @@ class Config(Strict, frozen=True):
     redis: RedisConfig = RedisConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     reload: ReloadConfig = ReloadConfig()
+    logging: LoggingConfig = LoggingConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     workers: dict[str, dict[str, Any]] = {}
     """Per-tier worker settings, decoded by `workers.config.worker_config` (validated here too)."""

@@ -37,15 +37,18 @@ async def chat_completions(
         else:
             answer = await service.complete(chat, decision)
     except RouterError as exc:
-        service.observed(decision, exc.headers(), exc.status_code, time.perf_counter() - started)
+        prompt = chat.last_user_text() if decision is not None else None
+        service.observed(decision, exc.headers(), exc.status_code, time.perf_counter() - started, prompt=prompt)
         raise
+    prompt = chat.last_user_text()
     if not chat.stream:
-        service.observed(decision, answer.headers, 200, time.perf_counter() - started, body=answer.body)
+        seconds = time.perf_counter() - started
+        service.observed(decision, answer.headers, 200, seconds, body=answer.body, prompt=prompt)
         return Response(answer.body, media_type=JSON, headers=answer.headers)
     routed = decision
 
     def done(ttft: float | None, seconds: float, chunks: int) -> None:
-        service.observed(routed, opened.headers, 200, seconds, stream=True, ttft=ttft, chunks=chunks)
+        service.observed(routed, opened.headers, 200, seconds, stream=True, ttft=ttft, chunks=chunks, prompt=prompt)
 
     chunks = service.observer.watch(relay(opened.chunks), started, done)
     return Stream(chunks, media_type="text/event-stream", headers={**opened.headers, **SSE_HEADERS})

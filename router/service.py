@@ -26,6 +26,8 @@ from router.rules import RouteInput, RuleSet
 from router.state import StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("router.access")
+PROMPT_LOG_CHARS = 2000
 
 ROUTED_COUNTS = "routed"
 READY_CACHE_S = 2.0
@@ -143,6 +145,7 @@ class RoutingService:
         ttft: float | None = None,
         body: bytes = b"",
         chunks: int = 0,
+        prompt: str | None = None,
     ) -> None:
         """Record one finished request (an error too) in the metrics and the status window."""
         tier = headers.get("x-router-tier") or (decision.tier if decision else "none")
@@ -161,6 +164,23 @@ class RoutingService:
         tokens_out = chunks if stream else completion_tokens(body)
         tokens_in = decision.prompt_tokens if decision else 0
         self.observer.record(record, stream=stream, tokens_in=tokens_in, tokens_out=tokens_out)
+        fields: dict[str, object] = {
+            "status": status,
+            "tier": tier,
+            "rule": record.rule,
+            "stream": stream,
+            "seconds": round(seconds, 4),
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+        }
+        if ttft is not None:
+            fields["ttft"] = round(ttft, 4)
+        for key in ("fallback", "reason", "guardrail"):
+            if getattr(record, key):
+                fields[key] = getattr(record, key)
+        if prompt is not None and self.config.logging.prompts:
+            fields["prompt"] = prompt[:PROMPT_LOG_CHARS]
+        access.info("request", extra=fields)
 
     async def flush_counts(self) -> None:
         """Move this replica's counts into the shared store (Redis or memory); kept for the next try on failure."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from litestar.response import Stream
 
 from router.config import Config
 from router.http_errors import exception_handlers
+from router.logs import send_request_id, with_request_id
 from router.protocol import ModelCard, ModelList, encode
 from router.service import parse_chat_request
 from router.state import create_store
@@ -35,6 +37,7 @@ from workers.setup import build_service
 from workers.telemetry import heartbeat_forever
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("workers.access")
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -63,14 +66,23 @@ async def chat_completions(
     request: Request[Any, Any, State], worker: NamedDependency[WorkerState]
 ) -> Response[bytes] | Stream:
     service = worker.ready()
+    started = time.perf_counter()
     chat = parse_chat_request(await request.body())
     try:
         if chat.stream:
             chunks = await service.open_stream(chat)
+            access.info("stream started", extra={"tier": worker.tier, "seconds": time.perf_counter() - started})
             return Stream(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         completion = await service.complete(chat)
     except (VramExhausted, QueueFull, EngineError) as exc:
-        raise from_engine_error(exc) from exc
+        error = from_engine_error(exc)
+        access.info("refused", extra={"tier": worker.tier, "status": error.status_code, "code": error.code})
+        raise error from exc
+    usage = completion.usage
+    fields = {"tier": worker.tier, "seconds": round(time.perf_counter() - started, 4)}
+    if usage is not None:
+        fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+    access.info("completion", extra=fields)
     return Response(encode(completion), media_type=JSON)
 
 
@@ -149,6 +161,8 @@ def create_worker_app(
     return Litestar(
         route_handlers=[chat_completions, list_models, memory, metrics, health, ready],
         lifespan=[lifespan],
+        middleware=[with_request_id],
+        before_send=[send_request_id],
         dependencies={"worker": Provide(provide, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         openapi_config=None,
