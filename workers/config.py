@@ -27,6 +27,9 @@ class WorkerConfig(Strict, frozen=True):
     """A local checkpoint directory, a hub id, or `demo:<name>` for a tiny checkpoint built locally."""
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8001
+    advertise_url: str | None = None
+    """The base URL routers should use, published in the Redis heartbeat (default http://host:port/v1);
+    set it when the worker binds 0.0.0.0 or sits behind NAT, e.g. http://worker-small:8001/v1 in compose."""
     served_name: str | None = None
     """The model name `/v1/models` reports (default: the tier name)."""
     device: str = "auto"

@@ -30,7 +30,7 @@ def heartbeat_payload(worker: WorkerState) -> dict[str, Any]:
     cfg = worker.config
     payload: dict[str, Any] = {
         "tier": worker.tier,
-        "url": f"http://{cfg.host}:{cfg.port}/v1",
+        "url": cfg.advertise_url or f"http://{cfg.host}:{cfg.port}/v1",
         "ready": worker.service is not None,
         "detail": worker.detail,
         "at": time.time(),
