@@ -13,6 +13,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from router.auth import worker_token
 from router.backends import TierBackend, create_client
 from router.classify.base import ComplexityClassifier, build_classifier
 from router.config import Config
@@ -60,13 +61,14 @@ def create_app(
         reloader: ConfigReloader | None = None
         try:
             await scorer.start()
-            backends = {name: TierBackend(name, tier, client, environ) for name, tier in config.tiers.items()}
+            token = worker_token(config)
+            backends = {name: TierBackend(name, tier, client, environ, token) for name, tier in config.tiers.items()}
             rails = guard
             if rails is None and needs_guard(config):
                 rails = await anyio.to_thread.run_sync(Guard.load, config)
             if rails is not None:
                 rails.bind(backends)
-            fleet = Fleet(config, state_store, client)
+            fleet = Fleet(config, state_store, client, headers={"authorization": f"Bearer {token}"} if token else {})
             await fleet.refresh()  # the first reading before the first request
             discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)

@@ -62,7 +62,12 @@ class TierBackend:
     """One tier: an OpenAI-compatible base URL, the model name it expects, and how long to wait."""
 
     def __init__(
-        self, name: str, config: TierConfig, client: httpx.AsyncClient, environ: Mapping[str, str] | None = None
+        self,
+        name: str,
+        config: TierConfig,
+        client: httpx.AsyncClient,
+        environ: Mapping[str, str] | None = None,
+        worker_token: str | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -75,6 +80,9 @@ class TierBackend:
         # identity: upstream bytes are relayed as they are, so they must not arrive compressed.
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         self.missing_key: str | None = None
+        self._worker_token = worker_token
+        if worker_token and config.kind == "worker":
+            headers["authorization"] = f"Bearer {worker_token}"  # workers accept only the router
         if config.api_key_env:
             key = env.get(config.api_key_env)
             if key:

@@ -97,6 +97,17 @@ def _train(args: argparse.Namespace) -> int:
     return run_training(args)
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from router.auth import hash_key
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        print("tiered-router: give a key (argument or stdin)", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiered-router", description=__doc__)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -131,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     standin.add_argument("--record", type=int, default=200, help="received requests kept for /_standin/requests")
     standin.add_argument("--max-words", type=int, default=64, help="longest answer, in words")
     standin.set_defaults(run=_standin)
+
+    hashed = sub.add_parser("hash-key", help="print an API key's SHA-256, for auth.keys[].sha256 (or Redis)")
+    hashed.add_argument("key", nargs="?", default=None, help="the key (default: read a line from stdin)")
+    hashed.set_defaults(run=_hash_key)
 
     calibrate = sub.add_parser(
         "calibrate", help="find the score threshold that sends a target share of traffic to the small tier"

@@ -45,6 +45,42 @@ class ServerConfig(Strict, frozen=True):
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
 
 
+class LimitsConfig(Strict, frozen=True):
+    """What one chat request may carry; beyond it, a 400 (or 413 for the body) naming the limit."""
+
+    max_messages: Annotated[int, Meta(ge=1)] = 512
+    max_content_chars: Annotated[int, Meta(ge=1)] = 400_000
+    """All message text together."""
+    max_tokens: Annotated[int, Meta(ge=1)] = 32_768
+    """The largest `max_tokens` / `max_completion_tokens` accepted."""
+
+
+class ApiKey(Strict, frozen=True):
+    name: str
+    sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    """The key's SHA-256, hex (`tiered-router hash-key`): keys are never stored in clear."""
+    group: str | None = None
+    """Rules can match it (`when: {key_group: [...]}`)."""
+    tiers: list[str] | None = None
+    """Tiers this key may use (None: all); a decision is moved along its chain to an allowed tier."""
+    rpm: Annotated[int, Meta(ge=0)] = 0
+    """Requests per minute (0: no limit)."""
+    tpm: Annotated[int, Meta(ge=0)] = 0
+    """Tokens per minute, counted at admission as prompt estimate + max_tokens (0: no limit)."""
+
+
+class AuthConfig(Strict, frozen=True):
+    enabled: bool = False
+    """Require `Authorization: Bearer <key>` on /v1/*. Off by default (the local demo)."""
+    keys: list[ApiKey] = []
+    redis_keys: bool = True
+    """Also look keys up in Redis (`<prefix>keys:<sha256>` holding the same fields as JSON), when Redis is set."""
+    worker_token_env: str | None = None
+    """The environment variable holding a token the router sends to workers and workers require."""
+    fail_open: bool = False
+    """When the rate limiter's store (Redis) is down: let requests through (true) or answer 503 (false)."""
+
+
 class Timeouts(Strict, frozen=True):
     connect: Seconds = 2.0
     first_byte: Seconds = 60.0
@@ -198,6 +234,8 @@ class Config(Strict, frozen=True):
     redis: RedisConfig = RedisConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     reload: ReloadConfig = ReloadConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     workers: dict[str, dict[str, Any]] = {}
@@ -286,6 +324,14 @@ def validate(config: Config) -> None:
         _check_match(src, f"{key}.when", rule.when)
     if config.guardrails.self_check_tier not in tiers:
         raise ConfigError(src, "guardrails.self_check_tier", f"unknown tier {config.guardrails.self_check_tier!r}")
+    names: set[str] = set()
+    for i, api_key in enumerate(config.auth.keys):
+        if api_key.name in names:
+            raise ConfigError(src, f"auth.keys[{i}].name", f"duplicate key name {api_key.name!r}")
+        names.add(api_key.name)
+        unknown = [t for t in api_key.tiers or [] if t not in tiers]
+        if unknown:
+            raise ConfigError(src, f"auth.keys[{i}].tiers", f"unknown tier(s) {unknown}")
     from workers.config import worker_config  # the worker's own schema; imports nothing heavy
 
     for name in config.workers:

@@ -29,8 +29,12 @@ async def chat_completions(
     started = time.perf_counter()
     decision: RouteDecision | None = None
     try:
+        caller = await service.authenticate(request.headers.get("authorization"))
         chat = parse_chat_request(await request.body())
-        decision = await service.decide(chat, request.headers)
+        service.check_limits(chat)
+        decided = await service.decide(chat, request.headers, caller.group if caller else None)
+        decision = service.restrict(decided, caller)
+        await service.admit(caller, decision, chat)
         service.observer.scored(decision.score)
         if chat.stream:
             opened = await service.open_stream(chat, decision)
@@ -56,13 +60,16 @@ async def chat_completions(
 
 @post("/v1/route", status_code=200)
 async def route(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
+    caller = await service.authenticate(request.headers.get("authorization"))
     chat = parse_chat_request(await request.body())
-    decision = await service.decide(chat, request.headers)
+    service.check_limits(chat)
+    decision = service.restrict(await service.decide(chat, request.headers, caller.group if caller else None), caller)
     return Response(encode(decision), media_type=JSON, headers=decision_headers(decision))
 
 
 @get("/v1/models")
-async def list_models(service: NamedDependency[RoutingService]) -> Response[bytes]:
+async def list_models(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
+    await service.authenticate(request.headers.get("authorization"))
     cards = [ModelCard(id=name) for name in service.rules.model_names()]
     return Response(encode(ModelList(cards)), media_type=JSON)
 

@@ -101,3 +101,22 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+
+
+class RateLimited(RouterError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after = str(max(1, int(retry_after_s + 0.999)))
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": self.retry_after}
+
+
+class LimiterUnavailable(RouterError):
+    status_code = 503
+    error_type = "server_error"
+    code = "rate_limiter_unavailable"

@@ -92,6 +92,8 @@ class Fleet:
     store: StateStore | None
     client: httpx.AsyncClient | None
     clock: Callable[[], float] = time.time
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with each poll (the worker token, when workers require one)."""
     _discovered: dict[str, list[Endpoint]] = field(default_factory=dict)
     _polled: dict[str, Endpoint] = field(default_factory=dict)
     _in_flight: dict[str, dict[int, _InFlight]] = field(default_factory=dict)
@@ -181,7 +183,8 @@ class Fleet:
         assert self.client is not None
         base = self.config.tiers[tier].base_url.rstrip("/")
         try:
-            response = await self.client.get(f"{base}/memory", timeout=self.config.discovery.interval_s * 2)
+            timeout = self.config.discovery.interval_s * 2
+            response = await self.client.get(f"{base}/memory", headers=self.headers, timeout=timeout)
             raw = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             raw = None

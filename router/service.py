@@ -10,12 +10,13 @@ from collections.abc import Mapping
 
 import msgspec
 
+from router.auth import Caller, KeyStore
 from router.backends import TierBackend
 from router.classify.base import ComplexityClassifier
 from router.config import Config
 from router.conversation import Conversation
 from router.dispatch import Answer, Dispatcher, StreamAnswer
-from router.errors import InvalidRequest
+from router.errors import InvalidRequest, LimiterUnavailable, RateLimited
 from router.fleet import Fleet
 from router.guard.pipeline import GuardedDispatch
 from router.guard.rails import Guard
@@ -28,6 +29,8 @@ from router.state import StateStore, StateUnavailable
 log = logging.getLogger(__name__)
 access = logging.getLogger("router.access")
 PROMPT_LOG_CHARS = 2000
+DEFAULT_COMPLETION_TOKENS = 256
+"""What a request with no max_tokens counts against a tokens-per-minute limit."""
 
 ROUTED_COUNTS = "routed"
 READY_CACHE_S = 2.0
@@ -83,6 +86,7 @@ class RoutingService:
         self.dispatcher = Dispatcher(config, self.backends, fleet)
         self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers)
         self._ready_cache: tuple[float, dict[str, object]] | None = None
+        self.keys = KeyStore(config.auth, store) if config.auth.enabled else None
         self.reloader: ConfigReloader | None = None
         """Set by the app when the config came from a file (hot reload)."""
         self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
@@ -99,10 +103,63 @@ class RoutingService:
         decision.prompt_tokens = conversation.prompt_tokens
         return decision
 
+    async def authenticate(self, authorization: str | None) -> Caller | None:
+        """The calling key (401 without a valid one), or None when `auth.enabled` is off."""
+        return await self.keys.authenticate(authorization) if self.keys is not None else None
+
+    def check_limits(self, request: ChatCompletionRequest) -> None:
+        """The input limits (`limits`): message count, text size, max_tokens; a 400 naming the one exceeded."""
+        limits = self.config.limits
+        if len(request.messages) > limits.max_messages:
+            raise InvalidRequest(
+                f"{len(request.messages)} messages; at most {limits.max_messages} are accepted", param="messages"
+            )
+        chars = sum(len(m.text()) for m in request.messages)
+        if chars > limits.max_content_chars:
+            raise InvalidRequest(
+                f"the messages hold {chars} characters; at most {limits.max_content_chars} are accepted",
+                param="messages",
+            )
+        wanted = request.token_limit()
+        if wanted is not None and wanted > limits.max_tokens:
+            raise InvalidRequest(f"max_tokens is {wanted}; at most {limits.max_tokens} is accepted", param="max_tokens")
+
+    def restrict(self, decision: RouteDecision, caller: Caller | None) -> RouteDecision:
+        """Keep only the tiers the key may use in the decision's chain (403 if none)."""
+        if caller is None or caller.tiers is None:
+            return decision
+        chain = caller.allowed([decision.tier, *decision.fallback])
+        if chain[0] != decision.tier:
+            decision.reasons.append(f"tier '{decision.tier}' not allowed for key '{caller.name}': '{chain[0]}' instead")
+        decision.tier, decision.fallback = chain[0], chain[1:]
+        return decision
+
+    async def admit(self, caller: Caller | None, decision: RouteDecision, request: ChatCompletionRequest) -> None:
+        """Count the request against the key's per-minute limits, shared by every replica through Redis."""
+        if caller is None or not (caller.rpm or caller.tpm):
+            return
+        tokens = decision.prompt_tokens + (request.token_limit() or DEFAULT_COMPLETION_TOKENS)
+        if caller.tpm and tokens > caller.tpm:
+            raise InvalidRequest(
+                f"this request may use {tokens} tokens, more than the key's limit of {caller.tpm} per minute",
+                param="max_tokens",
+            )
+        try:
+            wait = await self.store.rate_admit(f"key:{caller.name}", (caller.rpm, caller.tpm), (1, tokens), 60.0)
+        except StateUnavailable as exc:
+            if self.config.auth.fail_open:
+                log.warning("rate limiter unavailable, letting the request through (auth.fail_open): %s", exc)
+                return
+            raise LimiterUnavailable("the rate limiter is unavailable; try again shortly") from exc
+        if wait > 0:
+            self.dispatcher.counters.inc("rate_limited", key=caller.name)
+            raise RateLimited(f"rate limit reached for key '{caller.name}'; retry after the current minute", wait)
+
     def apply(self, config: Config) -> None:
         """Switch to a reloaded config (rules, thresholds, routing settings); router.reload checked it."""
         rules = RuleSet(config)
-        self.config, self.rules = config, rules
+        keys = KeyStore(config.auth, self.store) if config.auth.enabled else None
+        self.config, self.rules, self.keys = config, rules, keys
         self.dispatcher.config = config
 
     def _guarded(self, decision: RouteDecision) -> GuardedDispatch | None:

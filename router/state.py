@@ -15,6 +15,22 @@ from contextlib import asynccontextmanager
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+ADMIT_LUA = """
+local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost_r, cost_t, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if (rpm > 0 and requests + cost_r > rpm) or (tpm > 0 and tokens + cost_t > tpm) then
+  return 0
+end
+redis.call('INCRBY', KEYS[1], cost_r)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('INCRBY', KEYS[2], cost_t)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+"""Check both per-window limits and count the request in one atomic step (every replica shares it)."""
+
 
 class StateUnavailable(Exception):
     """The store could not be reached or answered with an error."""
@@ -48,6 +64,13 @@ class StateStore(ABC):
     async def ping(self) -> bool:
         """True if the store answers now; never raises."""
 
+    @abstractmethod
+    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float) -> float:
+        """Count `cost` (requests, tokens) against `limits` per fixed window (0: no limit), atomically.
+
+        Returns 0.0 when admitted (and counted), else the seconds until the window ends (nothing counted).
+        """
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -60,6 +83,7 @@ class MemoryStore(StateStore):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._records: dict[str, tuple[bytes, float | None]] = {}
         self._counts: dict[str, dict[str, int]] = {}
+        self._windows: dict[str, tuple[int, int]] = {}
         self._now = clock
 
     async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
@@ -97,6 +121,17 @@ class MemoryStore(StateStore):
     async def ping(self) -> bool:
         return True
 
+    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float) -> float:
+        now = self._now()
+        window = int(now // window_s)
+        slot = f"rl:{key}:{window}"
+        used = self._windows.get(slot, (0, 0))
+        if any(limit and used[i] + cost[i] > limit for i, limit in enumerate(limits)):
+            return (window + 1) * window_s - now
+        self._windows = {k: v for k, v in self._windows.items() if k.endswith(f":{window}")}  # old windows go
+        self._windows[slot] = (used[0] + cost[0], used[1] + cost[1])
+        return 0.0
+
 
 class RedisStore(StateStore):
     """Redis-backed state shared by every router replica and worker using the same URL and prefix."""
@@ -106,6 +141,7 @@ class RedisStore(StateStore):
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
+        self._admit = client.register_script(ADMIT_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float = 0.5) -> RedisStore:
@@ -154,6 +190,15 @@ class RedisStore(StateStore):
             return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
+
+    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float) -> float:
+        now = time.time()  # the window is wall-clock aligned, so every replica counts into the same one
+        window = int(now // window_s)
+        base = f"{self._prefix}rl:{key}:{window}"
+        ttl_ms = int(window_s * 2000)
+        async with _translated():
+            admitted = await self._admit(keys=[base + ":r", base + ":t"], args=[*limits, *cost, ttl_ms])
+        return 0.0 if admitted == 1 else (window + 1) * window_s - now
 
     async def close(self) -> None:
         await self._redis.aclose()

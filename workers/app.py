@@ -20,6 +20,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.response import Stream
 
+from router.auth import require_bearer, worker_token
 from router.config import Config
 from router.http_errors import exception_handlers
 from router.logs import send_request_id, with_request_id
@@ -158,10 +159,12 @@ def create_worker_app(
                 await state_store.close()
 
     provide: Callable[[], WorkerState] = lambda: worker  # noqa: E731
+    token = worker_token(config)
+    guard = [require_bearer(token)] if token else []
     return Litestar(
         route_handlers=[chat_completions, list_models, memory, metrics, health, ready],
         lifespan=[lifespan],
-        middleware=[with_request_id],
+        middleware=[*guard, with_request_id],
         before_send=[send_request_id],
         dependencies={"worker": Provide(provide, sync_to_thread=False)},
         exception_handlers=exception_handlers(),

@@ -167,16 +167,15 @@ def test_ledger_admission_under_a_simulated_8gb_gpu(start_worker: WorkerFactory)
 
 def test_out_of_memory_is_confined_to_one_request(start_worker: WorkerFactory) -> None:
     calls = {"prefill": 0, "decode": 0}
-    armed = threading.Event()
+    pacing, armed = threading.Event(), threading.Event()
 
     def oom(phase: str, ids: list[str]) -> None:
         calls[phase] += 1
         if phase == "prefill" and calls["prefill"] == 2:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory during prefill")
-        if phase == "decode" and armed.is_set():
-            if len(ids) < 2:
-                time.sleep(0.01)  # keep the older request running until the streamed one has joined
-                return
+        if phase == "decode" and pacing.is_set() and len(ids) < 2:
+            time.sleep(0.01)  # keep the older request running until the streamed one has joined
+        if phase == "decode" and armed.is_set() and len(ids) >= 2:
             armed.clear()
             raise torch.OutOfMemoryError("simulated: CUDA out of memory during decode")
 
@@ -196,15 +195,21 @@ def test_out_of_memory_is_confined_to_one_request(start_worker: WorkerFactory) -
         body = {"messages": HELLO, "max_tokens": 200, "temperature": 0, "ignore_eos": True}
         older_done.append(httpx.post(url, json=body, timeout=60).json())
 
+    pacing.set()
     thread = threading.Thread(target=older)
     thread.start()
     while memory(worker)["running"] < 1:
         time.sleep(0.01)
-    armed.set()
-    body = {"messages": HELLO, "max_tokens": 40, "stream": True}
+    body = {"messages": HELLO, "max_tokens": 40, "ignore_eos": True, "stream": True}
+    lines: list[str] = []
     with httpx.stream("POST", url, json=body, timeout=60) as response:
         assert response.status_code == 200
-        lines = [line for line in response.iter_lines() if line]
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if '"content":"' in line and '"content":""' not in line:
+                armed.set()  # tokens were sent: the out-of-memory error now strikes mid-stream
+    pacing.clear()
     thread.join(timeout=60)
     assert '"code":"vram_exhausted"' in lines[-2] and lines[-1] == "data: [DONE]"
     assert older_done[0]["choices"][0]["finish_reason"] in ("stop", "length")
