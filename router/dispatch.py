@@ -172,6 +172,7 @@ class Dispatcher:
         deadline = self._clock() + self.config.routing.fallback_deadline_s
         first_reason: str | None = None
         last_error: UpstreamError | None = None
+        failures: list[str] = []
         for tier in chain:
             if self._clock() >= deadline:
                 last_error = UpstreamTimeout(tier, "the fallback deadline passed before any tier answered")
@@ -194,6 +195,7 @@ class Dispatcher:
                 except UpstreamError as exc:
                     first_reason = first_reason or reason_of(exc)
                     last_error = exc
+                    failures.append(f"{tier}: {reason_of(exc)}")
                     self.counters.inc("upstream_failures", tier=tier, reason=reason_of(exc))
                     log.warning("tier %s (%s) did not take the request: %s", tier, target.endpoint.base_url, exc)
                     continue
@@ -204,6 +206,11 @@ class Dispatcher:
                 return result, route
         self.counters.inc("failed", reason=first_reason or "deadline")
         assert last_error is not None
+        if len(failures) > 1:  # one error for the client, naming the request's tier and every failure
+            summary = f"no tier of its chain could answer ({'; '.join(failures)})"
+            combined = type(last_error)(chain[0], summary, reason=first_reason, status=last_error.status)
+            combined.retry_after = last_error.retry_after
+            raise combined from last_error
         raise last_error
 
     def _plan(self, tier: str, request: ChatCompletionRequest, prompt_tokens: int) -> Plan:
