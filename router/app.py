@@ -22,6 +22,7 @@ from router.endpoints import (
     health,
     list_models,
     metrics,
+    openapi_schema,
     ready,
     route,
     status_data,
@@ -108,7 +109,17 @@ def create_app(
                 await client.aclose()
 
     return Litestar(
-        route_handlers=[chat_completions, route, list_models, health, ready, metrics, status_page, status_data],
+        route_handlers=[
+            chat_completions,
+            route,
+            list_models,
+            health,
+            ready,
+            metrics,
+            status_page,
+            status_data,
+            openapi_schema,
+        ],
         lifespan=[lifespan],
         middleware=[with_request_id],
         before_send=[send_request_id],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from importlib.metadata import version
 from importlib.resources import files
 from typing import Any
 
@@ -12,6 +13,7 @@ from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from router.errors import RouterError
+from router.openapi import openapi_document
 from router.protocol import ModelCard, ModelList, RouteDecision, encode
 from router.service import RoutingService, decision_headers, parse_chat_request
 from router.sse import relay
@@ -19,6 +21,7 @@ from router.sse import relay
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 STATUS_PAGE = (files("router") / "data" / "status.html").read_bytes()
+OPENAPI = encode(openapi_document(version("tiered-router")))
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -98,3 +101,8 @@ async def status_page() -> Response[bytes]:
 @get("/status.json")
 async def status_data(service: NamedDependency[RoutingService]) -> Response[bytes]:
     return Response(encode(await service.status()), media_type=JSON, headers={"cache-control": "no-store"})
+
+
+@get("/openapi.json")
+async def openapi_schema() -> Response[bytes]:
+    return Response(OPENAPI, media_type=JSON)
