@@ -25,6 +25,8 @@ from router.resilience import ResilientCaller
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 BREAKER_STATES = ("closed", "half_open", "open")
+MAX_RECENT = 100_000
+"""The status window keeps `window_s` of requests, at most this many (~20 MB at the cap)."""
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
 
 
@@ -90,7 +92,7 @@ class Observer:
         self.blocks = Counter("tiered_router_guardrail_blocks", "requests blocked", ["rail"], registry=r)
         r.register(_DispatchCollector(counters, callers))
         self.window_s = window_s
-        self.recent: deque[RequestRecord] = deque()
+        self.recent: deque[RequestRecord] = deque(maxlen=MAX_RECENT)
         self._clock = clock
 
     def render(self) -> bytes:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -79,3 +82,29 @@ def redis_server() -> Iterator[str]:
         client.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextmanager
+def cli_process(
+    args: list[str], ready_url: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m router.cli <args>` as its own process, once `ready_url` answers 200; killed at exit."""
+    from router.stack import wait_ready
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    environ = {**os.environ, "PYTHONPATH": repo, **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", *args], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        if not wait_ready(ready_url, time.monotonic() + 60):
+            raise RuntimeError(f"{' '.join(args)} did not become ready at {ready_url}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

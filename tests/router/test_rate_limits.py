@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +13,8 @@ from typing import Any
 import httpx
 
 from router.auth import hash_key
-from router.stack import wait_ready
-from tests.conftest import REPO, router_yaml, write_config
-from tests.servers import ServerThread, free_port
+from tests.conftest import router_yaml, write_config
+from tests.servers import ServerThread, cli_process, free_port
 
 KEY = "sk-shared-0123456789"
 HI = [{"role": "user", "content": "hi"}]
@@ -51,16 +48,11 @@ def redis_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
 @contextmanager
 def router_process(config: Path) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TEST_REMOTE_KEY": "k"}
-    args = [sys.executable, "-m", "router.cli", "serve", "--config", str(config), "--port", str(port)]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_ready(f"{url}/health", time.monotonic() + 60), "router did not start"
+    with cli_process(
+        ["serve", "--config", str(config), "--port", str(port)], f"{url}/health", {"TEST_REMOTE_KEY": "k"}
+    ):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def config(tmp_path: Path, standins: dict[str, ServerThread], redis_port: int, **key: Any) -> Path:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +14,9 @@ import yaml
 
 from router.app import create_app
 from router.config import load_config
-from router.stack import wait_ready
 from router.standin import Standin, StandinSettings
-from tests.conftest import REPO, router_yaml, write_config
-from tests.servers import ServerThread, free_port
+from tests.conftest import router_yaml, write_config
+from tests.servers import ServerThread, cli_process, free_port
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -114,12 +110,9 @@ def test_sighup_reloads_a_running_router(tmp_path: Path, standins: dict[str, Ser
     raw["reload"] = {"watch": False}
     path = write_config(tmp_path / "router.yaml", raw)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TEST_REMOTE_KEY": "k"}
-    args = [sys.executable, "-m", "router.cli", "serve", "--config", str(path), "--port", str(port)]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_ready(f"{url}/health", time.monotonic() + 60)
+    args = ["serve", "--config", str(path), "--port", str(port)]
+    with cli_process(args, f"{url}/health", {"TEST_REMOTE_KEY": "k"}) as proc:
         assert route(url) == "small"
         raw["rules"].insert(0, {"name": "hi-large", "when": {"last_user_regex": "^hi$"}, "tier": "large"})
         write_config(path, raw)
@@ -128,6 +121,3 @@ def test_sighup_reloads_a_running_router(tmp_path: Path, standins: dict[str, Ser
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: config_state(url)["version"] == 2)
         assert route(url) == "large"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)

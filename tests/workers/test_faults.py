@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from router.stack import wait_ready
 from tests.conftest import REPO, RouterFactory, router_yaml
-from tests.servers import ServerThread, free_port
+from tests.servers import ServerThread, cli_process, free_port
 from tests.workers.conftest import WorkerFactory
 
 LONG = [{"role": "user", "content": "Write a very long story."}]
@@ -71,29 +67,9 @@ def test_the_remote_api_down_is_a_clear_503_naming_it(
     assert httpx.post(f"{router.url}/v1/chat/completions", json={"model": "small", "messages": LONG}).status_code == 200
 
 
-@contextmanager
-def worker_process(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [
-        sys.executable,
-        "-m",
-        "router.cli",
-        "worker",
-        "--tier",
-        "small",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_ready(f"http://127.0.0.1:{port}/ready", time.monotonic() + 60), "worker did not start"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+def worker_process(config: Path, port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    args = ["worker", "--tier", "small", "--config", str(config), "--port", str(port)]
+    return cli_process(args, f"http://127.0.0.1:{port}/ready")
 
 
 def test_a_worker_restart_is_bridged_by_fallback(

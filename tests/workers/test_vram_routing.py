@@ -5,10 +5,7 @@ stand-in, and a real Redis. Nothing may be lost: every request gets an answer, f
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,10 +16,9 @@ import msgspec
 import pytest
 import yaml
 
-from router.stack import wait_ready
 from router.standin import Standin, StandinSettings
 from tests.conftest import REPO, RouterFactory, router_yaml
-from tests.servers import ServerThread, free_port, redis_server
+from tests.servers import ServerThread, cli_process, free_port, redis_server
 from tests.workers.conftest import GB, WorkerFactory
 from workers.memory import SimulatedGpu
 
@@ -149,11 +145,7 @@ def test_a_worker_killed_mid_stream_is_continued_remotely(
     raw["workers"]["small"].update(checkpoint_dir=str(checkpoint_dir), device="cpu", port=port, max_tokens_cap=900)
     path = tmp_path / "worker.yaml"
     path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [sys.executable, "-m", "router.cli", "worker", "--tier", "small", "--config", str(path)]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_ready(f"http://127.0.0.1:{port}/ready", time.monotonic() + 60), "the worker did not start"
+    with cli_process(["worker", "--tier", "small", "--config", str(path)], f"http://127.0.0.1:{port}/ready") as proc:
         router = start_router(routed_config(f"http://127.0.0.1:{port}/v1", f"{remote.url}/v1"))
         body = {"model": "small", "messages": LONG, "max_tokens": 900, "ignore_eos": True, "stream": True}
         lines: list[str] = []
@@ -176,10 +168,6 @@ def test_a_worker_killed_mid_stream_is_continued_remotely(
         continuation = httpx.get(f"{remote.url}/_standin/requests").json()[-1]["body"]
         assert continuation["messages"][-1] == {"role": "assistant", "content": before}
         assert len(before) > 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_routing_goes_on_from_static_config_when_redis_stops(
