@@ -121,7 +121,8 @@ class TierConfig(Strict, frozen=True):
     """Requests in flight to this tier at most (a stream counts until it ends); others wait, within the deadline."""
     continuation_body: dict[str, Any] = {}
     """Extra request fields when this tier continues a stream another tier broke off (the text so far is sent
-    as a final assistant message), e.g. `{continue_final_message: true, add_generation_prompt: false}` for vLLM."""
+    as a final assistant message), e.g. `{continue_final_message: true, add_generation_prompt: false}` for vLLM
+    (what worker tiers get when this is empty)."""
 
 
 class ClassifierConfig(Strict, frozen=True):

@@ -34,6 +34,8 @@ from router.protocol import ChatCompletionRequest, RouteDecision, encode
 from router.resilience import ResilientCaller
 
 log = logging.getLogger(__name__)
+WORKER_CONTINUATION = {"continue_final_message": True, "add_generation_prompt": False}
+"""Our workers continue the final assistant message exactly (workers.service), as vLLM does."""
 
 
 @dataclass
@@ -121,8 +123,9 @@ class Dispatcher:
     def payload(self, request: ChatCompletionRequest, tier: str, *, continuing: bool = False) -> bytes:
         backend = self.backends[tier]
         body = encode(msgspec.structs.replace(request, model=backend.config.model))
-        if continuing and backend.config.continuation_body:
-            merged: dict[str, Any] = {**msgspec.json.decode(body), **backend.config.continuation_body}
+        extra = backend.config.continuation_body or (WORKER_CONTINUATION if backend.config.kind == "worker" else {})
+        if continuing and extra:
+            merged: dict[str, Any] = {**msgspec.json.decode(body), **extra}
             body = msgspec.json.encode(merged)
         return body
 

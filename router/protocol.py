@@ -85,6 +85,11 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
     """vLLM's extension, honoured by our workers: no end-of-sequence before this many tokens."""
     ignore_eos: bool | UnsetType = UNSET
     """vLLM's extension: generate exactly max_tokens (benchmarks)."""
+    continue_final_message: bool | UnsetType = UNSET
+    """vLLM's extension, honoured by our workers: continue the final assistant message instead of starting
+    a new turn (the router uses it to continue a stream another tier broke off)."""
+    add_generation_prompt: bool | UnsetType = UNSET
+    """vLLM's extension, sent along with `continue_final_message: true` (false); accepted, implied by it."""
 
     def token_limit(self) -> int | None:
         """The requested generation cap: `max_completion_tokens` wins over `max_tokens`."""

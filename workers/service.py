@@ -36,8 +36,13 @@ class WorkerService:
 
     def generation_request(self, chat: ChatCompletionRequest) -> GenerationRequest:
         messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
+        continuing = chat.continue_final_message is True
+        if continuing and messages[-1]["role"] != "assistant":
+            raise InvalidRequest("continue_final_message needs a final assistant message", param="messages")
         try:
-            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=not continuing, continue_final_message=continuing, return_dict=True
+            )
         except Exception as exc:  # jinja errors: e.g. a template that rejects a role order
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from exc
         prompt: list[int] = list(encoded["input_ids"])

@@ -183,3 +183,21 @@ def test_a_refusal_before_the_first_byte_falls_back_with_its_reason(
     assert response.headers["x-router-fallback"] == "large->remote"
     assert response.headers["x-router-fallback-reason"] == "http_503"
     assert response.json()["choices"][0]["message"]["content"].startswith("[remote]")
+
+
+def test_a_continuation_asks_workers_to_continue_the_final_message(shipped_config: Any) -> None:
+    from router.backends import TierBackend, create_client
+    from router.dispatch import Dispatcher
+    from router.protocol import ChatCompletionRequest, ChatMessage
+
+    client = create_client(4)
+    backends = {name: TierBackend(name, tier, client, {}) for name, tier in shipped_config.tiers.items()}
+    dispatcher = Dispatcher(shipped_config, backends)
+    request = ChatCompletionRequest(
+        [ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="He")]
+    )
+    to_worker = msgspec.json.decode(dispatcher.payload(request, "large", continuing=True))
+    assert to_worker["continue_final_message"] is True and to_worker["add_generation_prompt"] is False
+    to_remote = msgspec.json.decode(dispatcher.payload(request, "remote", continuing=True))
+    assert "continue_final_message" not in to_remote  # an OpenAI-style API gets the plain request
+    assert "continue_final_message" not in msgspec.json.decode(dispatcher.payload(request, "large"))

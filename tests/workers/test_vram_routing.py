@@ -8,6 +8,7 @@ import asyncio
 import signal
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,25 @@ def test_routing_goes_on_from_static_config_when_redis_stops(
     assert any(source == "worker" for _, source in served[:served_while_up]), "discovered while redis was up"
     assert served[-1][1] == "standin", "after redis stopped, the static base_url serves"
     assert report(router)["state"]["ready"] is False
+
+
+def test_a_stream_broken_off_is_continued_exactly_by_a_worker(
+    start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    """small (a stand-in that breaks off) -> large (a real worker): the worker continues the partial answer."""
+    worker = start_worker("small")  # serves the `large` tier of this router
+    with ServerThread(Standin(StandinSettings(name="small", script=deque(["die:3"])))) as broken:
+        raw = router_yaml(f"{broken.url}/v1", f"{worker.url}/v1", "http://127.0.0.1:1/v1")
+        raw["tiers"]["small"]["fallback"] = ["large"]
+        raw["tiers"]["large"]["guardrails"] = False
+        router = start_router(raw)
+        body = {"model": "small", "messages": LONG, "max_tokens": 12, "stream": True}
+        with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=body, timeout=60) as response:
+            lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert ": x-router-fallback small->large (connection_lost), mid-stream" in lines
+    events = [msgspec.json.decode(line[6:]) for line in lines if line.startswith("data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert text.startswith("[small] Write a")  # the three words sent before the break, then the worker's
+    assert len(text) > len("[small] Write a")

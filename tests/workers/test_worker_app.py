@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import openai
 import pytest
 import torch
@@ -285,3 +286,28 @@ def test_worker_metrics_show_memory_queue_batch_and_throughput(start_worker: Wor
     assert samples["tiered_worker_queue_depth"] == 0 and samples["tiered_worker_batch_size"] == 0
     assert samples["tiered_worker_decode_tokens_total"] >= 15
     assert "tiered_worker_decode_tokens_per_second" in samples
+
+
+def test_continue_final_message_continues_the_assistant_text(start_worker: WorkerFactory) -> None:
+    """vLLM's `continue_final_message`: the prompt ends in the partial answer, not in a new assistant turn."""
+    worker = start_worker("small")
+    partial = [*HELLO, {"role": "assistant", "content": "The capital of France is"}]
+    url = f"{worker.url}/v1/chat/completions"
+    fresh = httpx.post(url, json={"messages": partial, "max_tokens": 4}).json()
+    continued = httpx.post(url, json={"messages": partial, "max_tokens": 4, "continue_final_message": True}).json()
+    assert continued["choices"][0]["finish_reason"] in ("length", "stop")
+    # The fresh turn adds the end of the assistant's turn and a new assistant header; continuing does not.
+    assert continued["usage"]["prompt_tokens"] < fresh["usage"]["prompt_tokens"]
+    service = _service(worker)
+    from router.protocol import decode_chat_request
+
+    body = msgspec.json.encode({"messages": partial, "continue_final_message": True})
+    prompt = service.generation_request(decode_chat_request(body)).prompt
+    assert service.tokenizer.decode(prompt).rstrip().endswith("The capital of France is")
+    wrong = httpx.post(url, json={"messages": HELLO, "continue_final_message": True})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "messages"
+
+
+def _service(worker: ServerThread) -> Any:
+    """The WorkerService behind a served worker app (through its `worker` dependency)."""
+    return worker.server.config.app.dependencies["worker"].dependency().service
