@@ -66,7 +66,8 @@ class ApiKey(Strict, frozen=True):
     rpm: Annotated[int, Meta(ge=0)] = 0
     """Requests per minute (0: no limit)."""
     tpm: Annotated[int, Meta(ge=0)] = 0
-    """Tokens per minute, counted at admission as prompt estimate + max_tokens (0: no limit)."""
+    """Tokens per minute: counted at admission as prompt estimate + max_tokens, the unused rest given back
+    when the request ends (0: no limit)."""
 
 
 class AuthConfig(Strict, frozen=True):

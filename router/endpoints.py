@@ -15,7 +15,7 @@ from litestar.response import Stream
 from router.errors import RouterError
 from router.openapi import openapi_document
 from router.protocol import ModelCard, ModelList, RouteDecision, encode
-from router.service import RoutingService, decision_headers, parse_chat_request
+from router.service import Admission, RoutingService, decision_headers, parse_chat_request
 from router.sse import relay
 
 JSON = "application/json"
@@ -31,13 +31,14 @@ async def chat_completions(
 ) -> Response[bytes] | Stream:
     started = time.perf_counter()
     decision: RouteDecision | None = None
+    admission: Admission | None = None
     try:
         caller = await service.authenticate(request.headers.get("authorization"))
         chat = parse_chat_request(await request.body())
         service.check_limits(chat)
         decided = await service.decide(chat, request.headers, caller.group if caller else None)
         decision = service.restrict(decided, caller)
-        await service.admit(caller, decision, chat)
+        admission = await service.admit(caller, decision, chat)
         service.observer.scored(decision.score)
         if chat.stream:
             opened = await service.open_stream(chat, decision)
@@ -45,17 +46,21 @@ async def chat_completions(
             answer = await service.complete(chat, decision)
     except RouterError as exc:
         prompt = chat.last_user_text() if decision is not None else None
-        service.observed(decision, exc.headers(), exc.status_code, time.perf_counter() - started, prompt=prompt)
+        seconds = time.perf_counter() - started
+        service.observed(decision, exc.headers(), exc.status_code, seconds, prompt=prompt, admission=admission)
         raise
     prompt = chat.last_user_text()
     if not chat.stream:
         seconds = time.perf_counter() - started
-        service.observed(decision, answer.headers, 200, seconds, body=answer.body, prompt=prompt)
+        service.observed(decision, answer.headers, 200, seconds, body=answer.body, prompt=prompt, admission=admission)
         return Response(answer.body, media_type=JSON, headers=answer.headers)
-    routed = decision
+    routed, admitted = decision, admission
 
     def done(ttft: float | None, seconds: float, chunks: int) -> None:
-        service.observed(routed, opened.headers, 200, seconds, stream=True, ttft=ttft, chunks=chunks, prompt=prompt)
+        headers = opened.headers
+        service.observed(
+            routed, headers, 200, seconds, stream=True, ttft=ttft, chunks=chunks, prompt=prompt, admission=admitted
+        )
 
     chunks = service.observer.watch(relay(opened.chunks), started, done)
     return Stream(chunks, media_type="text/event-stream", headers={**opened.headers, **SSE_HEADERS})

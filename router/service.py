@@ -7,6 +7,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 access = logging.getLogger("router.access")
 PROMPT_LOG_CHARS = 2000
 DEFAULT_COMPLETION_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request was counted for against its key's tokens-per-minute limit."""
+
+    key: str
+    window: int
+    tokens: int
+
+
 """What a request with no max_tokens counts against a tokens-per-minute limit."""
 
 ROUTED_COUNTS = "routed"
@@ -87,6 +99,7 @@ class RoutingService:
         self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers)
         self._ready_cache: tuple[float, dict[str, object]] | None = None
         self.keys = KeyStore(config.auth, store) if config.auth.enabled else None
+        self._background: set[asyncio.Task[None]] = set()
         self.reloader: ConfigReloader | None = None
         """Set by the app when the config came from a file (hot reload)."""
         self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
@@ -134,26 +147,49 @@ class RoutingService:
         decision.tier, decision.fallback = chain[0], chain[1:]
         return decision
 
-    async def admit(self, caller: Caller | None, decision: RouteDecision, request: ChatCompletionRequest) -> None:
-        """Count the request against the key's per-minute limits, shared by every replica through Redis."""
+    async def admit(
+        self, caller: Caller | None, decision: RouteDecision, request: ChatCompletionRequest
+    ) -> Admission | None:
+        """Count the request against the key's per-minute limits, shared by every replica through Redis.
+
+        Tokens are counted at their worst (prompt estimate + max_tokens); what the request did not use is
+        given back when it ends (`observed`).
+        """
         if caller is None or not (caller.rpm or caller.tpm):
-            return
+            return None
         tokens = decision.prompt_tokens + (request.token_limit() or DEFAULT_COMPLETION_TOKENS)
         if caller.tpm and tokens > caller.tpm:
             raise InvalidRequest(
                 f"this request may use {tokens} tokens, more than the key's limit of {caller.tpm} per minute",
                 param="max_tokens",
             )
+        key = f"key:{caller.name}"
         try:
-            wait = await self.store.rate_admit(f"key:{caller.name}", (caller.rpm, caller.tpm), (1, tokens), 60.0)
+            wait, window = await self.store.rate_admit(key, (caller.rpm, caller.tpm), (1, tokens), 60.0)
         except StateUnavailable as exc:
             if self.config.auth.fail_open:
                 log.warning("rate limiter unavailable, letting the request through (auth.fail_open): %s", exc)
-                return
+                return None
             raise LimiterUnavailable("the rate limiter is unavailable; try again shortly") from exc
         if wait > 0:
             self.dispatcher.counters.inc("rate_limited", key=caller.name)
             raise RateLimited(f"rate limit reached for key '{caller.name}'; retry after the current minute", wait)
+        return Admission(key, window, tokens) if caller.tpm else None
+
+    def _refund(self, admission: Admission, used: int) -> None:
+        unused = admission.tokens - used
+        if unused <= 0:
+            return
+
+        async def refund() -> None:
+            try:
+                await self.store.rate_refund(admission.key, admission.window, unused)
+            except StateUnavailable as exc:
+                log.warning("unused tokens not given back to the rate limiter: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(refund())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def apply(self, config: Config) -> None:
         """Switch to a reloaded config (rules, thresholds, routing settings); router.reload checked it."""
@@ -203,6 +239,7 @@ class RoutingService:
         body: bytes = b"",
         chunks: int = 0,
         prompt: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """Record one finished request (an error too) in the metrics and the status window."""
         tier = headers.get("x-router-tier") or (decision.tier if decision else "none")
@@ -221,6 +258,8 @@ class RoutingService:
         tokens_out = chunks if stream else completion_tokens(body)
         tokens_in = decision.prompt_tokens if decision else 0
         self.observer.record(record, stream=stream, tokens_in=tokens_in, tokens_out=tokens_out)
+        if admission is not None:
+            self._refund(admission, tokens_in + tokens_out)
         fields: dict[str, object] = {
             "status": status,
             "tier": tier,

@@ -30,6 +30,14 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 return 1
 """
 """Check both per-window limits and count the request in one atomic step (every replica shares it)."""
+REFUND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('DECRBY', KEYS[1], ARGV[1]) < 0 then
+    redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+  end
+end
+return 1
+"""
 
 
 class StateUnavailable(Exception):
@@ -65,11 +73,17 @@ class StateStore(ABC):
         """True if the store answers now; never raises."""
 
     @abstractmethod
-    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float) -> float:
+    async def rate_admit(
+        self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float
+    ) -> tuple[float, int]:
         """Count `cost` (requests, tokens) against `limits` per fixed window (0: no limit), atomically.
 
-        Returns 0.0 when admitted (and counted), else the seconds until the window ends (nothing counted).
+        Returns (0.0, window) when admitted and counted, else (seconds until the window ends, window).
         """
+
+    @abstractmethod
+    async def rate_refund(self, key: str, window: int, tokens: int) -> None:
+        """Give back tokens counted in `window` that the request did not use (never below zero)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -121,16 +135,24 @@ class MemoryStore(StateStore):
     async def ping(self) -> bool:
         return True
 
-    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float) -> float:
+    async def rate_admit(
+        self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float
+    ) -> tuple[float, int]:
         now = self._now()
         window = int(now // window_s)
         slot = f"rl:{key}:{window}"
         used = self._windows.get(slot, (0, 0))
         if any(limit and used[i] + cost[i] > limit for i, limit in enumerate(limits)):
-            return (window + 1) * window_s - now
+            return (window + 1) * window_s - now, window
         self._windows = {k: v for k, v in self._windows.items() if k.endswith(f":{window}")}  # old windows go
         self._windows[slot] = (used[0] + cost[0], used[1] + cost[1])
-        return 0.0
+        return 0.0, window
+
+    async def rate_refund(self, key: str, window: int, tokens: int) -> None:
+        slot = f"rl:{key}:{window}"
+        if slot in self._windows:
+            requests, used = self._windows[slot]
+            self._windows[slot] = (requests, max(0, used - tokens))
 
 
 class RedisStore(StateStore):
@@ -142,6 +164,7 @@ class RedisStore(StateStore):
         self._redis = client
         self._prefix = prefix
         self._admit = client.register_script(ADMIT_LUA)
+        self._refund = client.register_script(REFUND_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float = 0.5) -> RedisStore:
@@ -191,14 +214,20 @@ class RedisStore(StateStore):
         except (RedisError, OSError):
             return False
 
-    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float) -> float:
+    async def rate_admit(
+        self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float
+    ) -> tuple[float, int]:
         now = time.time()  # the window is wall-clock aligned, so every replica counts into the same one
         window = int(now // window_s)
         base = f"{self._prefix}rl:{key}:{window}"
         ttl_ms = int(window_s * 2000)
         async with _translated():
             admitted = await self._admit(keys=[base + ":r", base + ":t"], args=[*limits, *cost, ttl_ms])
-        return 0.0 if admitted == 1 else (window + 1) * window_s - now
+        return (0.0 if admitted == 1 else (window + 1) * window_s - now), window
+
+    async def rate_refund(self, key: str, window: int, tokens: int) -> None:
+        async with _translated():
+            await self._refund(keys=[f"{self._prefix}rl:{key}:{window}:t"], args=[tokens])
 
     async def close(self) -> None:
         await self._redis.aclose()

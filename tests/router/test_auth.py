@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import msgspec
 import pytest
 
 from router.auth import hash_key
+from router.standin import Standin, StandinSettings
 from router.state import RedisStore
 from tests.conftest import RouterFactory, router_yaml
 from tests.servers import ServerThread, redis_server
@@ -116,14 +118,38 @@ def test_input_limits_get_a_400_naming_the_limit(
     assert error["param"] == param and "at most" in error["message"]
 
 
-def test_a_tokens_per_minute_budget_is_enforced(start_router: RouterFactory, standins: dict[str, ServerThread]) -> None:
+def test_a_tokens_per_minute_budget_counts_the_worst_case_and_gives_back_the_rest(
+    start_router: RouterFactory, standins: dict[str, ServerThread]
+) -> None:
+    slow = ServerThread(Standin(StandinSettings(name="small", response_delay_s=0.5)))
+    with slow:
+        raw = keyed({**standins, "small": slow})
+        raw["auth"]["keys"][1]["tpm"] = 1000
+        router = start_router(raw)
+
+        async def three_at_once() -> list[httpx.Response]:
+            headers = {"authorization": f"Bearer {BOB}"}
+            body = {"model": "small", "messages": HI, "max_tokens": 400}
+            async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+                return list(
+                    await asyncio.gather(
+                        *(client.post(f"{router.url}/v1/chat/completions", json=body) for _ in range(3))
+                    )
+                )
+
+        # In flight together, each counts its worst case (~410 tokens): the third does not fit in 1,000.
+        statuses = sorted(r.status_code for r in asyncio.run(three_at_once()))
+        assert statuses == [200, 200, 429]
+        limited = next(r for r in asyncio.run(three_at_once()) if r.status_code == 429)
+        assert limited.json()["error"]["type"] == "rate_limit_error" and 1 <= int(limited.headers["retry-after"]) <= 60
+
+    # Each answer used a handful of tokens, and the rest was given back: sequential requests keep fitting.
     raw = keyed(standins)
     raw["auth"]["keys"][1]["tpm"] = 1000
     router = start_router(raw)
-    assert chat(router, BOB, max_tokens=400).status_code == 200
-    assert chat(router, BOB, max_tokens=400).status_code == 200
-    limited = chat(router, BOB, max_tokens=400)
-    assert limited.status_code == 429 and limited.json()["error"]["type"] == "rate_limit_error"
-    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    for _ in range(6):
+        response = chat(router, BOB, model="small", max_tokens=400)
+        assert response.status_code == 200, response.text
+        time.sleep(0.05)  # the refund is written just after the answer
     too_big = chat(router, BOB, max_tokens=2000)
     assert too_big.status_code == 400 and "more than the key's limit" in too_big.json()["error"]["message"]

@@ -57,6 +57,22 @@ def test_counters_add_up(make_store: Callable[[], StateStore]) -> None:
     run(make_store, body)
 
 
+def test_rate_windows_admit_refuse_and_refund(make_store: Callable[[], StateStore]) -> None:
+    async def body(store: StateStore) -> None:
+        window_s = 3600.0  # one window for the whole test, whatever the clock says
+        admitted = [await store.rate_admit("k", (3, 1000), (1, 400), window_s) for _ in range(3)]
+        assert [wait for wait, _ in admitted[:2]] == [0.0, 0.0]
+        wait, window = admitted[2]
+        assert 0 < wait <= window_s, "1,200 tokens do not fit in 1,000: refused, nothing counted"
+        await store.rate_refund("k", window, 390)  # the second request used only 10 of its 400
+        assert (await store.rate_admit("k", (3, 1000), (1, 400), window_s))[0] == 0.0
+        assert (await store.rate_admit("k", (3, 1000), (1, 1), window_s))[0] > 0, "the request limit (3) holds"
+        await store.rate_refund("k", window, 10_000)  # never below zero
+        assert (await store.rate_admit("other", (0, 0), (1, 10**9), window_s))[0] == 0.0  # 0 means no limit
+
+    run(make_store, body)
+
+
 def test_two_clients_share_redis_state(redis_url: str) -> None:
     async def main() -> None:
         one, two = create_store(redis_url, "shared:"), create_store(redis_url, "shared:")
