@@ -189,10 +189,12 @@ class Dispatcher:
                 last_error = last_error or UpstreamUnavailable(
                     tier, f"pre-flight: {checked.detail}", code=checked.refused
                 )
+                failures.append(f"{tier}: {reason}")
                 continue
+            payload = self.payload(request, tier, continuing=continuing)  # the same for every worker of the tier
             for target in checked.targets:
                 try:
-                    result = await self._send(tier, target, request, stream, continuing, deadline)
+                    result = await self._send(tier, target, payload, stream, deadline)
                 except RelayedClientError:
                     raise
                 except UpstreamError as exc:
@@ -224,17 +226,10 @@ class Dispatcher:
         return plan(fleet.endpoints(tier), fleet.fresh, fleet.in_flight_bytes, prompt_tokens, request.token_limit())
 
     async def _send(
-        self,
-        tier: str,
-        target: Target,
-        request: ChatCompletionRequest,
-        stream: bool,
-        continuing: bool,
-        deadline: float,
+        self, tier: str, target: Target, payload: bytes, stream: bool, deadline: float
     ) -> UpstreamReply | RoutedStream:
         backend = self._backend(tier, target.endpoint.base_url)
         caller = self.callers[tier]
-        payload = self.payload(request, tier, continuing=continuing)
         await caller.acquire(deadline)
         fleet = self.fleet
         ticket = fleet.start(target.endpoint, target.needed) if fleet is not None else None

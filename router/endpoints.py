@@ -15,7 +15,7 @@ from litestar.response import Stream
 from router.errors import RouterError
 from router.openapi import openapi_document
 from router.protocol import ModelCard, ModelList, RouteDecision, encode
-from router.service import Admission, RoutingService, decision_headers, parse_chat_request
+from router.service import Admission, RoutingService, decision_headers
 from router.sse import relay
 
 JSON = "application/json"
@@ -33,11 +33,7 @@ async def chat_completions(
     decision: RouteDecision | None = None
     admission: Admission | None = None
     try:
-        caller = await service.authenticate(request.headers.get("authorization"))
-        chat = parse_chat_request(await request.body())
-        service.check_limits(chat)
-        decided = await service.decide(chat, request.headers, caller.group if caller else None)
-        decision = service.restrict(decided, caller)
+        caller, chat, decision = await service.route(await request.body(), request.headers)
         admission = await service.admit(caller, decision, chat)
         service.observer.scored(decision.score)
         if chat.stream:
@@ -68,10 +64,7 @@ async def chat_completions(
 
 @post("/v1/route", status_code=200)
 async def route(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
-    caller = await service.authenticate(request.headers.get("authorization"))
-    chat = parse_chat_request(await request.body())
-    service.check_limits(chat)
-    decision = service.restrict(await service.decide(chat, request.headers, caller.group if caller else None), caller)
+    _, _, decision = await service.route(await request.body(), request.headers)
     return Response(encode(decision), media_type=JSON, headers=decision_headers(decision))
 
 

@@ -60,12 +60,20 @@ class _DispatchCollector(Collector):
         callers = self._callers()
         retries = CounterMetricFamily("tiered_router_upstream_retries", "retries before a first byte", labels=["tier"])
         breaker = GaugeMetricFamily("tiered_router_breaker_state", "1 for the current state", labels=["tier", "state"])
+        rejected = CounterMetricFamily(
+            "tiered_router_upstream_rejected",
+            "calls not made: breaker open or concurrency limit",
+            labels=["tier", "reason"],
+        )
         for tier, caller in callers.items():
             retries.add_metric([tier], caller.stats.retries)
+            rejected.add_metric([tier, "breaker_open"], caller.stats.rejected_by_breaker)
+            rejected.add_metric([tier, "concurrency_limit"], caller.stats.rejected_busy)
             if caller.breaker is not None:
                 for state in BREAKER_STATES:
                     breaker.add_metric([tier, state], 1.0 if caller.breaker_state == state else 0.0)
         yield retries
+        yield rejected
         yield breaker
 
 

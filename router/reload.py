@@ -1,7 +1,8 @@
 """Hot reload: routing rules, classifier thresholds and routing settings, on SIGHUP or when the file changes.
 
 The new file is read and validated in a worker thread; a file that fails validation, or that changes what
-only a restart can change (tiers, server, Redis, guardrails, workers, discovery, the classifier's kind),
+only a restart can change (tiers, server, Redis, guardrails, workers, discovery, reload itself, the
+classifier's kind, the worker token),
 is rejected and the running config stays in force. Applying is one assignment on the event loop, so a
 request in flight keeps the decision it already has and the next one uses the new rules.
 """
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from router.service import RoutingService
 
 log = logging.getLogger(__name__)
-RESTART_ONLY = ("tiers", "server", "redis", "guardrails", "workers", "discovery")
+RESTART_ONLY = ("tiers", "server", "redis", "guardrails", "workers", "discovery", "reload")
 
 
 @dataclass
@@ -42,6 +43,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     for key in ("kind", "embedding_weights", "max_chars"):
         if getattr(old.classifier, key) != getattr(new.classifier, key):
             changed.append(f"classifier.{key}")
+    if old.auth.worker_token_env != new.auth.worker_token_env:  # read once, by the backends at start-up
+        changed.append("auth.worker_token_env")
     return changed
 
 

@@ -60,6 +60,10 @@ class CircuitBreaker:
     def succeeded(self) -> None:
         self.state, self.failures, self._probing = "closed", 0, False
 
+    def abandoned(self) -> None:
+        """The call was cancelled before it answered: no verdict, but a half-open probe slot is free again."""
+        self._probing = False
+
     def failed(self) -> None:
         self._probing = False
         self.failures += 1
@@ -106,7 +110,7 @@ class ResilientCaller:
         tries = 1 + (self.retry.attempts if self.retry else 0)
         for number in range(1, tries + 1):
             try:
-                return await self._once(attempt, deadline)
+                return await self._once(attempt)
             except BreakerOpen:
                 raise
             except UpstreamError as exc:
@@ -120,7 +124,7 @@ class ResilientCaller:
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(self, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
+    async def _once(self, attempt: Callable[[], Awaitable[T]]) -> T:
         if self.breaker is not None and not self.breaker.admit():
             self.stats.rejected_by_breaker += 1
             raise BreakerOpen(self.tier, "circuit breaker open after repeated failures")
@@ -135,7 +139,7 @@ class ResilientCaller:
             raise
         except BaseException:
             if self.breaker is not None:
-                self.breaker._probing = False
+                self.breaker.abandoned()
             raise
         if self.breaker is not None:
             self.breaker.succeeded()

@@ -106,6 +106,16 @@ class RoutingService:
         self.store = store
         self._routed: Counter[str] = Counter()
 
+    async def route(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[Caller | None, ChatCompletionRequest, RouteDecision]:
+        """Everything before generating: the key, the request within its limits, the decision within the key's tiers."""
+        caller = await self.authenticate(headers.get("authorization"))
+        request = parse_chat_request(body)
+        self.check_limits(request)
+        decision = await self.decide(request, headers, caller.group if caller else None)
+        return caller, request, self.restrict(decision, caller)
+
     async def decide(
         self, request: ChatCompletionRequest, headers: Mapping[str, str], key_group: str | None = None
     ) -> RouteDecision:

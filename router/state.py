@@ -98,6 +98,7 @@ class MemoryStore(StateStore):
         self._records: dict[str, tuple[bytes, float | None]] = {}
         self._counts: dict[str, dict[str, int]] = {}
         self._windows: dict[str, tuple[int, int]] = {}
+        self._window = -1
         self._now = clock
 
     async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
@@ -144,7 +145,8 @@ class MemoryStore(StateStore):
         used = self._windows.get(slot, (0, 0))
         if any(limit and used[i] + cost[i] > limit for i, limit in enumerate(limits)):
             return (window + 1) * window_s - now, window
-        self._windows = {k: v for k, v in self._windows.items() if k.endswith(f":{window}")}  # old windows go
+        if window != self._window:  # a new minute: the old windows' counts are dropped
+            self._windows, self._window = {}, window
         self._windows[slot] = (used[0] + cost[0], used[1] + cost[1])
         return 0.0, window
 

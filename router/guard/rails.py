@@ -17,7 +17,7 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +164,7 @@ class Guard:
 
     async def _run_compiled(self, kind: Direction, text: str) -> str | None:
         for rail in self.compiled[kind]:
-            hit = await self.first_hit(list(rail.checks), text)
+            hit = await self.first_hit(rail.checks, text)
             if hit is not None:
                 return CHECK_RAILS[hit]
         return None
@@ -180,7 +180,7 @@ class Guard:
             return None
         return CHECK_RAILS[hits[-1]] if hits else (result.rail or f"{kind} rails")
 
-    async def first_hit(self, checks: list[str], text: str) -> str | None:
+    async def first_hit(self, checks: Sequence[str], text: str) -> str | None:
         """The first of `checks` that flags `text`, cheapest first as listed (the action's logic)."""
         if not text.strip():
             return None
