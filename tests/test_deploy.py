@@ -103,4 +103,7 @@ def test_the_dockerfile_builds_a_slim_router_and_a_cuda_worker() -> None:
     assert stages["router"].startswith("python:3.11-slim")
     assert stages["worker"].startswith("nvidia/cuda:") and "runtime" in stages["worker"]
     assert SERVICES["router"]["build"]["target"] == "router" and SERVICES["worker-large"]["build"]["target"] == "worker"
-    assert "whl/cpu" in dockerfile and "whl/cu128" in dockerfile
+    assert "whl/cpu" in dockerfile and "whl/cu130" in dockerfile
+    # both images install exactly uv.lock (by hash), torch excepted, which comes from PyTorch's index per device
+    assert "uv export --frozen" in dockerfile
+    assert dockerfile.count("pip install --no-deps --require-hashes -r requirements.lock.txt") == 2

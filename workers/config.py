@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -55,8 +56,9 @@ class WorkerConfig(Strict, frozen=True):
     queue_size: Annotated[int, Meta(ge=0)] = 64
     """Requests waiting for a batch slot beyond this are refused with 503 and Retry-After."""
     vram: VramConfig = VramConfig()
-    checkpoint_dir: str = "var/checkpoints"
-    """Where `demo:` checkpoints are built (relative to the config file)."""
+    checkpoint_dir: str | None = None
+    """Where generated checkpoints are built (relative to the config file); default: `checkpoints/` under the
+    var directory (see :func:`var_dir`)."""
 
 
 def worker_config(config: Config, tier: str) -> WorkerConfig:
@@ -75,5 +77,13 @@ def worker_config(config: Config, tier: str) -> WorkerConfig:
     return worker
 
 
+def var_dir() -> Path:
+    """The one place generated files land: $TIERED_ROUTER_VAR if set, else `var/` under the working directory
+    (the repository root for `make run`/`make test`, ignored by git; /app/var in the images)."""
+    return Path(os.environ.get("TIERED_ROUTER_VAR") or "var").resolve()
+
+
 def checkpoint_root(config: Config, worker: WorkerConfig) -> Path:
+    if worker.checkpoint_dir is None:
+        return var_dir() / "checkpoints"
     return config.resolve_path(worker.checkpoint_dir)

@@ -7,6 +7,7 @@ replayed each step. Plain eager decoding is bound by CPU launch overhead; replay
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ def batch_buckets(max_batch: int) -> list[int]:
         b *= 2
     buckets.append(max_batch)
     return buckets
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.2x on, where
+    `past_key_values` is deprecated (removed in 5.40); `past_key_values` before that."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -58,6 +65,7 @@ class ModelRunner:
         self.padded = self.use_graphs or compile
         """Decode steps run at bucket sizes (rows padded up), so graphs and compiled code see few shapes."""
         self.graph_stats: GraphStats | None = None
+        self._cache_kwarg = cache_kwarg(model)
 
     @torch.inference_mode()
     def prefill(self, row: int, start: int, prompt: list[int]) -> torch.Tensor:
@@ -78,9 +86,9 @@ class ModelRunner:
                 input_ids=ids[:, offset : offset + length],
                 position_ids=positions,
                 attention_mask=causal,
-                past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_kwarg: self.cache},
             )
             logits = out.logits
         assert logits is not None, "empty prompt"
@@ -105,8 +113,8 @@ class ModelRunner:
             input_ids=self.input_ids[:bucket],
             position_ids=self.positions[:bucket],
             attention_mask=self.mask[:bucket],
-            past_key_values=self.cache,
             use_cache=True,
+            **{self._cache_kwarg: self.cache},
         )
         logits: torch.Tensor = out.logits[:, -1]
         return logits

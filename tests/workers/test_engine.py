@@ -136,3 +136,30 @@ def test_min_tokens_holds_back_end_of_sequence(model: LlamaForCausalLM) -> None:
     assert free.completion_tokens < 12, "without min_tokens the first end-of-sequence token stops it"
     assert held.completion_tokens >= 12
     assert (forced.reason, forced.completion_tokens) == ("length", 30)
+
+
+def test_prefill_and_decode_use_no_deprecated_transformers_api(
+    model: LlamaForCausalLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither warnings (of any category, DeprecationWarning included) nor transformers' deprecation log lines."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    cache = SlotKVCache(layers=2, max_batch=4, kv_heads=2, max_len=32, head_dim=16, dtype=torch.float32, device="cpu")
+    runner = ModelRunner(model, cache, use_graphs=False)
+    hf_logging.enable_propagation()
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+            warnings.simplefilter("always")
+            logits = runner.prefill(0, 0, [1, 2, 3, 4])
+            runner.input_ids[0, 0] = int(logits.argmax())
+            runner.positions[0, 0] = 4
+            runner.mask[0, 0, 0, :5] = True
+            cache.column[0] = 4
+            runner.decode(1)
+    finally:
+        hf_logging.disable_propagation()
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()] == []
