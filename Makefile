@@ -47,6 +47,7 @@ test: setup-test
 lint: setup-test
 	$(VENV)/bin/ruff check router workers tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 lock: $(UV)
 	$(UV) lock --upgrade

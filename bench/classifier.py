@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from router.classify.base import ComplexityClassifier
-from router.classify.embedding import DEFAULT_WEIGHTS, EmbeddingClassifier, load_weights
-from router.classify.heuristic import HeuristicClassifier
-from router.classify.training import DEFAULT_DATA, load_examples
+from router.decide.classify.base import ComplexityClassifier
+from router.decide.classify.embedding import DEFAULT_WEIGHTS, EmbeddingClassifier, load_weights
+from router.decide.classify.heuristic import HeuristicClassifier
+from router.decide.classify.training import DEFAULT_DATA, load_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -143,10 +143,10 @@ def latency(router: str, body: dict[str, Any], n: int) -> tuple[float, dict[str,
 
 
 def preflight_cost(n: int) -> dict[str, float]:
-    from router.config import load_config
-    from router.dispatch import Dispatcher
-    from router.fleet import Endpoint, Fleet, Telemetry
-    from router.protocol import ChatCompletionRequest, ChatMessage
+    from router.core.config import load_config
+    from router.dispatch.chain import Dispatcher
+    from router.dispatch.fleet import Endpoint, Fleet, Telemetry
+    from router.wire.protocol import ChatCompletionRequest, ChatMessage
 
     config = load_config(ROOT / "config" / "router.yaml", environ={})
     fleet = Fleet(config, None, None)

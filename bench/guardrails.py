@@ -157,7 +157,7 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
 async def rail_costs(n: int) -> list[dict[str, Any]]:
     import msgspec
 
-    from router.config import load_config
+    from router.core.config import load_config
     from router.guard.rails import Guard
 
     config = load_config(ROOT / "config" / "router.yaml", environ={})
@@ -237,9 +237,9 @@ async def naive_nemo(n: int, work: Path) -> dict[str, Any]:
     from nemoguardrails.embeddings.providers import register_embedding_provider
     from nemoguardrails.embeddings.providers.base import EmbeddingModel
 
-    from router.backends import TierBackend, create_client
-    from router.classify.embedding import MiniLMEncoder
-    from router.config import TierConfig
+    from router.core.config import TierConfig
+    from router.decide.classify.embedding import MiniLMEncoder
+    from router.dispatch.backends import TierBackend, create_client
     from router.guard.llm import TierLLM
 
     class LocalMiniLM(EmbeddingModel):  # the same offline encoder, so nothing is downloaded

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from router.stack import wait_ready
+from router.supervisor import wait_ready
 
 EXE = str(Path(sys.executable).parent / "tiered-router")
 

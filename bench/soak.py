@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import start  # noqa: E402
-from router.auth import hash_key  # noqa: E402
+from router.decide.access import hash_key  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 KEY = "sk-soak-0123456789"

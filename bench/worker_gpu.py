@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.config import load_config  # noqa: E402
+from router.core.config import load_config  # noqa: E402
 from tests.servers import ServerThread  # noqa: E402
 from workers.app import create_worker_app  # noqa: E402
 from workers.checkpoints import build_tokenizer  # noqa: E402

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from router.config import ConfigError, load_config
-from router.logs import configure as configure_logging
+from router.core.config import ConfigError, load_config
+from router.core.logs import configure as configure_logging
 
 DEFAULT_CONFIG = "config/router.yaml"
 
@@ -30,9 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from router.app import create_app
+    from router.api.app import create_app
     from router.guard.rails import Guard
-    from router.service import needs_guard
+    from router.pipeline import needs_guard
 
     config = load_config(args.config)
     host = args.host or config.server.host
@@ -49,10 +49,10 @@ def _worker(args: argparse.Namespace) -> int:
     import uvicorn
 
     from workers.app import create_worker_app
-    from workers.config import worker_config
+
 
     config = load_config(args.config)
-    worker = worker_config(config, args.tier)
+    worker = config.worker(args.tier)
     host = args.host or worker.host
     port = worker.port if args.port is None else args.port
     print(f"tiered-router worker '{args.tier}' ({worker.model}) on http://{host}:{port}/v1", flush=True)
@@ -64,7 +64,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _standin(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from router.standin import Standin, StandinSettings
+    from router.devtools.standin import Standin, StandinSettings
 
     settings = StandinSettings(
         name=args.name,
@@ -80,25 +80,25 @@ def _standin(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from router.stack import run_stack
+    from router.supervisor import run_stack
 
     return run_stack(args)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from router.calibrate import run_calibration
+    from router.decide.calibrate import run_calibration
 
     return run_calibration(args)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from router.classify.training import run_training
+    from router.decide.classify.training import run_training
 
     return run_training(args)
 
 
 def _hash_key(args: argparse.Namespace) -> int:
-    from router.auth import hash_key
+    from router.decide.access import hash_key
 
     key = args.key if args.key is not None else sys.stdin.readline().strip()
     if not key:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from router.app import create_app
-from router.config import Config, load_config
+from router.api.app import create_app
+from router.core.config import Config, load_config
+from router.devtools.standin import Standin, StandinSettings
 from router.guard.rails import Guard
-from router.standin import Standin, StandinSettings
 from tests.servers import ServerThread, free_port, redis_server
 
 os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"

@@ -89,7 +89,7 @@ def cli_process(
     args: list[str], ready_url: str, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m router.cli <args>` as its own process, once `ready_url` answers 200; killed at exit."""
-    from router.stack import wait_ready
+    from router.supervisor import wait_ready
 
     repo = str(Path(__file__).resolve().parent.parent)
     environ = {**os.environ, "PYTHONPATH": repo, **(env or {})}

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import load_config
+from router.core.config import load_config
 from tests.conftest import REPO
-from workers.config import worker_config
 
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -78,7 +77,7 @@ def test_each_profile_is_a_whole_stack_that_starts_in_order(
     )
     for tier, name in (("small", small), ("large", large)):
         env = resolved(SERVICES[name]["environment"])
-        worker = worker_config(load_config(REPO / config, environ=env), tier)
+        worker = load_config(REPO / config, environ=env).worker(tier)
         assert worker.advertise_url == f"http://worker-{tier}:{ready_port(SERVICES[name])}/v1"
         if profile == "gpu":
             assert worker.model == DOTENV[f"{tier.upper()}_MODEL"] and worker.device == "cuda"

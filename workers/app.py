@@ -20,46 +20,26 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.response import Stream
 
-from router.auth import require_bearer, worker_token
-from router.config import Config
-from router.http_errors import exception_handlers
-from router.logs import send_request_id, with_request_id
-from router.protocol import ModelCard, ModelList, encode
-from router.service import parse_chat_request
-from router.state import create_store
-from workers.config import WorkerConfig, worker_config
+from router.core.config import Config, worker_token
+from router.core.logs import send_request_id, with_request_id
+from router.core.state import create_store
+from router.wire.bearer import require_bearer
+from router.wire.decode import parse_chat_request
+from router.wire.handlers import exception_handlers
+from router.wire.protocol import ModelCard, ModelList, encode
 from workers.engine import EngineError, FaultHook, QueueFull
 from workers.errors import NotReady, from_engine_error
 from workers.ledger import VramExhausted
 from workers.memory import MemoryProbe
-from workers.metrics import render, worker_registry
-from workers.service import WorkerService
+from workers.metrics import render
 from workers.setup import build_service
+from workers.state import WorkerState
 from workers.telemetry import heartbeat_forever
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("workers.access")
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-class WorkerState:
-    """What the handlers see: the service once the model is loaded, or why it is not there yet."""
-
-    def __init__(self, tier: str, config: WorkerConfig) -> None:
-        self.tier = tier
-        self.config = config
-        self.service: WorkerService | None = None
-        self.detail = "loading the model"
-        self.registry = worker_registry(tier, lambda: self.service)
-
-    def ready(self) -> WorkerService:
-        if self.service is not None and self.service.engine.crashed:
-            self.detail = "the generation engine crashed; see the log"
-            self.service = None
-        if self.service is None:
-            raise NotReady(f"the '{self.tier}' worker is not ready: {self.detail}")
-        return self.service
 
 
 @post("/v1/chat/completions", status_code=200)
@@ -131,7 +111,7 @@ def create_worker_app(
 
     `host` and `port` override the config's (the CLI's flags): they are the address the worker advertises.
     """
-    settings = worker_config(config, tier)
+    settings = config.worker(tier)
     advertised = {"host": host or settings.host, "port": settings.port if port is None else port}
     settings = msgspec.structs.replace(settings, **advertised)
     worker = WorkerState(tier, settings)

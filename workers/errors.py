@@ -1,6 +1,6 @@
 """The worker's errors, rendered in the OpenAI error shape by the same handlers as the router's.
 
-    RouterError (router.errors)
+    RouterError (router.wire.errors)
     ├── InvalidRequest           400  (shared with the router)
     └── WorkerUnavailable        503  retry elsewhere: the router falls back on these
         ├── VramRefused               code vram_exhausted, with needed_bytes and free_bytes
@@ -13,8 +13,8 @@ Engine exceptions (`VramExhausted`, `QueueFull`, `EngineError`) are translated h
 
 from __future__ import annotations
 
-from router.errors import RouterError
-from router.protocol import ErrorBody, ErrorDetail
+from router.wire.errors import RouterError
+from router.wire.protocol import ErrorBody, ErrorDetail
 from workers.engine import EngineError, QueueFull
 from workers.ledger import VramExhausted
 

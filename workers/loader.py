@@ -1,4 +1,4 @@
-"""Load a worker's model and tokenizer: local path, hub id or `demo:<name>`; bf16 or NF4; device from config.
+"""Load a worker's model and tokenizer: a path, hub id, `demo:` or `embedded:<name>`; bf16 or NF4; device from config.
 
 Blocking (seconds to minutes): the app calls it from a worker thread in its lifespan.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.config import WorkerConfig
+from router.core.workers import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ def resolve_source(worker: WorkerConfig, checkpoint_root: Path) -> str:
             raise ValueError(f"unknown demo checkpoint {name!r} (known: {', '.join(DEMO_SPECS)})")
         log.info("building demo checkpoint %r under %s (once)", name, checkpoint_root)
         return str(build_checkpoint(checkpoint_root / name, DEMO_SPECS[name]))
+    if worker.model.startswith("embedded:"):
+        from workers.embedded import ensure_embedded_checkpoint
+
+        return str(ensure_embedded_checkpoint(checkpoint_root, worker.model.removeprefix("embedded:")))
     return worker.model
 
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from router.errors import InvalidRequest
-from router.protocol import (
+from router.core.workers import WorkerConfig
+from router.wire.errors import InvalidRequest
+from router.wire.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
     Delta,
     ResponseMessage,
     Usage,
+    completion_id,
 )
-from router.sse import DONE, chunk_frame, error_frame
-from workers.config import WorkerConfig
+from router.wire.sse import DONE, chunk_frame, error_frame
 from workers.engine import Engine, Failed, Finished, GenerationRequest, RequestStream, TextDelta
 from workers.errors import from_engine_error
 from workers.ledger import VramLedger
@@ -62,7 +62,7 @@ class WorkerService:
         stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop) if isinstance(chat.stop, list) else []
         sampling = SamplingParams(float(temperature), float(top_p), seed)
         min_tokens = max_tokens if chat.ignore_eos is True else min(max_tokens, chat.min_tokens or 0)
-        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        request_id = completion_id()
         return GenerationRequest(request_id, prompt, max_tokens, sampling, stop, min_tokens)
 
     def submit(self, chat: ChatCompletionRequest) -> RequestStream:

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from router.config import Config
-from workers.config import WorkerConfig, checkpoint_root
+from router.core.config import Config
+from router.core.workers import WorkerConfig
 from workers.engine import Engine, FaultHook
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
@@ -55,7 +55,7 @@ def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, us
 def build_service(
     config: Config, tier: str, worker: WorkerConfig, probe: MemoryProbe | None, fault_hook: FaultHook | None
 ) -> WorkerService:
-    loaded = load_model(worker, checkpoint_root(config, worker))
+    loaded = load_model(worker, config.checkpoint_root(worker))
     device = torch.device(loaded.device)
     probe = probe or choose_probe(worker, loaded.device)
     probe.allocated(loaded.weight_bytes)

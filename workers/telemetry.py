@@ -10,38 +10,37 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from router.state import StateStore, StateUnavailable
+from router.core.heartbeat import Heartbeat, worker_key
+from router.core.state import StateStore, StateUnavailable
 
 if TYPE_CHECKING:
-    from workers.app import WorkerState
+    from workers.state import WorkerState
 
 log = logging.getLogger(__name__)
 
 
-def worker_key(tier: str, host: str, port: int) -> str:
-    return f"workers:{tier}:{host}:{port}"
-
-
-def heartbeat_payload(worker: WorkerState) -> dict[str, Any]:
+def heartbeat(worker: WorkerState) -> Heartbeat:
     cfg = worker.config
-    payload: dict[str, Any] = {
-        "tier": worker.tier,
-        "url": cfg.advertise_url or f"http://{cfg.host}:{cfg.port}/v1",
-        "ready": worker.service is not None,
-        "detail": worker.detail,
-        "at": time.time(),
-    }
-    if worker.service is not None:
-        payload["memory"] = worker.service.memory()
-        stats = worker.service.engine.stats
-        payload["queue_depth"] = stats.queue_depth
-        payload["running"] = stats.running
-        payload["tokens_per_second"] = stats.tokens_per_second
-    return payload
+    service = worker.service
+    if service is None:
+        url = cfg.advertise_url or f"http://{cfg.host}:{cfg.port}/v1"
+        return Heartbeat(worker.tier, url, ready=False, detail=worker.detail, at=time.time())
+    stats = service.engine.stats
+    return Heartbeat(
+        worker.tier,
+        cfg.advertise_url or f"http://{cfg.host}:{cfg.port}/v1",
+        ready=True,
+        detail=worker.detail,
+        at=time.time(),
+        memory=service.memory(),
+        queue_depth=stats.queue_depth,
+        running=stats.running,
+        tokens_per_second=stats.tokens_per_second,
+    )
 
 
 async def heartbeat_forever(store: StateStore, worker: WorkerState, interval_s: float) -> None:
@@ -49,7 +48,7 @@ async def heartbeat_forever(store: StateStore, worker: WorkerState, interval_s: 
     try:
         while True:
             try:
-                await store.put(key, msgspec.json.encode(heartbeat_payload(worker)), ttl_s=3 * interval_s)
+                await store.put(key, msgspec.json.encode(heartbeat(worker)), ttl_s=3 * interval_s)
             except StateUnavailable as exc:
                 log.warning("heartbeat not published: %s", exc)
             await asyncio.sleep(interval_s)

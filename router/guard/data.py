@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from router.config import ConfigError, Strict, Unit, decode_struct
+from router.core.config import ConfigError, Strict, Unit, decode_struct
 
 GROUPS = ("injection", "jailbreak", "secrets", "pii")
 """Pattern groups the rails in rails.co refer to; input rails use the first two, output rails the rest."""

@@ -1,6 +1,6 @@
 """NeMo's LLM calls (self check input/output) answered by one of the router's tiers: the small model.
 
-An adapter for NeMo's `LLMModel` protocol over `router.backends.TierBackend`, so the self-check calls
+An adapter for NeMo's `LLMModel` protocol over `router.dispatch.backends.TierBackend`, so the self-check calls
 use the same pooled client, timeouts and error translation as everything else, and never reach the
 7B. It counts its calls; the benchmark reports them per guarded request.
 """
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from router.backends import TierBackend
+from router.dispatch.backends import TierBackend
 
 if TYPE_CHECKING:
     from nemoguardrails.types import ChatMessage, LLMResponse, LLMResponseChunk

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import regex
 
-from router.config import ConfigError
+from router.core.config import ConfigError
 from router.guard.data import PatternRule
 
 

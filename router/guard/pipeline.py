@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import msgspec
 
-from router.continuation import ContinuingStream
-from router.dispatch import Answer, Dispatcher, RoutedStream, StreamAnswer
+from router.dispatch.chain import Dispatcher
+from router.dispatch.continuation import ContinuingStream
+from router.dispatch.outcome import Answer, Outcome, Route, RoutedStream, StreamAnswer
 from router.guard.rails import Guard, GuardVerdict
 from router.guard.stream import GuardedStream, choices_text
-from router.protocol import ChatCompletion, ChatCompletionRequest, Choice, Delta, ResponseMessage, RouteDecision, encode
-from router.sse import DONE, chunk_frame
+from router.wire.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    Delta,
+    ResponseMessage,
+    RouteDecision,
+    completion_id,
+    encode,
+)
+from router.wire.sse import DONE, chunk_frame
 
 T = TypeVar("T")
 SEND_STEPS = 3
@@ -40,10 +49,10 @@ def user_text(request: ChatCompletionRequest) -> str:
     return "\n".join(parts)
 
 
-def guard_headers(verdict: GuardVerdict) -> dict[str, str]:
+def guarded_outcome(decision: RouteDecision, route: Route | None, verdict: GuardVerdict) -> Outcome:
     if verdict.blocked:
-        return {"x-router-guardrail": "blocked", "x-router-guardrail-rail": verdict.rail or ""}
-    return {"x-router-guardrail": "passed"}
+        return Outcome(decision, route, guard="blocked", guard_rail=verdict.rail)
+    return Outcome(decision, route, guard="passed")
 
 
 class GuardedDispatch:
@@ -55,21 +64,21 @@ class GuardedDispatch:
         text = user_text(request)
         verdict, generation = await self._input_then(text, self.dispatcher.complete(request, decision))
         if verdict.blocked:
-            return self._refusal(request, verdict, {"x-router-tier": decision.tier})
+            return self._refusal(request, guarded_outcome(decision, None, verdict))
         assert generation is not None
         reply, route = await generation
         output = _completion_text(reply.body)
         out = await self.guard.check_output(text, output)
         if out.blocked:
-            return self._refusal(request, out, route.headers())
-        return Answer(reply.body, {**route.headers(), **guard_headers(out)})
+            return self._refusal(request, guarded_outcome(decision, route, out))
+        return Answer(reply.body, guarded_outcome(decision, route, out))
 
     async def stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> StreamAnswer:
         text = user_text(request)
         verdict, opening = await self._input_then(text, self.dispatcher.open_stream(request, decision))
         if verdict.blocked:
             refusal = self._refusal_stream(request)
-            return StreamAnswer(refusal, {"x-router-tier": decision.tier, **guard_headers(verdict)})
+            return StreamAnswer(refusal, guarded_outcome(decision, None, verdict))
         assert opening is not None
         upstream, route = await opening
         guarded = GuardedStream(self.guard, text, request.model)
@@ -77,7 +86,7 @@ class GuardedDispatch:
         # Pull up to the first checked release, so a block found there is still in the headers.
         first = await anext(frames, None)
         verdict = guarded.verdict or GuardVerdict(False)
-        return StreamAnswer(_prepend(first, frames), {**route.headers(), **guard_headers(verdict)})
+        return StreamAnswer(_prepend(first, frames), guarded_outcome(decision, route, verdict))
 
     async def _input_then(self, text: str, generation: Awaitable[T]) -> tuple[GuardVerdict, asyncio.Task[T] | None]:
         """Run the input rails, with the generation started alongside when speculative start is on."""
@@ -102,13 +111,13 @@ class GuardedDispatch:
             return verdict, None
         return verdict, task
 
-    def _refusal(self, request: ChatCompletionRequest, verdict: GuardVerdict, headers: dict[str, str]) -> Answer:
+    def _refusal(self, request: ChatCompletionRequest, outcome: Outcome) -> Answer:
         message = ResponseMessage(content=self.guard.settings.refusal)
-        body = ChatCompletion(_completion_id(), int(time.time()), request.model, [Choice(0, message, "content_filter")])
-        return Answer(encode(body), {**headers, **guard_headers(verdict)})
+        body = ChatCompletion(completion_id(), int(time.time()), request.model, [Choice(0, message, "content_filter")])
+        return Answer(encode(body), outcome)
 
     async def _refusal_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
-        chunk_id, created = _completion_id(), int(time.time())
+        chunk_id, created = completion_id(), int(time.time())
         yield chunk_frame(chunk_id, created, request.model, Delta(role="assistant"))
         yield chunk_frame(chunk_id, created, request.model, Delta(content=self.guard.settings.refusal))
         yield chunk_frame(chunk_id, created, request.model, Delta(), "content_filter")
@@ -136,10 +145,6 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
         yield first
     async for frame in rest:
         yield frame
-
-
-def _completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
 def _completion_text(body: bytes) -> str:

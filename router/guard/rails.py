@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from router.config import Config, ConfigError, GuardrailsConfig
+from router.core.config import Config, ConfigError, GuardrailsConfig
 from router.guard.compiled import CompiledRail, Direction, compile_flow
 from router.guard.data import GROUPS, load_guard_data
 from router.guard.llm import TierLLM
@@ -31,7 +31,7 @@ from router.guard.similarity import DisallowedSimilarity
 if TYPE_CHECKING:
     from nemoguardrails import LLMRails
 
-    from router.backends import TierBackend
+    from router.dispatch.backends import TierBackend
 
 log = logging.getLogger(__name__)
 

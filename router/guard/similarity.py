@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from router.classify.embedding import MiniLMEncoder
+from router.decide.classify.embedding import MiniLMEncoder
 from router.guard.data import SimilaritySettings
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ block closes the upstream (which cancels its generation) and ends the stream wit
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import msgspec
 
 from router.guard.rails import Guard, GuardVerdict
-from router.protocol import Delta
-from router.sse import DONE, chunk_frame, frame_data
+from router.wire.protocol import Delta, completion_id
+from router.wire.sse import DONE, chunk_frame, frame_data
 
 DONE_DATA = b"[DONE]"
 
@@ -32,13 +31,12 @@ class GuardedStream:
         self.user_text = user_text
         self.model = model
         self.verdict: GuardVerdict | None = None
-        self.checks = 0
         self._text: list[str] = []
         self._length = 0
         self._checked = 0
         self._released = 0
         self._pending: deque[tuple[int, bytes]] = deque()
-        self._chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self._chunk_id = completion_id()
 
     async def frames(self, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         buffer = b""
@@ -77,7 +75,6 @@ class GuardedStream:
         text = "".join(self._text)
         self._checked = len(text)
         if text:
-            self.checks += 1
             verdict = await self.guard.check_output(self.user_text, text)
             if verdict.blocked:
                 self.verdict = verdict

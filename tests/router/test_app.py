@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from router.standin import Standin, StandinSettings
+from router.devtools.standin import Standin, StandinSettings
 from tests.conftest import RouterFactory, router_yaml
 from tests.servers import ServerThread
 

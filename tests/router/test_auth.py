@@ -10,9 +10,9 @@ import httpx
 import msgspec
 import pytest
 
-from router.auth import hash_key
-from router.standin import Standin, StandinSettings
-from router.state import RedisStore
+from router.core.state import RedisStore
+from router.decide.access import hash_key
+from router.devtools.standin import Standin, StandinSettings
 from tests.conftest import RouterFactory, router_yaml
 from tests.servers import ServerThread, redis_server
 

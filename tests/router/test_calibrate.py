@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.calibrate import threshold_for_share
-from router.classify.training import DEFAULT_DATA
 from router.cli import main
-from router.config import ConfigError, load_config
+from router.core.config import ConfigError, load_config
+from router.decide.calibrate import threshold_for_share
+from router.decide.classify.training import DEFAULT_DATA
 from tests.conftest import REPO
 
 

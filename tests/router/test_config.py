@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import ConfigError, load_config
+from router.core.config import ConfigError, load_config
 from tests.conftest import REPO
 
 
@@ -31,10 +31,10 @@ def test_shipped_config_loads(shipped_config: Any) -> None:
 
 
 def test_gpu_config_loads_with_production_models() -> None:
-    from workers.config import worker_config
+
 
     config = load_config(REPO / "config" / "gpu.yaml", environ={})
-    small, large = worker_config(config, "small"), worker_config(config, "large")
+    small, large = config.worker("small"), config.worker("large")
     assert (small.model, small.dtype, small.quantization) == ("Qwen/Qwen2.5-1.5B-Instruct", "bfloat16", "none")
     assert (large.model, large.quantization, large.cuda_graphs) == ("Qwen/Qwen2.5-7B-Instruct", "nf4", True)
 

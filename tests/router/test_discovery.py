@@ -7,18 +7,19 @@ import time
 
 import msgspec
 
-from router.config import Config
-from router.fleet import Fleet
-from router.preflight import plan
-from router.state import RedisStore
+from router.core.config import Config
+from router.core.heartbeat import Heartbeat
+from router.core.state import RedisStore
+from router.dispatch.fleet import Fleet
+from router.dispatch.preflight import plan
 from tests.servers import redis_server
 
 
 def heartbeat(port: int, free: int, queue: int) -> bytes:
-    """A record as workers.telemetry.heartbeat_payload writes it."""
+    """A record as workers.telemetry.heartbeat (router.core.heartbeat.Heartbeat) writes it."""
     memory = {"free": free, "kv_bytes_per_token": 1000, "queue_depth": queue, "running": 0, "queue_size": 8}
-    record = {"tier": "large", "url": f"http://127.0.0.1:{port}/v1", "ready": True, "at": time.time(), "memory": memory}
-    return msgspec.json.encode(record)
+    url = f"http://127.0.0.1:{port}/v1"
+    return msgspec.json.encode(Heartbeat("large", url, ready=True, detail="ready", at=time.time(), memory=memory))
 
 
 def test_several_workers_per_tier_are_found_and_ranked(shipped_config: Config) -> None:

@@ -1,6 +1,6 @@
 """Fallback through real routers on loopback: a flapping remote API, and streams that break off mid-way.
 
-The upstreams are stand-ins with a script (router.standin): `503`, `429:<retry-after>`, `slow:<s>`,
+The upstreams are stand-ins with a script (router.devtools.standin): `503`, `429:<retry-after>`, `slow:<s>`,
 `die:<words>` (a stream that breaks off, as a crashed worker's does).
 """
 
@@ -186,9 +186,9 @@ def test_a_refusal_before_the_first_byte_falls_back_with_its_reason(
 
 
 def test_a_continuation_asks_workers_to_continue_the_final_message(shipped_config: Any) -> None:
-    from router.backends import TierBackend, create_client
-    from router.dispatch import Dispatcher
-    from router.protocol import ChatCompletionRequest, ChatMessage
+    from router.dispatch.backends import TierBackend, create_client
+    from router.dispatch.chain import Dispatcher
+    from router.wire.protocol import ChatCompletionRequest, ChatMessage
 
     client = create_client(4)
     backends = {name: TierBackend(name, tier, client, {}) for name, tier in shipped_config.tiers.items()}

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from router.classify.heuristic import HeuristicClassifier
-from router.config import Config
-from router.conversation import Conversation
-from router.openapi import openapi_document
-from router.protocol import ChatCompletionRequest, ChatMessage
-from router.rules import RouteInput, RuleSet
+from router.api.openapi import openapi_document
+from router.core.config import Config
+from router.decide.classify.heuristic import HeuristicClassifier
+from router.decide.conversation import Conversation
+from router.decide.rules import RouteInput, RuleSet
+from router.wire.protocol import ChatCompletionRequest, ChatMessage
 from tests.conftest import RouterFactory, router_yaml
 from tests.servers import ServerThread
 
@@ -123,7 +123,7 @@ def _embedding(config: Config) -> Any:
     if "embedding" not in _CACHE:
         import msgspec
 
-        from router.classify.base import build_classifier
+        from router.decide.classify.registry import build_classifier
 
         embedding = msgspec.structs.replace(
             config, classifier=msgspec.structs.replace(config.classifier, kind="embedding")

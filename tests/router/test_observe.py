@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.standin import Standin, StandinSettings
+from router.devtools.standin import Standin, StandinSettings
 from tests.conftest import RouterFactory, router_yaml
 from tests.servers import ServerThread
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from router.fleet import Endpoint, Telemetry
-from router.preflight import needed_bytes, plan
+from router.dispatch.fleet import Endpoint, Telemetry
+from router.dispatch.preflight import needed_bytes, plan
 
 KV = 1000  # bytes per token
 
@@ -70,7 +70,7 @@ def test_no_limit_in_the_request_means_the_workers_default_capped() -> None:
 
 
 def test_the_fleet_treats_old_readings_as_unknown_and_counts_what_it_sent_since(shipped_config) -> None:  # type: ignore[no-untyped-def]
-    from router.fleet import Fleet
+    from router.dispatch.fleet import Fleet
 
     now = [1000.0]
     fleet = Fleet(shipped_config, None, None, clock=lambda: now[0])

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from router.auth import hash_key
+from router.decide.access import hash_key
 from tests.conftest import router_yaml, write_config
 from tests.servers import ServerThread, cli_process, free_port
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import yaml
 
-from router.app import create_app
-from router.config import load_config
-from router.standin import Standin, StandinSettings
+from router.api.app import create_app
+from router.core.config import load_config
+from router.devtools.standin import Standin, StandinSettings
 from tests.conftest import router_yaml, write_config
 from tests.servers import ServerThread, cli_process, free_port
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from router.config import BreakerConfig, RetryConfig
-from router.errors import RouterError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
-from router.resilience import BreakerOpen, ResilientCaller
+from router.core.config import BreakerConfig, RetryConfig
+from router.dispatch.resilience import BreakerOpen, ResilientCaller
+from router.wire.errors import RouterError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 
 
 class Clock:
@@ -115,7 +115,7 @@ def test_the_breaker_opens_after_n_failures_and_one_half_open_probe_closes_it() 
 
 
 def test_the_concurrency_limit_holds_slots_until_released() -> None:
-    from router.resilience import Busy
+    from router.dispatch.resilience import Busy
 
     async def scenario() -> None:
         limited = ResilientCaller("remote", None, None, 1)

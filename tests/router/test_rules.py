@@ -7,12 +7,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.classify.base import Verdict
-from router.config import Config, decode_struct, validate
-from router.conversation import Conversation
-from router.errors import PermissionDenied, UnknownModel
-from router.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request
-from router.rules import RouteInput, RuleSet
+from router.core.config import Config, decode_struct, validate
+from router.decide.classify.base import Verdict
+from router.decide.conversation import Conversation
+from router.decide.rules import RouteInput, RuleSet
+from router.wire.errors import PermissionDenied, UnknownModel
+from router.wire.protocol import ChatCompletionRequest, RouteDecision, decode_chat_request
 
 TIERS = {
     "small": {"base_url": "http://s/v1", "model": "s", "fallback": ["large"]},

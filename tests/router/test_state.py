@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from router.state import MemoryStore, RedisStore, StateStore, StateUnavailable, create_store
+from router.core.state import MemoryStore, RedisStore, StateStore, StateUnavailable, create_store
 from tests.servers import free_port
 
 

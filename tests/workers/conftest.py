@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import load_config
+from router.core.config import load_config
 from tests.conftest import REPO
 from tests.servers import ServerThread
 from workers.app import create_worker_app

@@ -8,7 +8,7 @@ import bitsandbytes as bnb
 import torch
 from transformers import LlamaConfig, Qwen2Config
 
-from workers.config import WorkerConfig
+from router.core.workers import WorkerConfig
 from workers.loader import kv_bytes_per_token, load_model
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.logs import JsonFormatter, RequestIdFilter
+from router.core.logs import JsonFormatter, RequestIdFilter
 from tests.conftest import RouterFactory, router_yaml
 from tests.workers.conftest import WorkerFactory
 

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import yaml
 
-from router.standin import Standin, StandinSettings
+from router.devtools.standin import Standin, StandinSettings
 from tests.conftest import REPO, RouterFactory, router_yaml
 from tests.servers import ServerThread, cli_process, free_port, redis_server
 from tests.workers.conftest import GB, WorkerFactory

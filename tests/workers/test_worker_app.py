@@ -299,7 +299,7 @@ def test_continue_final_message_continues_the_assistant_text(start_worker: Worke
     # The fresh turn adds the end of the assistant's turn and a new assistant header; continuing does not.
     assert continued["usage"]["prompt_tokens"] < fresh["usage"]["prompt_tokens"]
     service = _service(worker)
-    from router.protocol import decode_chat_request
+    from router.wire.protocol import decode_chat_request
 
     body = msgspec.json.encode({"messages": partial, "continue_final_message": True})
     prompt = service.generation_request(decode_chat_request(body)).prompt

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.classify.base import ComplexityClassifier
-from router.classify.embedding import DEFAULT_WEIGHTS, EmbeddingClassifier, load_weights
-from router.classify.heuristic import HeuristicClassifier
-from router.classify.training import DEFAULT_DATA, load_examples
-from router.conversation import Conversation
-from router.protocol import ChatCompletionRequest, ChatMessage
+from router.decide.classify.base import ComplexityClassifier
+from router.decide.classify.embedding import DEFAULT_WEIGHTS, EmbeddingClassifier, load_weights
+from router.decide.classify.heuristic import HeuristicClassifier
+from router.decide.classify.training import DEFAULT_DATA, load_examples
+from router.decide.conversation import Conversation
+from router.wire.protocol import ChatCompletionRequest, ChatMessage
 
 SIMPLE = [
     "What is the capital of France?",

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from router.standin import Standin, StandinSettings
+from router.devtools.standin import Standin, StandinSettings
 from tests.conftest import REPO, RouterFactory, router_yaml
 from tests.servers import ServerThread
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config
+from router.core.config import ConfigError, load_config
 from router.guard.data import PatternRule
 from router.guard.patterns import PatternSet, luhn_ok
 from router.guard.rails import Guard

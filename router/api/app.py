@@ -1,0 +1,137 @@
+"""The router's Litestar app: the factory and its lifespan (errors render through `router.wire.handlers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import anyio
+import httpx
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from router.api.endpoints import (
+    chat_completions,
+    health,
+    list_models,
+    metrics,
+    openapi_schema,
+    ready,
+    route,
+    status_data,
+    status_page,
+)
+from router.core.config import Config, worker_token
+from router.core.logs import send_request_id, with_request_id
+from router.core.state import StateStore, create_store
+from router.decide.classify.base import ComplexityClassifier
+from router.decide.classify.registry import build_classifier
+from router.dispatch.backends import TierBackend, create_client
+from router.dispatch.fleet import Fleet
+from router.guard.rails import Guard
+from router.ops.reload import ConfigReloader
+from router.pipeline import RoutingService, needs_guard
+from router.wire.handlers import exception_handlers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    config: Config,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    store: StateStore | None = None,
+    classifier: ComplexityClassifier | None = None,
+    guard: Guard | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Litestar:
+    """Build the router. Injected resources are used as given and left open; the rest are owned here."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        max_connections = max(t.max_connections for t in config.tiers.values())
+        client = http_client or create_client(max_connections)
+        state_store = store or create_store(config.redis.url, config.redis.prefix)
+        scorer = classifier or build_classifier(config)
+        flusher: asyncio.Task[None] | None = None
+        discovery: asyncio.Task[None] | None = None
+        watcher: asyncio.Task[None] | None = None
+        reloader: ConfigReloader | None = None
+        try:
+            await scorer.start()
+            token = worker_token(config)
+            backends = {name: TierBackend(name, tier, client, environ, token) for name, tier in config.tiers.items()}
+            rails = guard
+            if rails is None and needs_guard(config):
+                rails = await anyio.to_thread.run_sync(Guard.load, config)
+            if rails is not None:
+                rails.bind(backends)
+            fleet = Fleet(config, state_store, client, headers={"authorization": f"Bearer {token}"} if token else {})
+            await fleet.refresh()  # the first reading before the first request
+            discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
+            service = RoutingService(config, scorer, backends, state_store, rails, fleet)
+            app.state.service = service
+            flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
+            if config.source:
+                reloader = service.reloader = ConfigReloader(service, config.source)
+                reloader.install_sighup()
+                if config.reload.watch:
+                    watcher = asyncio.create_task(reloader.watch_forever(config.reload.poll_s), name="config-watch")
+            log.info(
+                "router ready: classifier=%s state=%s tiers=%s guardrails=%s",
+                scorer.name,
+                state_store.backend,
+                list(backends),
+                "on" if rails is not None else "off",
+            )
+            yield
+        finally:
+            if reloader is not None:
+                reloader.remove_sighup()
+            for task in (watcher, discovery):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if flusher is not None:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+                await app.state.service.flush_counts()
+            if classifier is None:
+                await scorer.close()
+            if store is None:
+                await state_store.close()
+            if http_client is None:
+                await client.aclose()
+
+    return Litestar(
+        route_handlers=[
+            chat_completions,
+            route,
+            list_models,
+            health,
+            ready,
+            metrics,
+            status_page,
+            status_data,
+            openapi_schema,
+        ],
+        lifespan=[lifespan],
+        middleware=[with_request_id],
+        before_send=[send_request_id],
+        dependencies={"service": Provide(_service, sync_to_thread=False)},
+        exception_handlers=exception_handlers(),
+        request_max_body_size=config.server.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,  # the process (the CLI) owns logging; see router.cli
+        debug=False,
+    )
+
+
+def _service(state: State) -> RoutingService:
+    service: RoutingService = state.service
+    return service

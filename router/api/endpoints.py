@@ -1,0 +1,79 @@
+"""The API endpoints: each decodes, calls the pipeline once, and encodes; the ops endpoints read its status."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from importlib.resources import files
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from router.api.openapi import openapi_document
+from router.dispatch.outcome import Answer, Outcome
+from router.pipeline import RoutingService
+from router.wire.protocol import ModelCard, ModelList, encode
+from router.wire.sse import relay
+
+JSON = "application/json"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+STATUS_PAGE = (files("router") / "data" / "status.html").read_bytes()
+OPENAPI = encode(openapi_document(version("tiered-router")))
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(
+    request: Request[Any, Any, State], service: NamedDependency[RoutingService]
+) -> Response[bytes] | Stream:
+    answer = await service.chat(await request.body(), request.headers)
+    if isinstance(answer, Answer):
+        return Response(answer.body, media_type=JSON, headers=answer.outcome.headers())
+    headers = {**answer.outcome.headers(), **SSE_HEADERS}
+    return Stream(relay(answer.chunks), media_type="text/event-stream", headers=headers)
+
+
+@post("/v1/route", status_code=200)
+async def route(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
+    _, _, decision = await service.route(await request.body(), request.headers)
+    return Response(encode(decision), media_type=JSON, headers=Outcome(decision).headers())
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
+    await service.authenticate(request.headers.get("authorization"))
+    cards = [ModelCard(id=name) for name in service.rules.model_names()]
+    return Response(encode(ModelList(cards)), media_type=JSON)
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready")
+async def ready(service: NamedDependency[RoutingService]) -> Response[bytes]:
+    report = await service.status.readiness()
+    return Response(encode(report), media_type=JSON, status_code=200 if report["ready"] else 503)
+
+
+@get("/metrics")
+async def metrics(service: NamedDependency[RoutingService]) -> Response[bytes]:
+    return Response(service.observer.render(), media_type=PROMETHEUS)
+
+
+@get("/status")
+async def status_page() -> Response[bytes]:
+    return Response(STATUS_PAGE, media_type="text/html; charset=utf-8")
+
+
+@get("/status.json")
+async def status_data(service: NamedDependency[RoutingService]) -> Response[bytes]:
+    return Response(encode(await service.status.status()), media_type=JSON, headers={"cache-control": "no-store"})
+
+
+@get("/openapi.json")
+async def openapi_schema() -> Response[bytes]:
+    return Response(OPENAPI, media_type=JSON)

@@ -1,0 +1,87 @@
+"""The router's OpenAPI 3.1 document (`GET /openapi.json`), built from the wire-protocol structs.
+
+The chat handlers read and validate the raw body themselves (to answer every decoding problem in the
+OpenAI error shape), so the request and response schemas come straight from the msgspec structs the
+router decodes and encodes with, the same source of truth, rather than from handler signatures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from router.wire.protocol import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList, RouteDecision
+
+ERRORS = {
+    "400": "invalid request (malformed JSON, wrong types, limits)",
+    "401": "missing or invalid API key",
+    "403": "the key may not use this tier, or forcing a tier is off",
+    "404": "unknown model or tier",
+    "413": "request body too large",
+    "429": "rate limit reached (with Retry-After)",
+    "502": "the tier answered badly",
+    "503": "no tier could take the request",
+    "504": "the tier did not answer in time",
+}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    (request, completion, error, decision, models), schemas = msgspec.json.schema_components(
+        [ChatCompletionRequest, ChatCompletion, ErrorBody, RouteDecision, ModelList],
+        ref_template="#/components/schemas/{name}",
+    )
+    errors = {
+        code: {"description": text, "content": {"application/json": {"schema": error}}} for code, text in ERRORS.items()
+    }
+    body = {"required": True, "content": {"application/json": {"schema": request}}}
+    security: list[dict[str, list[str]]] = [{"bearer": []}]
+    paths = {
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "createChatCompletion",
+                "summary": "A chat completion, routed to the cheapest tier that can handle it",
+                "requestBody": body,
+                "security": security,
+                "responses": {
+                    "200": {
+                        "description": "the completion, or an SSE stream of chunks when stream is true",
+                        "content": {
+                            "application/json": {"schema": completion},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **errors,
+                },
+            }
+        },
+        "/v1/route": {
+            "post": {
+                "operationId": "explainRoute",
+                "summary": "The routing decision for a request, without generating",
+                "requestBody": body,
+                "security": security,
+                "responses": {
+                    "200": {"description": "the decision", "content": {"application/json": {"schema": decision}}},
+                    **errors,
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "security": security,
+                "responses": {
+                    "200": {"description": "models", "content": {"application/json": {"schema": models}}},
+                    **errors,
+                },
+            }
+        },
+        "/health": {"get": {"operationId": "health", "responses": {"200": {"description": "alive"}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tiered-router", "version": version},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,437 @@
+"""Typed router configuration: load YAML, apply environment overrides, validate at start-up.
+
+Environment overrides live here and only here. A variable named
+``TIERED_ROUTER__<key>__<key>...`` replaces that key of the YAML tree, its value
+parsed as YAML (so ``TIERED_ROUTER__server__port=9000`` is an int and
+``TIERED_ROUTER__redis__url=redis://host:6379/0`` a string). Every error names
+the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from router.core.schema import ConfigError as ConfigError
+from router.core.schema import Seconds as Seconds
+from router.core.schema import Strict as Strict
+from router.core.schema import Unit as Unit
+from router.core.schema import decode_struct as decode_struct
+from router.core.workers import WorkerConfig, var_dir
+
+ENV_PREFIX = "TIERED_ROUTER__"
+CLASSIFIER_KINDS = ("heuristic", "embedding")
+
+
+
+class ServerConfig(Strict, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+
+
+class LimitsConfig(Strict, frozen=True):
+    """What one chat request may carry; beyond it, a 400 (or 413 for the body) naming the limit."""
+
+    max_messages: Annotated[int, Meta(ge=1)] = 512
+    max_content_chars: Annotated[int, Meta(ge=1)] = 400_000
+    """All message text together."""
+    max_tokens: Annotated[int, Meta(ge=1)] = 32_768
+    """The largest `max_tokens` / `max_completion_tokens` accepted."""
+
+
+class ApiKey(Strict, frozen=True):
+    name: str
+    sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    """The key's SHA-256, hex (`tiered-router hash-key`): keys are never stored in clear."""
+    group: str | None = None
+    """Rules can match it (`when: {key_group: [...]}`)."""
+    tiers: list[str] | None = None
+    """Tiers this key may use (None: all); a decision is moved along its chain to an allowed tier."""
+    rpm: Annotated[int, Meta(ge=0)] = 0
+    """Requests per minute (0: no limit)."""
+    tpm: Annotated[int, Meta(ge=0)] = 0
+    """Tokens per minute: counted at admission as prompt estimate + max_tokens, the unused rest given back
+    when the request ends (0: no limit)."""
+
+
+class AuthConfig(Strict, frozen=True):
+    enabled: bool = False
+    """Require `Authorization: Bearer <key>` on /v1/*. Off by default (the local demo)."""
+    keys: list[ApiKey] = []
+    redis_keys: bool = True
+    """Also look keys up in Redis (`<prefix>keys:<sha256>` holding the same fields as JSON), when Redis is set."""
+    worker_token_env: str | None = None
+    """The environment variable holding a token the router sends to workers and workers require."""
+    fail_open: bool = False
+    """When the rate limiter's store (Redis) is down: let requests through (true) or answer 503 (false)."""
+
+
+class Timeouts(Strict, frozen=True):
+    connect: Seconds = 2.0
+    first_byte: Seconds = 60.0
+    between_chunks: Seconds = 60.0
+    total: Seconds = 600.0
+
+
+class RetryConfig(Strict, frozen=True):
+    """Retries of failures before the first byte (429, 5xx, refused, timed out), with jittered backoff."""
+
+    attempts: Annotated[int, Meta(ge=0, le=10)] = 3
+    backoff_s: Seconds = 0.2
+    """The first wait; doubled each retry (with jitter) up to `max_backoff_s`."""
+    max_backoff_s: Seconds = 5.0
+    max_retry_after_s: Annotated[float, Meta(ge=0)] = 10.0
+    """A `Retry-After` longer than this is not waited for: the request moves on (or fails) at once."""
+
+
+class BreakerConfig(Strict, frozen=True):
+    failures: Annotated[int, Meta(ge=1)] = 5
+    """Consecutive failures that open the breaker (requests then skip the tier at once)."""
+    reset_s: Seconds = 30.0
+    """How long it stays open before one probe request may try again (half-open)."""
+
+
+class TierConfig(Strict, frozen=True):
+    base_url: str
+    model: str
+    kind: Literal["worker", "remote"] = "worker"
+    api_key_env: str | None = None
+    guardrails: bool = False
+    fallback: list[str] = []
+    timeouts: Timeouts = Timeouts()
+    max_connections: Annotated[int, Meta(ge=1)] = 256
+    retry: RetryConfig | None = None
+    breaker: BreakerConfig | None = None
+    max_concurrency: Annotated[int, Meta(ge=1)] | None = None
+    """Requests in flight to this tier at most (a stream counts until it ends); others wait, within the deadline."""
+    continuation_body: dict[str, Any] = {}
+    """Extra request fields when this tier continues a stream another tier broke off (the text so far is sent
+    as a final assistant message), e.g. `{continue_final_message: true, add_generation_prompt: false}` for vLLM
+    (what worker tiers get when this is empty)."""
+
+
+class ClassifierConfig(Strict, frozen=True):
+    kind: str = "heuristic"
+    threshold: Unit = 0.5
+    calibration: str | None = None
+    max_chars: Annotated[int, Meta(ge=256)] = 32_000
+    embedding_weights: str | None = None
+
+
+class ScoreRange(Strict, frozen=True):
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        """Half-open: `min <= value < max`, either bound optional."""
+        return (self.min is None or value >= self.min) and (self.max is None or value < self.max)
+
+
+class Match(Strict, frozen=True):
+    score: ScoreRange | None = None
+    complexity: Literal["simple", "complex"] | None = None
+    prompt_tokens: ScoreRange | None = None
+    last_user_regex: str | None = None
+    model: list[str] | None = None
+    has_tools: bool | None = None
+    has_response_format: bool | None = None
+    headers: dict[str, str] | None = None
+    key_group: list[str] | None = None
+
+    def is_empty(self) -> bool:
+        return self == Match()
+
+
+class Rule(Strict, frozen=True):
+    name: str
+    tier: str
+    when: Match = Match()
+    guardrails: bool | None = None
+    fallback: list[str] | None = None
+
+
+class RoutingConfig(Strict, frozen=True):
+    allow_forced_tier: bool = True
+    fallback_deadline_s: Seconds = 30.0
+    """How long a request may spend on refusals, retries and fallbacks before its first byte."""
+    mid_stream: Literal["continue", "error"] = "continue"
+    """A stream whose tier fails after tokens were sent: continue it on the next tier of the chain, with the
+    text so far as an assistant prefix, or end it with an error event. Never cut silently."""
+    preflight: bool = True
+    """Skip a worker tier whose telemetry says the request would not fit in its free GPU memory."""
+
+
+class LoggingConfig(Strict, frozen=True):
+    prompts: bool = False
+    """Put the last user message (up to 2,000 characters) in the access log. Off: prompts never reach logs."""
+
+
+class ReloadConfig(Strict, frozen=True):
+    """Hot reload of rules, thresholds and routing settings: on SIGHUP, and on file change when `watch`."""
+
+    watch: bool = True
+    poll_s: Seconds = 1.0
+
+
+class DiscoveryConfig(Strict, frozen=True):
+    """Worker telemetry: heartbeats in Redis (when `redis.url` is set) or polling each worker's /v1/memory."""
+
+    interval_s: Seconds = 0.5
+    stale_after_s: Seconds = 3.0
+    """Telemetry older than this counts as unknown: the router tries the worker and reacts to its answer."""
+    poll: bool = True
+    """Without Redis, poll `/v1/memory` of each worker tier's base_url."""
+
+
+class RedisConfig(Strict, frozen=True):
+    url: str | None = None
+    prefix: str = "tiered-router:"
+
+
+class GuardrailsConfig(Strict, frozen=True):
+    """The guard stage (router.guard): NeMo Guardrails around dispatch, for requests the rules mark."""
+
+    path: str = "guardrails"
+    """The NeMo Guardrails config directory (config.yml, rails.co, prompts.yml), relative to this file."""
+    refusal: str = "I'm sorry, but I can't help with that request."
+    on_error: Literal["block", "allow"] = "block"
+    """What a rail that raises or times out means: `block` fails closed."""
+    timeout_s: Seconds = 5.0
+    speculative: bool = True
+    """Start generating while input rails run; nothing is released before they pass."""
+    stream_chunk_chars: Annotated[int, Meta(ge=1)] = 64
+    """Streams: output rails re-check the text each time this many new characters have arrived."""
+    hold_back_chars: Annotated[int, Meta(ge=0)] = 0
+    """Streams: characters always kept back from the client beyond what the pattern rails hold."""
+    self_check_tier: str = "small"
+    """The tier that answers NeMo's own LLM calls (self check input/output): never the 7B."""
+    prune_flows: bool = True
+    """Drop NeMo library flows the configured rails never reach from the Colang runtime (faster checks)."""
+    compile_flows: bool = True
+    """Run flows that are one `llm_free_checks` call and a refusal directly, not through Colang."""
+
+
+class Config(Strict, frozen=True):
+    tiers: dict[str, TierConfig]
+    rules: list[Rule]
+    server: ServerConfig = ServerConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    routing: RoutingConfig = RoutingConfig()
+    redis: RedisConfig = RedisConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    reload: ReloadConfig = ReloadConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    logging: LoggingConfig = LoggingConfig()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
+    workers: dict[str, dict[str, Any]] = {}
+    """Per-tier worker settings, decoded by :meth:`worker` (validated at load too)."""
+    source: str = ""
+    """The file this config came from (set by the loader, used in messages and relative paths)."""
+
+    def resolve_path(self, relative: str) -> Path:
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / relative).resolve()
+
+    def worker(self, tier: str) -> WorkerConfig:
+        """The decoded `workers.<tier>` section; errors name the file and key."""
+        raw: Any = self.workers.get(tier)
+        if raw is None:
+            known = ", ".join(sorted(self.workers)) or "none"
+            raise ConfigError(
+                self.source, f"workers.{tier}", f"no worker configured for tier '{tier}' (configured: {known})"
+            )
+        worker = decode_struct(raw, WorkerConfig, self.source, prefix=f"workers.{tier}")
+        if worker.max_tokens_default > worker.max_tokens_cap:
+            raise ConfigError(self.source, f"workers.{tier}.max_tokens_default", "must not exceed max_tokens_cap")
+        if worker.max_tokens_cap >= worker.max_seq_len:
+            raise ConfigError(self.source, f"workers.{tier}.max_tokens_cap", "must be below max_seq_len")
+        return worker
+
+    def checkpoint_root(self, worker: WorkerConfig) -> Path:
+        """Where a worker's generated checkpoints are built: its `checkpoint_dir` (relative to this file), else
+        `checkpoints/` under the var directory."""
+        if worker.checkpoint_dir is None:
+            return var_dir() / "checkpoints"
+        return self.resolve_path(worker.checkpoint_dir)
+
+
+class Calibration(Strict, frozen=True):
+    classifier: str
+    threshold: Unit
+    small_share: Unit
+    prompts: int
+    achieved_share: Unit = 0.0
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *, calibrated: bool = True) -> Config:
+    """Read, override from the environment, decode and validate; raise `ConfigError` on any problem.
+
+    With `calibrated=False` the calibration file is not applied (what `tiered-router calibrate` needs).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "(file)", f"not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "(root)", "expected a mapping at the top level")
+    _apply_env_overrides(raw, os.environ if environ is None else environ, path)
+    raw["source"] = str(path)
+    if isinstance(raw.get("tiers"), dict):
+        # Decoded one by one first: msgspec names a bad dict entry `[...]`, we want `tiers.<name>`.
+        for name, tier in raw["tiers"].items():
+            decode_struct(tier, TierConfig, path, prefix=f"tiers.{name}")
+    config = decode_struct(raw, Config, path)
+    validate(config)
+    return apply_calibration(config) if calibrated else config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks msgspec cannot express: tier references, regexes, the default rule."""
+    src = config.source
+    tiers = set(config.tiers)
+    if not tiers:
+        raise ConfigError(src, "tiers", "at least one tier is required")
+    for name in tiers:
+        if name == "auto":
+            raise ConfigError(src, "tiers.auto", "'auto' is reserved for routing")
+    for name, tier in config.tiers.items():
+        if not tier.base_url.startswith(("http://", "https://")):
+            raise ConfigError(src, f"tiers.{name}.base_url", f"must be an http(s) URL, got {tier.base_url!r}")
+        _check_chain(src, f"tiers.{name}.fallback", tier.fallback, tiers, own=name)
+    if config.classifier.kind not in CLASSIFIER_KINDS:
+        raise ConfigError(
+            src,
+            "classifier.kind",
+            f"unknown classifier {config.classifier.kind!r} (known: {', '.join(CLASSIFIER_KINDS)})",
+        )
+    if not config.rules:
+        raise ConfigError(src, "rules", "at least one rule is required, the last being the default")
+    seen: set[str] = set()
+    for i, rule in enumerate(config.rules):
+        key = f"rules[{i}]"
+        if rule.name in seen:
+            raise ConfigError(src, f"{key}.name", f"duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+        if rule.tier not in tiers:
+            raise ConfigError(src, f"{key}.tier", f"unknown tier {rule.tier!r} (defined: {', '.join(sorted(tiers))})")
+        if rule.fallback is not None:
+            _check_chain(src, f"{key}.fallback", rule.fallback, tiers, own=rule.tier)
+        _check_match(src, f"{key}.when", rule.when)
+    if config.guardrails.self_check_tier not in tiers:
+        raise ConfigError(src, "guardrails.self_check_tier", f"unknown tier {config.guardrails.self_check_tier!r}")
+    names: set[str] = set()
+    for i, api_key in enumerate(config.auth.keys):
+        if api_key.name in names:
+            raise ConfigError(src, f"auth.keys[{i}].name", f"duplicate key name {api_key.name!r}")
+        names.add(api_key.name)
+        unknown = [t for t in api_key.tiers or [] if t not in tiers]
+        if unknown:
+            raise ConfigError(src, f"auth.keys[{i}].tiers", f"unknown tier(s) {unknown}")
+
+    for name in config.workers:
+        if name not in tiers:
+            raise ConfigError(src, f"workers.{name}", f"no tier named '{name}' (defined: {', '.join(sorted(tiers))})")
+        config.worker(name)
+    if not config.rules[-1].when.is_empty():
+        raise ConfigError(
+            src,
+            f"rules[{len(config.rules) - 1}].when",
+            "the last rule is the default and must match everything (no 'when')",
+        )
+    for i, rule in enumerate(config.rules[:-1]):
+        if rule.when.is_empty():
+            raise ConfigError(
+                src, f"rules[{i}].when", "only the last rule may match everything; the rules after it would never run"
+            )
+
+
+def apply_calibration(config: Config) -> Config:
+    """Replace the classifier threshold with the one a `tiered-router calibrate` run wrote."""
+    if config.classifier.calibration is None:
+        return config
+    path = config.resolve_path(config.classifier.calibration)
+    key = "classifier.calibration"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(config.source, key, f"cannot read calibration file {path}: {exc}") from exc
+    calibration = decode_struct(raw, Calibration, path)
+    if calibration.classifier != config.classifier.kind:
+        raise ConfigError(
+            config.source,
+            key,
+            f"{path} was calibrated for the {calibration.classifier!r} classifier, not {config.classifier.kind!r}",
+        )
+    classifier = msgspec.structs.replace(config.classifier, threshold=calibration.threshold)
+    return msgspec.structs.replace(config, classifier=classifier)
+
+
+def _check_chain(src: str, key: str, chain: list[str], tiers: set[str], *, own: str) -> None:
+    for tier in chain:
+        if tier not in tiers:
+            raise ConfigError(src, key, f"unknown tier {tier!r} in the fallback chain")
+        if tier == own:
+            raise ConfigError(src, key, f"tier {own!r} cannot fall back to itself")
+    if len(set(chain)) != len(chain):
+        raise ConfigError(src, key, "a tier appears twice in the fallback chain")
+
+
+def _check_match(src: str, key: str, match: Match) -> None:
+    patterns = {
+        "last_user_regex": match.last_user_regex,
+        **{f"headers.{h}": p for h, p in (match.headers or {}).items()},
+    }
+    for field, pattern in patterns.items():
+        if pattern is None:
+            continue
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(src, f"{key}.{field}", f"invalid regular expression {pattern!r}: {exc}") from exc
+    for field, bounds in (("score", match.score), ("prompt_tokens", match.prompt_tokens)):
+        if bounds and bounds.min is not None and bounds.max is not None and bounds.min >= bounds.max:
+            raise ConfigError(src, f"{key}.{field}", f"min ({bounds.min}) must be below max ({bounds.max})")
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> None:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k for k in name[len(ENV_PREFIX) :].split("__") if k]
+        if not keys:
+            continue
+        node: Any = raw
+        for key in keys[:-1]:
+            child = node.get(key) if isinstance(node, dict) else None
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(path, ".".join(keys), f"environment variable {name} overrides inside a non-mapping")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, ".".join(keys), f"environment variable {name} is not valid YAML: {exc}") from exc
+
+
+def worker_token(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
+    """The router-to-worker token (`auth.worker_token_env`); a named but unset variable stops start-up."""
+    name = config.auth.worker_token_env
+    if not name:
+        return None
+    token = (os.environ if environ is None else environ).get(name)
+    if not token:
+        raise ConfigError(config.source, "auth.worker_token_env", f"the environment variable {name} is not set")
+    return token

@@ -1,0 +1,67 @@
+"""Typed worker configuration: the `workers.<tier>` section of router.yaml, and where generated files land."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from router.core.schema import Strict
+
+Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+Positive = Annotated[int, Meta(ge=1)]
+
+
+class VramConfig(Strict, frozen=True):
+    budget_fraction: Fraction = 0.9
+    """Share of the device's total memory this worker may use (weights, graphs and KV cache together)."""
+    safety_margin_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024
+    """Kept free on top of every reservation; widened after an out-of-memory error."""
+    simulate_total_bytes: Annotated[int, Meta(ge=1)] | None = None
+    """Pretend the accelerator has this much memory (tests, demos on a CPU)."""
+
+
+class WorkerConfig(Strict, frozen=True):
+    model: str
+    """A local checkpoint directory, a hub id, or `demo:<name>` for a tiny checkpoint built locally."""
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8001
+    advertise_url: str | None = None
+    """The base URL routers should use, published in the Redis heartbeat (default http://host:port/v1);
+    set it when the worker binds 0.0.0.0 or sits behind NAT, e.g. http://worker-small:8001/v1 in compose."""
+    served_name: str | None = None
+    """The model name `/v1/models` reports (default: the tier name)."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:N`."""
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
+    """`auto`: bfloat16 on CUDA, float32 on the CPU."""
+    quantization: Literal["none", "nf4"] = "none"
+    device_map: str | None = None
+    alloc_conf: str | None = "expandable_segments:True"
+    """Written to PYTORCH_CUDA_ALLOC_CONF before torch initialises CUDA."""
+    cuda_graphs: bool = True
+    """Decode from captured CUDA graphs (on CUDA only); false is what other servers call enforce_eager."""
+    compile: bool = False
+    """Fuse the decode step with torch.compile (inductor) before capturing it: ~1.5x faster steps on an H100
+    (bench/RESULTS.md), at the price of a minute or two of compilation at start-up."""
+    max_tokens_default: Positive = 256
+    max_tokens_cap: Positive = 2048
+    max_seq_len: Annotated[int, Meta(ge=16)] = 4096
+    """Longest sequence (prompt + generation) one request may use."""
+    max_batch_size: Positive = 16
+    prefill_chunk: Positive = 512
+    """Prompts are prefilled this many tokens at a time, which bounds the activation memory of long prompts."""
+    queue_size: Annotated[int, Meta(ge=0)] = 64
+    """Requests waiting for a batch slot beyond this are refused with 503 and Retry-After."""
+    vram: VramConfig = VramConfig()
+    checkpoint_dir: str | None = None
+    """Where generated checkpoints are built (relative to the config file); default: `checkpoints/` under the
+    var directory (see :func:`var_dir`)."""
+
+
+def var_dir() -> Path:
+    """The one place generated files land: $TIERED_ROUTER_VAR if set, else `var/` under the working directory
+    (the repository root for `make run`/`make test`, ignored by git; /app/var in the images)."""
+    return Path(os.environ.get("TIERED_ROUTER_VAR") or "var").resolve()

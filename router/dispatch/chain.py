@@ -1,0 +1,208 @@
+"""Dispatch: send a request along its fallback chain, deciding before an out-of-memory error, losing nothing.
+
+For each tier of the chain (the decided tier, then its fallbacks):
+1. pre-flight (router.dispatch.preflight): a worker tier whose fresh telemetry says the request will not fit, or
+   whose queue is full, is skipped without being tried;
+2. the request goes to the best worker of the tier (least loaded first, unknown telemetry last), through
+   the tier's retry policy, circuit breaker and concurrency limit (router.dispatch.resilience);
+3. a refusal before the first byte (503 `vram_exhausted` or `queue_full`, connection refused, first-byte
+   timeout, the worker dying, any 5xx) moves on: the next worker, then the next tier.
+
+All within `routing.fallback_deadline_s`. The route records the fallback and its reason, which the client
+sees as `x-router-fallback: <from>-><to>` and `x-router-fallback-reason`. A stream that fails after it
+started is continued on the rest of the chain (router.dispatch.continuation).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from router.core.config import Config
+from router.decide.conversation import estimate_tokens
+from router.dispatch.backends import TierBackend, UpstreamReply
+from router.dispatch.continuation import ContinuingStream
+from router.dispatch.counters import Counters
+from router.dispatch.fleet import Endpoint, Fleet
+from router.dispatch.outcome import Route, RoutedStream
+from router.dispatch.preflight import Plan, Target, plan
+from router.dispatch.resilience import ResilientCaller
+from router.wire.errors import RelayedClientError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.wire.protocol import ChatCompletionRequest, RouteDecision, encode
+
+log = logging.getLogger(__name__)
+WORKER_CONTINUATION = {"continue_final_message": True, "add_generation_prompt": False}
+"""Our workers continue the final assistant message exactly (workers.service), as vLLM does."""
+
+
+def reason_of(error: UpstreamError) -> str:
+    return error.reason or error.code or type(error).__name__
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, TierBackend],
+        fleet: Fleet | None = None,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.backends = dict(backends)
+        self.fleet = fleet
+        self.counters = counters or Counters()
+        self.callers = {
+            name: ResilientCaller(name, tier.retry, tier.breaker, tier.max_concurrency)
+            for name, tier in config.tiers.items()
+        }
+        self._clock = clock
+        self._siblings: dict[tuple[str, str], TierBackend] = {}
+
+    def payload(self, request: ChatCompletionRequest, tier: str, *, continuing: bool = False) -> bytes:
+        backend = self.backends[tier]
+        body = encode(msgspec.structs.replace(request, model=backend.config.model))
+        extra = backend.config.continuation_body or (WORKER_CONTINUATION if backend.config.kind == "worker" else {})
+        if continuing and extra:
+            merged: dict[str, Any] = {**msgspec.json.decode(body), **extra}
+            body = msgspec.json.encode(merged)
+        return body
+
+    async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> tuple[UpstreamReply, Route]:
+        reply, route = await self._along(request, [decision.tier, *decision.fallback], decision.prompt_tokens)
+        assert isinstance(reply, UpstreamReply)
+        return reply, route
+
+    async def open_stream(
+        self, request: ChatCompletionRequest, decision: RouteDecision
+    ) -> tuple[ContinuingStream, Route]:
+        chain = [decision.tier, *decision.fallback]
+        opened, route = await self._open(request, chain, decision.prompt_tokens)
+        rest = chain[chain.index(route.tier) + 1 :]
+
+        async def reopen(continued: ChatCompletionRequest, tiers: list[str]) -> tuple[RoutedStream, Route]:
+            sent = sum(estimate_tokens(m.text()) for m in continued.messages[len(request.messages) :])
+            return await self._open(continued, tiers, decision.prompt_tokens + sent, continuing=True)
+
+        stream = ContinuingStream(request, opened, route, rest, reopen, self.config.routing.mid_stream, self._continued)
+        return stream, route
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, with each tier's retries and breaker state (for /ready, later /metrics)."""
+        return {
+            **self.counters.snapshot(),
+            "retries": [{"tier": n, "value": c.stats.retries} for n, c in self.callers.items() if c.stats.retries],
+            "breaker": {name: caller.breaker_state for name, caller in self.callers.items() if caller.breaker},
+        }
+
+    async def _open(
+        self, request: ChatCompletionRequest, chain: list[str], prompt_tokens: int, *, continuing: bool = False
+    ) -> tuple[RoutedStream, Route]:
+        stream, route = await self._along(request, chain, prompt_tokens, stream=True, continuing=continuing)
+        assert isinstance(stream, RoutedStream)
+        return stream, route
+
+    async def _along(
+        self,
+        request: ChatCompletionRequest,
+        chain: list[str],
+        prompt_tokens: int,
+        *,
+        stream: bool = False,
+        continuing: bool = False,
+    ) -> tuple[UpstreamReply | RoutedStream, Route]:
+        deadline = self._clock() + self.config.routing.fallback_deadline_s
+        first_reason: str | None = None
+        last_error: UpstreamError | None = None
+        failures: list[str] = []
+        for tier in chain:
+            if self._clock() >= deadline:
+                last_error = UpstreamTimeout(tier, "the fallback deadline passed before any tier answered")
+                break
+            checked = self._plan(tier, request, prompt_tokens)
+            if not checked.targets:
+                reason = f"preflight:{checked.refused}"
+                self.counters.inc("refused", tier=tier, reason=checked.refused or "unknown")
+                log.info("pre-flight: tier %s cannot take the request (%s)", tier, checked.detail)
+                first_reason = first_reason or reason
+                last_error = last_error or UpstreamUnavailable(
+                    tier, f"pre-flight: {checked.detail}", code=checked.refused
+                )
+                failures.append(f"{tier}: {reason}")
+                continue
+            payload = self.payload(request, tier, continuing=continuing)  # the same for every worker of the tier
+            for target in checked.targets:
+                try:
+                    result = await self._send(tier, target, payload, stream, deadline)
+                except RelayedClientError:
+                    raise
+                except UpstreamError as exc:
+                    first_reason = first_reason or reason_of(exc)
+                    last_error = exc
+                    failures.append(f"{tier}: {reason_of(exc)}")
+                    self.counters.inc("upstream_failures", tier=tier, reason=reason_of(exc))
+                    log.warning("tier %s (%s) did not take the request: %s", tier, target.endpoint.base_url, exc)
+                    continue
+                route = Route(tier) if tier == chain[0] else Route(tier, chain[0], first_reason)
+                self.counters.inc("served", tier=tier)
+                if route.fallback_from:
+                    self.counters.inc("fallback", source=chain[0], target=tier, reason=first_reason or "")
+                return result, route
+        self.counters.inc("failed", reason=first_reason or "deadline")
+        assert last_error is not None
+        if len(failures) > 1:  # one error for the client, naming the request's tier and every failure
+            summary = f"no tier of its chain could answer ({'; '.join(failures)})"
+            combined = type(last_error)(chain[0], summary, reason=first_reason, status=last_error.status)
+            combined.retry_after = last_error.retry_after
+            raise combined from last_error
+        raise last_error
+
+    def _plan(self, tier: str, request: ChatCompletionRequest, prompt_tokens: int) -> Plan:
+        config = self.config.tiers[tier]
+        if config.kind != "worker" or self.fleet is None or not self.config.routing.preflight:
+            return Plan([Target(Endpoint(tier, config.base_url, "static"), 0, known=False)])
+        fleet = self.fleet
+        return plan(fleet.endpoints(tier), fleet.fresh, fleet.in_flight_bytes, prompt_tokens, request.token_limit())
+
+    async def _send(
+        self, tier: str, target: Target, payload: bytes, stream: bool, deadline: float
+    ) -> UpstreamReply | RoutedStream:
+        backend = self._backend(tier, target.endpoint.base_url)
+        caller = self.callers[tier]
+        await caller.acquire(deadline)
+        fleet = self.fleet
+        ticket = fleet.start(target.endpoint, target.needed) if fleet is not None else None
+
+        def end() -> None:
+            if fleet is not None and ticket is not None:
+                fleet.finish(target.endpoint, ticket)
+            caller.release()
+
+        try:
+            if stream:
+                upstream = await caller.call(lambda: backend.open_stream(payload), deadline)
+            else:
+                reply = await caller.call(lambda: backend.complete(payload), deadline)
+        except BaseException:
+            end()
+            raise
+        if stream:
+            return RoutedStream(upstream, end)
+        end()
+        return reply
+
+    def _backend(self, tier: str, base_url: str) -> TierBackend:
+        backend = self.backends[tier]
+        if base_url == backend.config.base_url:
+            return backend
+        key = (tier, base_url)
+        if key not in self._siblings:
+            self._siblings[key] = backend.at(base_url)
+        return self._siblings[key]
+
+    def _continued(self, source: str, target: str, reason: str) -> None:
+        self.counters.inc("continued", source=source, target=target, reason=reason)

@@ -1,0 +1,201 @@
+"""The workers behind each tier and what their telemetry says: discovery, freshness, in-flight accounting.
+
+Sources, in order of preference:
+- Redis (`redis.url` set): every worker's TTL'd heartbeat under `workers:<tier>:` (workers.telemetry),
+  so a tier may have several workers, found without configuring their URLs;
+- polling: each worker tier's static `base_url` + `/memory` (the worker's `/v1/memory`);
+- the static `base_url` alone, with nothing known about it (always the fallback: Redis down, no poll).
+
+A snapshot older than `discovery.stale_after_s` counts as unknown. Between snapshots, the fleet adds
+what this router has sent each worker since (its in-flight bytes), so a burst does not overbook a
+worker on one stale reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+
+from router.core.config import Config
+from router.core.heartbeat import WORKERS_PREFIX, Heartbeat
+from router.core.state import StateStore, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """One worker's reading: the fields of its `/v1/memory` (workers.service.WorkerService.memory)."""
+
+    free: int
+    kv_bytes_per_token: int
+    queue_depth: int = 0
+    running: int = 0
+    queue_size: int | None = None
+    max_tokens_default: int | None = None
+    max_tokens_cap: int | None = None
+    taken_at: float = 0.0
+    """Wall-clock time the worker took it (its `at`), or when the router received it."""
+    total: int | None = None
+    budget: int | None = None
+    reserved: int | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], received_at: float) -> Telemetry | None:
+        try:
+            return cls(
+                free=int(raw["free"]),
+                kv_bytes_per_token=int(raw["kv_bytes_per_token"]),
+                queue_depth=int(raw.get("queue_depth", 0)),
+                running=int(raw.get("running", 0)),
+                queue_size=_int_or_none(raw.get("queue_size")),
+                max_tokens_default=_int_or_none(raw.get("max_tokens_default")),
+                max_tokens_cap=_int_or_none(raw.get("max_tokens_cap")),
+                taken_at=float(raw.get("at", received_at)),
+                total=_int_or_none(raw.get("total")),
+                budget=_int_or_none(raw.get("budget")),
+                reserved=_int_or_none(raw.get("reserved")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    tier: str
+    base_url: str
+    source: str
+    """`redis`, `poll` or `static`."""
+    telemetry: Telemetry | None = None
+    ready: bool = True
+
+
+@dataclass
+class _InFlight:
+    started_at: float
+    bytes: int
+
+
+@dataclass
+class Fleet:
+    """The live view the router decides from; `refresh` reads the sources, `endpoints` answers from memory."""
+
+    config: Config
+    store: StateStore | None
+    client: httpx.AsyncClient | None
+    clock: Callable[[], float] = time.time
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with each poll (the worker token, when workers require one)."""
+    _discovered: dict[str, list[Endpoint]] = field(default_factory=dict)
+    _polled: dict[str, Endpoint] = field(default_factory=dict)
+    _in_flight: dict[str, dict[int, _InFlight]] = field(default_factory=dict)
+    _tickets: itertools.count[int] = field(default_factory=itertools.count)
+    redis_ok: bool | None = None
+    """None until Redis was asked (or without Redis), then whether the last scan worked."""
+
+    @property
+    def worker_tiers(self) -> list[str]:
+        return [name for name, tier in self.config.tiers.items() if tier.kind == "worker"]
+
+    def endpoints(self, tier: str) -> list[Endpoint]:
+        """Every known worker of `tier`, fresh or not; the static base_url when nothing else is known."""
+        found = [e for e in self._discovered.get(tier, []) if self._fresh(e)] if self.redis_ok else []
+        if found:
+            return found
+        polled = self._polled.get(tier)
+        if polled is not None:
+            return [polled]
+        return [Endpoint(tier, self.config.tiers[tier].base_url, "static")]
+
+    def fresh(self, endpoint: Endpoint) -> Telemetry | None:
+        """The endpoint's telemetry if it is recent enough to decide on, else None (unknown)."""
+        return endpoint.telemetry if self._fresh(endpoint) else None
+
+    def in_flight_bytes(self, endpoint: Endpoint) -> int:
+        """Bytes this router sent to the worker after its telemetry was taken (not yet in its `free`)."""
+        taken = endpoint.telemetry.taken_at if endpoint.telemetry else 0.0
+        flights = self._in_flight.get(endpoint.base_url, {})
+        return sum(f.bytes for f in flights.values() if f.started_at >= taken)
+
+    def start(self, endpoint: Endpoint, needed: int) -> int:
+        """Record a request sent to `endpoint` (until `finish`); returns its ticket."""
+        ticket = next(self._tickets)
+        self._in_flight.setdefault(endpoint.base_url, {})[ticket] = _InFlight(self.clock(), needed)
+        return ticket
+
+    def finish(self, endpoint: Endpoint, ticket: int) -> None:
+        self._in_flight.get(endpoint.base_url, {}).pop(ticket, None)
+
+    async def refresh(self) -> None:
+        if self.store is not None and self.store.backend == "redis":
+            await self._scan_redis()
+        # Without Redis (or while it is down), each worker tier's static URL is asked directly.
+        if self.client is not None and self.config.discovery.poll and self.redis_ok is not True:
+            await asyncio.gather(*(self._poll(tier) for tier in self.worker_tiers))
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # never let a bad reading stop discovery
+                log.exception("worker discovery failed")
+            await asyncio.sleep(self.config.discovery.interval_s)
+
+    async def _scan_redis(self) -> None:
+        assert self.store is not None
+        try:
+            records = await self.store.scan(WORKERS_PREFIX)
+        except StateUnavailable as exc:
+            if self.redis_ok is not False:
+                log.warning("worker discovery: redis unavailable (%s); routing on static URLs", exc)
+            self.redis_ok = False
+            return
+        if self.redis_ok is False:
+            log.info("worker discovery: redis is back")
+        self.redis_ok = True
+        now = self.clock()
+        found: dict[str, list[Endpoint]] = {}
+        for key, value in records.items():
+            try:
+                beat = msgspec.json.decode(value, type=Heartbeat)
+            except msgspec.DecodeError:
+                log.warning("worker discovery: unreadable record %s", key)
+                continue
+            if beat.tier not in self.config.tiers:
+                continue
+            telemetry = None
+            if beat.memory is not None:
+                telemetry = Telemetry.parse({**beat.memory, "at": beat.at}, now)
+            found.setdefault(beat.tier, []).append(Endpoint(beat.tier, beat.url, "redis", telemetry, beat.ready))
+        self._discovered = found
+
+    async def _poll(self, tier: str) -> None:
+        assert self.client is not None
+        base = self.config.tiers[tier].base_url.rstrip("/")
+        try:
+            timeout = self.config.discovery.interval_s * 2
+            response = await self.client.get(f"{base}/memory", headers=self.headers, timeout=timeout)
+            raw = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            raw = None
+        telemetry = Telemetry.parse(raw, self.clock()) if isinstance(raw, dict) else None
+        if telemetry is None:
+            self._polled.pop(tier, None)  # unreachable or not a worker: unknown, so tried and reacted to
+            return
+        self._polled[tier] = Endpoint(tier, self.config.tiers[tier].base_url, "poll", telemetry)
+
+    def _fresh(self, endpoint: Endpoint) -> bool:
+        telemetry = endpoint.telemetry
+        return telemetry is not None and self.clock() - telemetry.taken_at <= self.config.discovery.stale_after_s
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None

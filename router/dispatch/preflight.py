@@ -1,0 +1,77 @@
+"""Pre-flight: will a request fit on a worker? Decided from telemetry, before anything is sent.
+
+A request needs (prompt tokens + the tokens it may generate) x the tier's KV bytes per token, the same
+worst case the worker's VRAM ledger reserves on admission (workers.ledger). A worker whose fresh
+telemetry shows less free memory than that (less what this router already sent it since), or a full
+queue, is skipped. Unknown telemetry (none, or stale) is not a refusal: the worker is tried and its
+answer decides. A pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.dispatch.fleet import Endpoint, Telemetry
+from router.wire.protocol import DEFAULT_MAX_TOKENS
+
+"""What a worker generates when a request names no limit and its telemetry does not say (router.core.workers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    endpoint: Endpoint
+    needed: int
+    """Estimated KV-cache bytes (0 when the worker's telemetry is unknown)."""
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    targets: list[Target]
+    """Workers to try, best first: known to fit (least loaded first), then unknown ones."""
+    refused: str | None = None
+    """Why no worker can take it (`vram_exhausted`, `queue_full`, `not_ready`) when `targets` is empty."""
+    detail: str = ""
+
+
+def needed_bytes(telemetry: Telemetry, prompt_tokens: int, max_tokens: int | None) -> int:
+    wanted = max_tokens or telemetry.max_tokens_default or DEFAULT_MAX_TOKENS
+    if telemetry.max_tokens_cap is not None:
+        wanted = min(wanted, telemetry.max_tokens_cap)
+    return (prompt_tokens + wanted) * telemetry.kv_bytes_per_token
+
+
+def plan(
+    endpoints: list[Endpoint],
+    fresh: Callable[[Endpoint], Telemetry | None],
+    in_flight: Callable[[Endpoint], int],
+    prompt_tokens: int,
+    max_tokens: int | None,
+) -> Plan:
+    fits: list[tuple[tuple[int, int], Target]] = []
+    unknown: list[Target] = []
+    refusals: list[tuple[str, str]] = []
+    for endpoint in endpoints:
+        if not endpoint.ready:
+            refusals.append(("not_ready", f"{endpoint.base_url} is not ready"))
+            continue
+        telemetry = fresh(endpoint)
+        if telemetry is None:
+            unknown.append(Target(endpoint, 0, known=False))
+            continue
+        needed = needed_bytes(telemetry, prompt_tokens, max_tokens)
+        free = telemetry.free - in_flight(endpoint)
+        if telemetry.queue_size is not None and telemetry.queue_depth >= telemetry.queue_size:
+            refusals.append(("queue_full", f"{endpoint.base_url}: {telemetry.queue_depth} queued"))
+        elif needed > free:
+            refusals.append(("vram_exhausted", f"{endpoint.base_url}: needs {needed} bytes, {max(free, 0)} free"))
+        else:
+            load = (telemetry.queue_depth + telemetry.running, -free)
+            fits.append((load, Target(endpoint, needed, known=True)))
+    targets = [target for _, target in sorted(fits, key=lambda pair: pair[0])] + unknown
+    if targets:
+        return Plan(targets)
+    reasons = [reason for reason, _ in refusals]
+    worst = next((r for r in ("vram_exhausted", "queue_full", "not_ready") if r in reasons), "not_ready")
+    return Plan([], worst, "; ".join(detail for _, detail in refusals) or "no worker known")

@@ -1,0 +1,120 @@
+"""Readiness and the live status: each tier's probe, the state store, discovery's view of the workers, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from router.core.config import Config
+from router.core.state import StateStore, StateUnavailable
+from router.dispatch.backends import TierBackend
+from router.dispatch.chain import Dispatcher
+from router.dispatch.fleet import Fleet
+from router.ops.metrics import Observer
+from router.ops.reload import ReloadState
+
+ROUTED_COUNTS = "routed"
+READY_CACHE_S = 2.0
+"""`/status` refreshes every second; tier probes are redone at most this often."""
+
+
+class StatusReporter:
+    """What `/ready`, `/status.json` and the readiness part of `/metrics` report."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, TierBackend],
+        store: StateStore,
+        classifier_name: str,
+        fleet: Fleet | None,
+        dispatcher: Dispatcher,
+        observer: Observer,
+        config: Callable[[], tuple[Config, float, ReloadState | None]],
+    ) -> None:
+        self.backends = dict(backends)
+        self.store = store
+        self.classifier_name = classifier_name
+        self.fleet = fleet
+        self.dispatcher = dispatcher
+        self.observer = observer
+        self._config = config
+        """The running config, the rules' threshold and the reloader's state (they change on reload)."""
+        self._ready_cache: tuple[float, dict[str, object]] | None = None
+
+    async def readiness(self) -> dict[str, object]:
+        probes = await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        tiers = {
+            name: {"ready": ok, "detail": detail, "kind": b.config.kind, "url": b.config.base_url}
+            for (name, b), (ok, detail) in zip(self.backends.items(), probes, strict=True)
+        }
+        store_ok = await self.store.ping()
+        routed: dict[str, int] = {}
+        if store_ok:
+            try:
+                routed = await self.store.read_counts(ROUTED_COUNTS)
+            except StateUnavailable:
+                store_ok = False
+        return {
+            "ready": any(t["ready"] for t in tiers.values()),
+            "tiers": tiers,
+            "state": {"backend": self.store.backend, "ready": store_ok, "routed": routed},
+            "classifier": self.classifier_name,
+            "workers": self._workers(),
+            "counters": self.dispatcher.stats(),
+            "config": self._config_state(),
+        }
+
+    def _config_state(self) -> dict[str, object]:
+        config, threshold, state = self._config()
+        return {
+            "source": config.source,
+            "version": state.version if state else 1,
+            "loaded_at": state.loaded_at if state else None,
+            "last_error": state.last_error if state else None,
+            "rejected": state.rejected if state else 0,
+            "rules": [rule.name for rule in config.rules],
+            "threshold": threshold,
+        }
+
+    def _workers(self) -> dict[str, list[dict[str, object]]]:
+        """What discovery knows of each worker tier: where, from which source, how fresh, how full."""
+        if self.fleet is None:
+            return {}
+        found: dict[str, list[dict[str, object]]] = {}
+        for tier in self.fleet.worker_tiers:
+            for endpoint in self.fleet.endpoints(tier):
+                t = self.fleet.fresh(endpoint)
+                found.setdefault(tier, []).append(
+                    {
+                        "url": endpoint.base_url,
+                        "source": endpoint.source,
+                        "fresh": t is not None,
+                        "free_bytes": t.free if t else None,
+                        "total_bytes": t.total if t else None,
+                        "budget": t.budget if t else None,
+                        "reserved": t.reserved if t else None,
+                        "queue_depth": t.queue_depth if t else None,
+                        "queue_size": t.queue_size if t else None,
+                    }
+                )
+        return found
+
+    async def status(self) -> dict[str, object]:
+        """What `/status` draws: tiers with their workers, the routing mix, latency and recent events."""
+        now = time.monotonic()
+        if self._ready_cache is None or now - self._ready_cache[0] > READY_CACHE_S:
+            self._ready_cache = (now, await self.readiness())
+        ready = self._ready_cache[1]
+        workers = self._workers()
+        tiers = [
+            {
+                "name": name,
+                "kind": t["kind"],
+                "ready": t["ready"],
+                "detail": t["detail"],
+                "workers": workers.get(name, []),
+            }
+            for name, t in ready["tiers"].items()  # type: ignore[attr-defined]
+        ]
+        return {"tiers": tiers, "counters": self.dispatcher.stats(), **self.observer.summary()}

@@ -1,0 +1,24 @@
+"""Decoding a chat request body, every problem turned into a 400 that names the field."""
+
+from __future__ import annotations
+
+import msgspec
+
+from router.wire.errors import InvalidRequest
+from router.wire.protocol import ChatCompletionRequest, decode_chat_request
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode and validate a chat request, turning every decoding problem into a 400 naming the field."""
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; expected a JSON chat completion request")
+    try:
+        return decode_chat_request(body)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
+    except msgspec.ValidationError as exc:
+        reason, _, where = str(exc).partition(" - at `$")
+        param = where.rstrip("`").lstrip(".") or None
+        raise InvalidRequest(f"{reason}" + (f" at '{param}'" if param else ""), param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc

@@ -1,0 +1,42 @@
+"""Server-sent events as OpenAI streams them: `data: <json>\n\n` frames ending in `data: [DONE]`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from router.wire.errors import RouterError
+from router.wire.protocol import ChatCompletionChunk, ChunkChoice, Delta, Usage, encode
+
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def chunk_frame(
+    chunk_id: str, created: int, model: str, delta: Delta, finish: str | None = None, usage: Usage | None = None
+) -> bytes:
+    """One `chat.completion.chunk` event; a usage-only chunk (stream_options.include_usage) has no choices."""
+    choices = [] if usage else [ChunkChoice(0, delta, finish)]
+    return frame(encode(ChatCompletionChunk(chunk_id, created, model, choices, usage)))
+
+
+def frame_data(complete: bytes) -> bytes:
+    """The data of one complete SSE frame (its `data:` lines joined); b"" for a comment or an empty frame."""
+    return b"".join(line[5:].strip() for line in complete.split(b"\n") if line.startswith(b"data:"))
+
+
+def error_frame(error: RouterError) -> bytes:
+    """An in-band error for a stream whose headers were already sent (the OpenAI SDK raises on it)."""
+    return frame(encode(error.body()))
+
+
+async def relay(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pass upstream bytes through as they arrive; a failure mid-stream ends it with an error event."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except RouterError as exc:
+        yield error_frame(exc)
+        yield DONE
