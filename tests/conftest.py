@@ -1,73 +1,31 @@
-"""Shared fixtures: stand-in upstreams, a private Redis, and routers built from YAML on loopback."""
+"""Shared fixtures: stand-in upstreams, a private Redis, and routers built from YAML on loopback (helpers they
+use, and tests import, live in tests.helpers)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from router.api.app import create_app
 from router.core.config import Config, load_config
-from router.devtools.standin import Standin, StandinSettings
 from router.guard.rails import Guard
+from tests.helpers import REPO, RouterFactory, raw_guard_path, router_yaml, serve_standins, write_config
 from tests.servers import ServerThread, free_port, redis_server
 
 os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def router_yaml(small: str, large: str, remote: str, **overrides: Any) -> dict[str, Any]:
-    """The shipped config/router.yaml with the tiers pointed at the given base URLs."""
-    raw: dict[str, Any] = yaml.safe_load((REPO / "config" / "router.yaml").read_text())
-    raw["server"]["port"] = 0
-    for name, url in (("small", small), ("large", large), ("remote", remote)):
-        raw["tiers"][name]["base_url"] = url
-    raw["tiers"]["remote"]["api_key_env"] = "TEST_REMOTE_KEY"
-    raw.setdefault("guardrails", {})["path"] = raw_guard_path()
-    for key, value in overrides.items():
-        raw[key] = value
-    return raw
-
-
-def raw_guard_path() -> str:
-    return str(REPO / "config" / "guardrails")
-
-
-def write_config(path: Path, raw: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-@contextmanager
-def serve_standins() -> Iterator[dict[str, ServerThread]]:
-    """One stand-in per tier, named after it, served on loopback."""
-    servers = {name: ServerThread(Standin(StandinSettings(name=name))) for name in ("small", "large", "remote")}
-    for server in servers.values():
-        server.__enter__()
-    try:
-        yield servers
-    finally:
-        for server in servers.values():
-            server.__exit__(None, None, None)
-
-
 @pytest.fixture(scope="session")
 def standins() -> Iterator[dict[str, ServerThread]]:
     """Stand-ins shared by the session (tests that script failures start their own: `serve_standins`)."""
     with serve_standins() as servers:
         yield servers
-
-
-RouterFactory = Callable[..., ServerThread]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from router.core.config import load_config
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +10,11 @@ import pytest
 import yaml
 
 from router.core.config import load_config
-from tests.conftest import REPO
+from tests.helpers import REPO, WorkerFactory, wait_until_ready
 from tests.servers import ServerThread
 from workers.app import create_worker_app
 from workers.engine import FaultHook
 from workers.memory import MemoryProbe
-
-GB = 1024**3
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +26,6 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-WorkerFactory = Callable[..., ServerThread]
 
 
 @pytest.fixture
@@ -66,18 +63,3 @@ def start_worker(tmp_path: Path, checkpoint_dir: Path) -> Iterator[WorkerFactory
         server.__exit__(None, None, None)
 
 
-def wait_until_ready(server: ServerThread, timeout_s: float = 120.0) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{server.url}/ready")
-        if response.status_code == 200:
-            return
-        detail = response.json().get("detail", "")
-        if "failed" in detail:
-            raise RuntimeError(detail)
-        time.sleep(0.05)
-    raise TimeoutError("worker did not become ready")

@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import REPO, RouterFactory, router_yaml
+from tests.helpers import REPO, RouterFactory, WorkerFactory, router_yaml
 from tests.servers import ServerThread, cli_process, free_port
-from tests.workers.conftest import WorkerFactory
 
 LONG = [{"role": "user", "content": "Write a very long story."}]
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FORBIDDEN = ("router.dispatch", "router.guard", "router.decide", "router.api", "router.pipeline", "router.ops")
 SCRIPT = """

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from router.core.logs import JsonFormatter, RequestIdFilter
-from tests.conftest import RouterFactory, router_yaml
-from tests.workers.conftest import WorkerFactory
+from tests.helpers import RouterFactory, WorkerFactory, router_yaml
 
 SECRET = "my zebra password is hunter2"
 

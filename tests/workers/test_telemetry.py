@@ -13,9 +13,8 @@ from pathlib import Path
 import redis
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO, WorkerFactory
 from tests.servers import free_port
-from tests.workers.conftest import WorkerFactory
 
 
 def records(url: str, prefix: str) -> dict[str, dict[str, object]]:

@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from router.devtools.standin import Standin, StandinSettings
-from tests.conftest import REPO, RouterFactory, router_yaml
+from tests.helpers import GB, REPO, RouterFactory, WorkerFactory, router_yaml
 from tests.servers import ServerThread, cli_process, free_port, redis_server
-from tests.workers.conftest import GB, WorkerFactory
 from workers.memory import SimulatedGpu
 
 LONG = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]

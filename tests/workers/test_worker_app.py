@@ -13,8 +13,8 @@ import openai
 import pytest
 import torch
 
+from tests.helpers import GB, WorkerFactory
 from tests.servers import ServerThread
-from tests.workers.conftest import GB, WorkerFactory
 from workers.memory import SimulatedGpu
 
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]

@@ -11,9 +11,8 @@ import redis as redis_client
 import yaml
 
 from router.core.config import load_config
-from tests.conftest import REPO, RouterFactory, router_yaml
+from tests.helpers import REPO, RouterFactory, router_yaml, wait_until_ready
 from tests.servers import ServerThread, free_port
-from tests.workers.conftest import wait_until_ready
 from workers.app import create_worker_app
 
 HI = [{"role": "user", "content": "hi"}]

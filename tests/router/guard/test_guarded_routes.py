@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from router.devtools.standin import Standin, StandinSettings
-from tests.conftest import REPO, RouterFactory, router_yaml
+from tests.helpers import REPO, RouterFactory, router_yaml
 from tests.servers import ServerThread
 
 REFUSAL = "I'm sorry, but I can't help with that request."

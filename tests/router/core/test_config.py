@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from router.core.config import ConfigError, load_config
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def shipped() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from router.cli import main
 from router.core.config import ConfigError, load_config
 from router.decide.calibrate import threshold_for_share
 from router.decide.classify.training import DEFAULT_DATA
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("share", [0.0, 0.1, 0.33, 0.5, 0.9, 1.0])

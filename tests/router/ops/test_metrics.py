@@ -8,7 +8,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.devtools.standin import Standin, StandinSettings
-from tests.conftest import RouterFactory, router_yaml
+from tests.helpers import RouterFactory, router_yaml
 from tests.servers import ServerThread
 
 SIMPLE = [{"role": "user", "content": "hi"}]

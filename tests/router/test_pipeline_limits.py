@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from router.decide.access import hash_key
-from tests.conftest import router_yaml, write_config
+from tests.helpers import router_yaml, write_config
 from tests.servers import ServerThread, cli_process, free_port
 
 KEY = "sk-shared-0123456789"

@@ -13,7 +13,7 @@ import pytest
 from router.core.state import RedisStore
 from router.decide.access import hash_key
 from router.devtools.standin import Standin, StandinSettings
-from tests.conftest import RouterFactory, router_yaml
+from tests.helpers import RouterFactory, router_yaml
 from tests.servers import ServerThread, redis_server
 
 HI = [{"role": "user", "content": "hi"}]

@@ -20,7 +20,7 @@ from router.decide.classify.heuristic import HeuristicClassifier
 from router.decide.conversation import Conversation
 from router.decide.rules import RouteInput, RuleSet
 from router.wire.protocol import ChatCompletionRequest, ChatMessage
-from tests.conftest import RouterFactory, router_yaml
+from tests.helpers import RouterFactory, router_yaml
 from tests.servers import ServerThread
 
 SCHEMA = schemathesis.openapi.from_dict(openapi_document("test"))

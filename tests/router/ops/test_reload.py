@@ -15,7 +15,7 @@ import yaml
 from router.api.app import create_app
 from router.core.config import load_config
 from router.devtools.standin import Standin, StandinSettings
-from tests.conftest import router_yaml, write_config
+from tests.helpers import router_yaml, write_config
 from tests.servers import ServerThread, cli_process, free_port
 
 HI = [{"role": "user", "content": "hi"}]

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from router.devtools.standin import Standin, StandinSettings
-from tests.conftest import RouterFactory, router_yaml
+from tests.helpers import RouterFactory, router_yaml
 from tests.servers import ServerThread
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]

@@ -14,7 +14,7 @@ import msgspec
 import openai
 import pytest
 
-from tests.conftest import RouterFactory, router_yaml, serve_standins
+from tests.helpers import RouterFactory, router_yaml, serve_standins
 from tests.servers import ServerThread
 
 QUESTION = [{"role": "user", "content": "one two three four five six seven eight nine ten"}]
