@@ -18,7 +18,7 @@ import msgspec
 
 from router.wire.errors import UpstreamBadResponse, UpstreamError
 from router.wire.protocol import ChatCompletionRequest, ChatMessage
-from router.wire.sse import DONE, frame, frame_data
+from router.wire.sse import DONE, complete_frames, frame, frame_data
 
 if TYPE_CHECKING:
     from router.dispatch.outcome import Route, RoutedStream
@@ -130,7 +130,7 @@ class ContinuingStream:
     async def chunks(self) -> AsyncIterator[bytes]:
         state = StreamState()
         try:
-            async for complete in _frames(self.first.chunks()):
+            async for complete in complete_frames(self.first.chunks()):
                 state.add(complete)
                 yield complete
             if state.done:
@@ -165,23 +165,10 @@ class ContinuingStream:
         log.warning("stream on tier %s failed mid-way (%s); continued on %s", source, failure, route.tier)
         yield f": x-router-fallback {source}->{route.tier} ({reason}), mid-stream\n\n".encode()
         original = transcript.first or {}
-        async for complete in _frames(stream.chunks()):
+        async for complete in complete_frames(stream.chunks()):
             rewritten = _rewrite(complete, original, drop_role=bool(transcript.text))
             if rewritten is not None:
                 yield rewritten
-
-
-async def _frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Complete SSE frames (ending in a blank line) from raw chunks; a partial frame is never yielded."""
-    buffer = b""
-    async for raw in chunks:
-        buffer += raw
-        if b"\n\n" not in buffer:
-            continue
-        *complete, buffer = buffer.split(b"\n\n")
-        for part in complete:
-            if part.strip():
-                yield part + b"\n\n"
 
 
 def _rewrite(complete: bytes, original: dict[str, Any], *, drop_role: bool) -> bytes | None:

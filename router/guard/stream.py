@@ -18,7 +18,7 @@ import msgspec
 
 from router.guard.rails import Guard, GuardVerdict
 from router.wire.protocol import Delta, completion_id
-from router.wire.sse import DONE, chunk_frame, frame_data
+from router.wire.sse import DONE, FrameSplitter, chunk_frame, frame_data
 
 DONE_DATA = b"[DONE]"
 
@@ -39,14 +39,11 @@ class GuardedStream:
         self._chunk_id = completion_id()
 
     async def frames(self, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        buffer = b""
+        splitter = FrameSplitter()
         chunk_chars = self.guard.settings.stream_chunk_chars
         async for raw in upstream:
-            buffer += raw
-            *complete, buffer = buffer.split(b"\n\n")
-            for frame in complete:
-                if frame.strip():
-                    self._add(frame + b"\n\n")
+            for frame in splitter.feed(raw):
+                self._add(frame)
             due = self._length - self._checked >= chunk_chars or (self._checked == 0 and self._length > 0)
             if due:
                 released = await self._check(final=False)
@@ -55,8 +52,9 @@ class GuardedStream:
                     return
                 for frame in released:
                     yield frame
-        if buffer.strip():
-            self._add(buffer)
+        rest = splitter.rest()
+        if rest:
+            self._add(rest)
         released = await self._check(final=True)
         if self.verdict is not None:
             yield self._refusal()

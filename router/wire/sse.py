@@ -27,6 +27,34 @@ def frame_data(complete: bytes) -> bytes:
     return b"".join(line[5:].strip() for line in complete.split(b"\n") if line.startswith(b"data:"))
 
 
+class FrameSplitter:
+    """Complete SSE frames (each ending in a blank line) out of raw chunks: the one splitter every reader of a
+    stream uses. A partial frame waits for the chunk that completes it."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        self._buffer += raw
+        if b"\n\n" not in self._buffer:
+            return []
+        *complete, self._buffer = self._buffer.split(b"\n\n")
+        return [part + b"\n\n" for part in complete if part.strip()]
+
+    def rest(self) -> bytes:
+        """What is left when the stream ends: a frame without its blank line, or b""."""
+        rest, self._buffer = self._buffer, b""
+        return rest if rest.strip() else b""
+
+
+async def complete_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Complete SSE frames from raw chunks; a partial frame left at the end is dropped."""
+    splitter = FrameSplitter()
+    async for raw in chunks:
+        for complete in splitter.feed(raw):
+            yield complete
+
+
 def error_frame(error: RouterError) -> bytes:
     """An in-band error for a stream whose headers were already sent (the OpenAI SDK raises on it)."""
     return frame(encode(error.body()))

@@ -10,7 +10,7 @@ from router.decide.classify.features import FEATURE_NAMES, extract
 from router.decide.conversation import Conversation
 
 # Weights in logit space: fitted by `router.decide.classify.training.fit_logistic` (L2 = 1) on the training split
-# of the shipped labelled prompts, then rounded; tests/router/classify/test_heuristic.py checks the held-out
+# of the shipped labelled prompts, then rounded; tests/router/decide/classify/test_classifiers.py checks the held-out
 # accuracy so a change to the features or weights cannot silently regress it.
 WEIGHTS: dict[str, float] = {
     "length": 3.2,
