@@ -34,28 +34,7 @@ sys.path.insert(0, str(ROOT))
 from router.core.config import load_config  # noqa: E402
 from tests.servers import ServerThread  # noqa: E402
 from workers.app import create_worker_app  # noqa: E402
-from workers.checkpoints import build_tokenizer  # noqa: E402
-
-SHAPES = {
-    "qwen2.5-1.5b": dict(
-        hidden_size=1536,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        intermediate_size=8960,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "qwen2.5-7b": dict(
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-}
+from workers.checkpoints import build_shaped_checkpoint  # noqa: E402
 
 
 def nvml_used_mb() -> float:
@@ -66,34 +45,12 @@ def nvml_used_mb() -> float:
 
 
 def build(name: str, root: Path) -> Path:
-    """A random-weight checkpoint of `name`'s shape, made on the GPU in bf16, with a locally trained tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    path = root / name
-    if (path / "config.json").exists():
-        return path
+    """A random-weight checkpoint of `name`'s shape, made on the GPU in bf16 (`tiered-router make-checkpoint`)."""
     started = time.monotonic()
-    # A small trained vocabulary, padded with ordinary (not special) tokens to the real size, so that every
-    # token a random model picks decodes to visible text and reaches the client as a chunk.
-    tokenizer = build_tokenizer(4096)
-    tokenizer.add_tokens([f"w{i}" for i in range(SHAPES[name]["vocab_size"] - len(tokenizer))], special_tokens=False)
-    config = Qwen2Config(
-        **SHAPES[name],
-        max_position_embeddings=32768,
-        rope_theta=1e6,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    del model
+    path = build_shaped_checkpoint(root / name, name, device="cuda", dtype="bfloat16")
     gc.collect()
     torch.cuda.empty_cache()
-    print(f"built {name} in {time.monotonic() - started:.0f}s", flush=True)
+    print(f"{name} ready in {time.monotonic() - started:.0f}s", flush=True)
     return path
 
 

@@ -97,6 +97,14 @@ def _train(args: argparse.Namespace) -> int:
     return run_training(args)
 
 
+def _make_checkpoint(args: argparse.Namespace) -> int:
+    from workers.checkpoints import build_shaped_checkpoint
+
+    path = build_shaped_checkpoint(args.output, args.shape, device=args.device, dtype=args.dtype)
+    print(f"{args.shape} checkpoint (random weights) in {path}")
+    return 0
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     from router.decide.access import hash_key
 
@@ -142,6 +150,15 @@ def _parser() -> argparse.ArgumentParser:
     standin.add_argument("--record", type=int, default=200, help="received requests kept for /_standin/requests")
     standin.add_argument("--max-words", type=int, default=64, help="longest answer, in words")
     standin.set_defaults(run=_standin)
+
+    shaped = sub.add_parser(
+        "make-checkpoint", help="build a random-weight checkpoint of a real model's shape (GPU benchmarks)"
+    )
+    shaped.add_argument("--shape", required=True, choices=["qwen2.5-1.5b", "qwen2.5-7b", "llama-2-7b", "tiny"])
+    shaped.add_argument("--output", type=Path, required=True, help="the checkpoint directory to write")
+    shaped.add_argument("--device", default="cpu", help="where the weights are made: cpu, cuda (7B in bf16: ~15 GB)")
+    shaped.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    shaped.set_defaults(run=_make_checkpoint)
 
     hashed = sub.add_parser("hash-key", help="print an API key's SHA-256, for auth.keys[].sha256 (or Redis)")
     hashed.add_argument("key", nargs="?", default=None, help="the key (default: read a line from stdin)")

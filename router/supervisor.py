@@ -21,7 +21,7 @@ from router.core.config import Config, load_config
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _EXAMPLE = """\
   curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+    -d '{{"model": "auto", "temperature": 0, "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
   curl -s {url}/v1/route \\
     -d '{{"messages": [{{"role": "user", "content": "Prove that sqrt(2) is irrational."}}]}}'
 """

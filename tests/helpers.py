@@ -3,6 +3,7 @@ and waiting for a worker."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,15 @@ def serve_standins() -> Iterator[dict[str, ServerThread]]:
     finally:
         for server in servers.values():
             server.__exit__(None, None, None)
+
+
+def guardrails_with(tmp_path: Path, flows: str = "self check input") -> Path:
+    """A copy of the shipped guardrails with one commented-out flow (`self check input`, ...) switched on."""
+    directory = tmp_path / "guardrails"
+    shutil.copytree(REPO / "config" / "guardrails", directory)
+    config = directory / "config.yml"
+    config.write_text(config.read_text().replace(f"# - {flows}", f"- {flows}"))
+    return directory
 
 
 def wait_until_ready(server: ServerThread, timeout_s: float = 120.0) -> None:

@@ -82,7 +82,7 @@ def test_each_profile_is_a_whole_stack_that_starts_in_order(
         if profile == "gpu":
             assert worker.model == DOTENV[f"{tier.upper()}_MODEL"] and worker.device == "cuda"
         else:
-            assert worker.model == f"demo:{tier}" and worker.device == "cpu"
+            assert worker.model == "embedded:smollm2-135m-instruct" and worker.device == "cpu"
 
 
 def test_gpu_workers_reserve_a_gpu_and_keep_models_in_a_volume() -> None:

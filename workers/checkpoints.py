@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_SPECS",
+    "SHAPES",
     "SPEC_MARKER",
     "CheckpointSpec",
     "build_checkpoint",
+    "build_shaped_checkpoint",
     "build_tokenizer",
     "ensure_demo_checkpoints",
 ]
@@ -316,3 +318,81 @@ def ensure_demo_checkpoints(root: Path) -> dict[str, Path]:
     """Build (or reuse) ``root/"small"`` and ``root/"large"`` from :data:`DEMO_SPECS`; returns tier -> path."""
     root = Path(root)
     return {tier: build_checkpoint(root / tier, spec) for tier, spec in DEMO_SPECS.items()}
+
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # Real model shapes with random weights: real memory and speed, meaningless text (the GPU benchmarks).
+    "qwen2.5-1.5b": {
+        "arch": "qwen2",
+        "hidden_size": 1536,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "intermediate_size": 8960,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-7b": {
+        "arch": "qwen2",
+        "hidden_size": 3584,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "intermediate_size": 18944,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
+    "llama-2-7b": {
+        "arch": "llama",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
+}
+"""`tiered-router make-checkpoint --shape NAME` and bench/worker_gpu.py build these; `tiny` is DEMO_SPECS["small"]."""
+
+
+def shaped_config(shape: str, bos_id: int, eos_id: int, pad_id: int) -> tuple[PreTrainedConfig, Any]:
+    """The transformers config of a :data:`SHAPES` entry, and the model class to build from it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    fields = dict(SHAPES[shape])
+    arch = fields.pop("arch")
+    ids: dict[str, Any] = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    if arch == "llama":
+        return LlamaConfig(**fields, max_position_embeddings=4096, **ids), LlamaForCausalLM
+    return Qwen2Config(**fields, max_position_embeddings=32768, **ids), Qwen2ForCausalLM
+
+
+def build_shaped_checkpoint(path: Path, shape: str, *, device: str = "cpu", dtype: str = "bfloat16") -> Path:
+    """A random-weight checkpoint of a real model's shape (:data:`SHAPES`), or ``tiny`` (the demo's small one).
+
+    The tokenizer is trained small (4096 tokens) and padded with ordinary tokens to the real vocabulary, so every
+    token a random model picks decodes to visible text and reaches a client as a stream chunk. Weights are made
+    on ``device`` (a 7B model in bf16 takes ~15 GB there) with a fixed seed. Returns at once if ``path`` holds one.
+    """
+    path = Path(path)
+    if shape == "tiny":
+        return build_checkpoint(path, DEMO_SPECS["small"])
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r} (known: tiny, {', '.join(SHAPES)})")
+    if (path / "config.json").is_file() and any(path.glob("model*.safetensors*")):
+        return path
+
+    import torch
+
+    tokenizer = build_tokenizer(4096)
+    tokenizer.add_tokens([f"w{i}" for i in range(SHAPES[shape]["vocab_size"] - len(tokenizer))], special_tokens=False)
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config, model_cls = shaped_config(shape, *ids)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        model = model_cls(config).to(getattr(torch, dtype))
+    with _quiet_progress_bars():
+        model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

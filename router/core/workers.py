@@ -25,7 +25,8 @@ class VramConfig(Strict, frozen=True):
 
 class WorkerConfig(Strict, frozen=True):
     model: str
-    """A local checkpoint directory, a hub id, or `demo:<name>` for a tiny checkpoint built locally."""
+    """A local checkpoint directory, a hub id, `embedded:<name>` for a model a package ships (converted once, see
+    workers.embedded), or `demo:<name>` for a tiny random-weight checkpoint built locally."""
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8001
     advertise_url: str | None = None

@@ -18,14 +18,15 @@ from workers.memory import MemoryProbe
 
 
 @pytest.fixture(scope="session")
-def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint_dir() -> Path:
+    """Where `make run` keeps its checkpoints too (var/checkpoints): the embedded model is converted once for
+    both, and the tiny random-weight demo checkpoints are built beside it."""
+    from router.core.workers import var_dir
     from workers.checkpoints import ensure_demo_checkpoints
 
-    root = tmp_path_factory.mktemp("checkpoints")
+    root = var_dir() / "checkpoints"
     ensure_demo_checkpoints(root)
     return root
-
-
 
 
 @pytest.fixture

@@ -158,3 +158,38 @@ def test_bitsandbytes_nf4_kernels_run_on_cpu(tmp_path: Path) -> None:
     assert torch.isfinite(logits).all()
     assert torch.nn.functional.cosine_similarity(logits, reference, dim=0) > 0.9  # close to the float32 model
     assert out.shape == (1, inputs["input_ids"].shape[1] + 4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "billions"), [("qwen2.5-1.5b", 1.54), ("qwen2.5-7b", 7.62), ("llama-2-7b", 6.74)]
+)
+def test_benchmark_shapes_are_the_real_models(shape: str, billions: float) -> None:
+    """The shapes `make-checkpoint` builds have the published parameter counts (counted on the meta device)."""
+    import torch
+
+    from workers.checkpoints import shaped_config
+
+    config, model_cls = shaped_config(shape, 1, 2, 2)
+    with torch.device("meta"):
+        model = model_cls(config)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_make_checkpoint_builds_a_loadable_checkpoint(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from router.core.workers import WorkerConfig
+    from workers.loader import load_model
+
+    out = tmp_path / "tiny"
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "make-checkpoint", "--shape", "tiny", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny checkpoint (random weights)" in done.stdout
+    loaded = load_model(WorkerConfig(model=str(out), device="cpu"), tmp_path)
+    assert loaded.model.config.hidden_size == DEMO_SPECS["small"].hidden_size

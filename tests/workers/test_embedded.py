@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,11 +25,10 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="session")
-def embedded_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint root holding the converted model (the ~30 s conversion runs once per session)."""
-    root = tmp_path_factory.mktemp("embedded")
-    ensure_embedded_checkpoint(root, NAME)
-    return root
+def embedded_root(checkpoint_dir: Path) -> Path:
+    """The checkpoint root holding the converted model (var/checkpoints: converted once, shared with make run)."""
+    ensure_embedded_checkpoint(checkpoint_dir, NAME)
+    return checkpoint_dir
 
 
 def greedy_answer(loaded: Any, chat: list[dict[str, str]], max_new_tokens: int = 20) -> tuple[str, list[int]]:
@@ -130,9 +128,7 @@ def test_converts_once_into_a_float32_checkpoint(embedded_root: Path, caplog: py
     assert tokenizer.tokenize("x  12") == ["x", "ĠĠ", "1", "2"], "digits split as SmolLM2's own tokenizer does"
 
     with caplog.at_level(logging.INFO, logger="workers.embedded"):
-        started = time.monotonic()
         assert ensure_embedded_checkpoint(embedded_root, NAME) == path
-        assert time.monotonic() - started < 1.0
     assert not caplog.records, "nothing converted"
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == stamps
 

@@ -174,8 +174,10 @@ def test_routing_goes_on_from_static_config_when_redis_stops(
     start_worker: WorkerFactory, start_router: RouterFactory, standins: dict[str, ServerThread]
 ) -> None:
     with redis_server() as url:
-        # The discovered worker: registered in Redis only. The static base_url is the `small` stand-in.
-        worker = start_worker("small", redis={"url": url, "prefix": "discovery:"}, heartbeat_s=0.2, port=free_port())
+        # The discovered worker: registered in Redis only. The static base_url is the `small` stand-in. The tiny
+        # random-weight model: requests must finish within the test's half-second windows on a 2-core CPU.
+        redis = {"url": url, "prefix": "discovery:"}
+        worker = start_worker("small", model="demo:small", redis=redis, heartbeat_s=0.2, port=free_port())
         raw = routed_config(f"{standins['small'].url}/v1", f"{standins['remote'].url}/v1")
         raw["redis"] = {"url": url, "prefix": "discovery:"}
         router = start_router(raw)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import openai
 import pytest
 
 from router.devtools.standin import Standin, StandinSettings
-from tests.helpers import REPO, RouterFactory, router_yaml
+from tests.helpers import REPO, RouterFactory, guardrails_with, router_yaml
 from tests.servers import ServerThread
 
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -120,7 +119,7 @@ def test_speculative_start_generates_while_input_rails_run(
     judge = ServerThread(Standin(StandinSettings(name="no", response_delay_s=0.5)))
     with judge:
         raw = router_yaml(f"{judge.url}/v1", f"{standins['large'].url}/v1", f"{standins['remote'].url}/v1")
-        raw["guardrails"] = {"path": str(_self_check_config(tmp_path)), "speculative": speculative}
+        raw["guardrails"] = {"path": str(guardrails_with(tmp_path)), "speculative": speculative}
         router = start_router(raw)
         marker = f"Explain the proof of the spectral theorem in detail, marker-{speculative}."
         response = chat(router, [{"role": "user", "content": marker}], stream=True)
@@ -139,7 +138,7 @@ def test_a_block_found_while_generating_cancels_it(
     slow = ServerThread(Standin(StandinSettings(name="slow-large", chunk_delay_s=0.05)))
     with judge, slow:
         raw = router_yaml(f"{judge.url}/v1", f"{slow.url}/v1", f"{standins['remote'].url}/v1")
-        raw["guardrails"] = {"path": str(_self_check_config(tmp_path))}
+        raw["guardrails"] = {"path": str(guardrails_with(tmp_path))}
         router = start_router(raw)
         response = chat(router, COMPLEX, stream=True)
         assert response.headers["x-router-guardrail"] == "blocked"
@@ -166,14 +165,6 @@ def test_a_guarded_request_that_falls_back_to_remote_stays_guarded(
     assert "4111" not in streamed_text(stream_events(streamed))
 
 
-def _self_check_config(tmp_path: Path, flows: str = "self check input") -> Path:
-    directory = tmp_path / "guardrails"
-    shutil.copytree(REPO / "config" / "guardrails", directory)
-    config = directory / "config.yml"
-    config.write_text(config.read_text().replace(f"# - {flows}", f"- {flows}"))
-    return directory
-
-
 def test_self_check_calls_go_to_the_small_tier(
     start_router: RouterFactory, standins: dict[str, ServerThread], tmp_path: Path
 ) -> None:
@@ -181,7 +172,7 @@ def test_self_check_calls_go_to_the_small_tier(
     judge = ServerThread(Standin(StandinSettings(name="no")))
     with judge:
         raw = router_yaml(f"{judge.url}/v1", f"{standins['large'].url}/v1", f"{standins['remote'].url}/v1")
-        raw["guardrails"] = {"path": str(_self_check_config(tmp_path))}
+        raw["guardrails"] = {"path": str(guardrails_with(tmp_path))}
         router = start_router(raw)
         large_before = len(received(standins["large"]))
         for _ in range(3):
@@ -209,7 +200,7 @@ def test_a_failing_rail_fails_closed_by_default(
 ) -> None:
     """The self-check tier is unreachable, so the rail errors: blocked unless `on_error: allow`."""
     raw = router_yaml(unused_url, f"{standins['large'].url}/v1", f"{standins['remote'].url}/v1")
-    raw["guardrails"] = {"path": str(_self_check_config(tmp_path)), "on_error": on_error}
+    raw["guardrails"] = {"path": str(guardrails_with(tmp_path)), "on_error": on_error}
     router = start_router(raw)
     response = chat(router, COMPLEX)
     assert response.status_code == 200
@@ -224,7 +215,7 @@ def test_a_slow_rail_times_out_closed(
     slow = ServerThread(Standin(StandinSettings(name="slow-small", response_delay_s=2.0)))
     with slow:
         raw = router_yaml(f"{slow.url}/v1", f"{standins['large'].url}/v1", f"{standins['remote'].url}/v1")
-        raw["guardrails"] = {"path": str(_self_check_config(tmp_path)), "timeout_s": 0.3}
+        raw["guardrails"] = {"path": str(guardrails_with(tmp_path)), "timeout_s": 0.3}
         router = start_router(raw)
         response = chat(router, COMPLEX)
         assert response.headers["x-router-guardrail"] == "blocked"
