@@ -19,12 +19,13 @@ import httpx
 from router.core.config import Config, load_config
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-_EXAMPLE = """\
-  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "auto", "temperature": 0, "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
-  curl -s {url}/v1/route \\
-    -d '{{"messages": [{{"role": "user", "content": "Prove that sqrt(2) is irrational."}}]}}'
-"""
+_QUESTION = '{{"role": "user", "content": "What is the capital of France?"}}'
+_EXAMPLE = (
+    "  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+    f"    -d '{{{{\"model\": \"auto\", \"temperature\": 0, \"messages\": [{_QUESTION}]}}}}'\n"
+    "  curl -s {url}/v1/route \\\n"
+    "    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Prove that sqrt(2) is irrational.\"}}]}}'\n"
+)
 
 
 def tier_commands(config: Config, config_path: str) -> dict[str, list[str]]:
