@@ -127,12 +127,14 @@ class RoutingService:
     async def route(
         self, body: bytes, headers: Mapping[str, str]
     ) -> tuple[Caller | None, ChatCompletionRequest, RouteDecision]:
-        """Everything before generating: the key, the request within its limits, the decision within the key's tiers."""
+        """Everything before generating: the key, the request within its limits, the decision within the key's tiers
+        and with a tier that supports what the request needs."""
         caller = await self.authenticate(headers.get("authorization"))
         request = parse_chat_request(body)
         self.check_limits(request)
-        decision = await self.decide(request, headers, caller.group if caller else None)
-        return caller, request, self.restrict(decision, caller)
+        decision = self.restrict(await self.decide(request, headers, caller.group if caller else None), caller)
+        self.dispatcher.require_capable(request, decision)  # a 400 before anything is sent, not a silent ignore
+        return caller, request, decision
 
     async def decide(
         self, request: ChatCompletionRequest, headers: Mapping[str, str], key_group: str | None = None

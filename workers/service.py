@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from router.core.workers import WorkerConfig
+from router.core.workers import CONTEXT_LENGTH_EXCEEDED, WorkerConfig
 from router.wire.errors import InvalidRequest
 from router.wire.protocol import (
     ChatCompletion,
@@ -51,6 +51,7 @@ class WorkerService:
             raise InvalidRequest(
                 f"the prompt is {len(prompt)} tokens; this worker serves at most {self.config.max_seq_len} in all",
                 param="messages",
+                code=CONTEXT_LENGTH_EXCEEDED,
             )
         wanted = chat.token_limit() or self.config.max_tokens_default
         max_tokens = min(wanted, self.config.max_tokens_cap, room)
@@ -100,8 +101,7 @@ class WorkerService:
         if isinstance(first, Failed):
             stream.cancel()
             raise from_engine_error(first.error)
-        include_usage = bool(chat.stream_options and chat.stream_options.include_usage is True)
-        return self._sse(stream, first, include_usage)
+        return self._sse(stream, first, chat.include_usage())
 
     async def _sse(self, stream: RequestStream, first: Any, include_usage: bool) -> AsyncIterator[bytes]:
         rid, created, name = stream.request.id, int(time.time()), self.name
@@ -139,6 +139,7 @@ class WorkerService:
             queue_size=self.config.queue_size,
             max_tokens_default=self.config.max_tokens_default,
             max_tokens_cap=self.config.max_tokens_cap,
+            max_seq_len=self.config.max_seq_len,  # the context window: the router skips us for longer requests
             at=time.time(),  # when it was taken: the router ignores stale readings
         )
         return snapshot

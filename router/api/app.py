@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 import anyio
 import httpx
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 
@@ -20,10 +21,12 @@ from router.api.endpoints import (
     metrics,
     openapi_schema,
     ready,
+    retrieve_model,
     route,
     status_data,
     status_page,
 )
+from router.api.framing import decoded_bodies
 from router.core.config import Config, worker_token
 from router.core.logs import send_request_id, with_request_id
 from router.core.state import StateStore, create_store
@@ -37,6 +40,18 @@ from router.pipeline import RoutingService, needs_guard
 from router.wire.handlers import exception_handlers
 
 log = logging.getLogger(__name__)
+EXPOSED_HEADERS = [
+    "x-router-tier",
+    "x-router-rule",
+    "x-router-score",
+    "x-router-fallback",
+    "x-router-fallback-reason",
+    "x-router-guardrail",
+    "x-router-guardrail-rail",
+    "x-request-id",
+    "retry-after",
+]
+"""Response headers a browser client may read under CORS: what `Outcome.headers` writes, the request id, Retry-After."""
 
 
 def create_app(
@@ -113,6 +128,7 @@ def create_app(
             chat_completions,
             route,
             list_models,
+            retrieve_model,
             health,
             ready,
             metrics,
@@ -121,15 +137,26 @@ def create_app(
             openapi_schema,
         ],
         lifespan=[lifespan],
-        middleware=[with_request_id],
+        middleware=[with_request_id, decoded_bodies(config.server.max_body_bytes)],
         before_send=[send_request_id],
         dependencies={"service": Provide(_service, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         request_max_body_size=config.server.max_body_bytes,
+        cors_config=cors_config(config.server.cors_origins),
         openapi_config=None,
         logging_config=None,  # the process (the CLI) owns logging; see router.cli
         debug=False,
     )
+
+
+def cors_config(origins: list[str]) -> CORSConfig | None:
+    """CORS for browser clients from `server.cors_origins` (none: no CORS headers, browsers stay blocked).
+
+    Only bearer keys authenticate here, never cookies, so credentials stay off; the `x-router-*` headers are
+    exposed so a browser client can read where its request went."""
+    if not origins:
+        return None
+    return CORSConfig(allow_origins=list(origins), allow_methods=["GET", "POST"], expose_headers=EXPOSED_HEADERS)
 
 
 def _service(state: State) -> RoutingService:

@@ -11,9 +11,11 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
+from router.api.framing import refuse_stream_over_http10
 from router.api.openapi import openapi_document
 from router.dispatch.outcome import Answer, Outcome
 from router.pipeline import RoutingService
+from router.wire.errors import UnknownModel
 from router.wire.protocol import ModelCard, ModelList, encode
 from router.wire.sse import relay
 
@@ -28,7 +30,9 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 async def chat_completions(
     request: Request[Any, Any, State], service: NamedDependency[RoutingService]
 ) -> Response[bytes] | Stream:
-    answer = await service.chat(await request.body(), request.headers)
+    body = await request.body()
+    refuse_stream_over_http10(request.scope, body)
+    answer = await service.chat(body, request.headers)
     if isinstance(answer, Answer):
         return Response(answer.body, media_type=JSON, headers=answer.outcome.headers())
     headers = {**answer.outcome.headers(), **SSE_HEADERS}
@@ -46,6 +50,17 @@ async def list_models(request: Request[Any, Any, State], service: NamedDependenc
     await service.authenticate(request.headers.get("authorization"))
     cards = [ModelCard(id=name) for name in service.rules.model_names()]
     return Response(encode(ModelList(cards)), media_type=JSON)
+
+
+@get("/v1/models/{model:path}")
+async def retrieve_model(
+    request: Request[Any, Any, State], service: NamedDependency[RoutingService], model: str
+) -> Response[bytes]:
+    await service.authenticate(request.headers.get("authorization"))
+    name = model.lstrip("/")  # a `path` parameter keeps its leading slash; model names may hold slashes
+    if name not in service.rules.model_names():
+        raise UnknownModel(f"The model '{name}' does not exist; GET /v1/models lists the models", param="model")
+    return Response(encode(ModelCard(id=name)), media_type=JSON)
 
 
 @get("/health")

@@ -11,24 +11,26 @@ from typing import Any
 
 import msgspec
 
-from router.wire.protocol import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList, RouteDecision
+from router.wire.protocol import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList, RouteDecision
 
 ERRORS = {
     "400": "invalid request (malformed JSON, wrong types, limits)",
     "401": "missing or invalid API key",
     "403": "the key may not use this tier, or forcing a tier is off",
     "404": "unknown model or tier",
-    "413": "request body too large",
+    "413": "request body too large (as sent, or once decoded)",
+    "415": "a request body Content-Encoding other than gzip or deflate",
     "429": "rate limit reached (with Retry-After)",
     "502": "the tier answered badly",
     "503": "no tier could take the request",
     "504": "the tier did not answer in time",
+    "505": "a stream asked for over HTTP/1.0 (streams need HTTP/1.1)",
 }
 
 
 def openapi_document(version: str) -> dict[str, Any]:
-    (request, completion, error, decision, models), schemas = msgspec.json.schema_components(
-        [ChatCompletionRequest, ChatCompletion, ErrorBody, RouteDecision, ModelList],
+    (request, completion, error, decision, models, model), schemas = msgspec.json.schema_components(
+        [ChatCompletionRequest, ChatCompletion, ErrorBody, RouteDecision, ModelList, ModelCard],
         ref_template="#/components/schemas/{name}",
     )
     errors = {
@@ -73,6 +75,17 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "security": security,
                 "responses": {
                     "200": {"description": "models", "content": {"application/json": {"schema": models}}},
+                    **errors,
+                },
+            }
+        },
+        "/v1/models/{model}": {
+            "get": {
+                "operationId": "retrieveModel",
+                "security": security,
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "the model", "content": {"application/json": {"schema": model}}},
                     **errors,
                 },
             }

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 import yaml
@@ -28,6 +28,9 @@ from router.core.workers import WorkerConfig, var_dir
 
 ENV_PREFIX = "TIERED_ROUTER__"
 CLASSIFIER_KINDS = ("heuristic", "embedding")
+Capability = Literal["tools", "response_format", "logprobs", "penalties", "logit_bias", "n"]
+"""What a tier may honour beyond plain chat (router.decide.capabilities maps request parameters onto these)."""
+CAPABILITIES: tuple[Capability, ...] = get_args(Capability)
 
 
 
@@ -35,6 +38,7 @@ class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+    cors_origins: list[str] = []  # origins browsers may call the API from ("*": any); empty: CORS off
 
 
 class LimitsConfig(Strict, frozen=True):
@@ -116,6 +120,21 @@ class TierConfig(Strict, frozen=True):
     """Extra request fields when this tier continues a stream another tier broke off (the text so far is sent
     as a final assistant message), e.g. `{continue_final_message: true, add_generation_prompt: false}` for vLLM
     (what worker tiers get when this is empty)."""
+    capabilities: list[Capability] | None = None
+    """What this tier honours of `tools` (with `tool_choice`), `response_format` (json_object, json_schema),
+    `logprobs` (with `top_logprobs`), `penalties` (presence, frequency), `logit_bias` and `n` (> 1). A request
+    needing one it lacks skips the tier (to the next of its chain that has it; none: a 400 naming the
+    parameter). Unset: a remote tier honours all of them, a worker tier none (our workers do not yet)."""
+    context_window: Annotated[int, Meta(ge=1)] | None = None
+    """Tokens of prompt and generation together. A worker tier's own telemetry (its `max_seq_len`) wins over
+    this; a remote tier has only this. A request (prompt estimate + max_tokens) beyond it skips the tier;
+    unset and unreported: unknown, the tier is tried."""
+
+    def capable(self) -> frozenset[Capability]:
+        """The capabilities it honours: as declared, else all for a remote tier and none for a worker."""
+        if self.capabilities is not None:
+            return frozenset(self.capabilities)
+        return frozenset(CAPABILITIES) if self.kind == "remote" else frozenset()
 
 
 class ClassifierConfig(Strict, frozen=True):
@@ -291,7 +310,12 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *, c
     if isinstance(raw.get("tiers"), dict):
         # Decoded one by one first: msgspec names a bad dict entry `[...]`, we want `tiers.<name>`.
         for name, tier in raw["tiers"].items():
-            decode_struct(tier, TierConfig, path, prefix=f"tiers.{name}")
+            try:
+                decode_struct(tier, TierConfig, path, prefix=f"tiers.{name}")
+            except ConfigError as exc:
+                if ".capabilities[" not in exc.key:
+                    raise
+                raise ConfigError(path, exc.key, f"{exc.reason} (known: {', '.join(CAPABILITIES)})") from exc
     config = decode_struct(raw, Config, path)
     validate(config)
     return apply_calibration(config) if calibrated else config
@@ -310,6 +334,8 @@ def validate(config: Config) -> None:
         if not tier.base_url.startswith(("http://", "https://")):
             raise ConfigError(src, f"tiers.{name}.base_url", f"must be an http(s) URL, got {tier.base_url!r}")
         _check_chain(src, f"tiers.{name}.fallback", tier.fallback, tiers, own=name)
+        if tier.capabilities is not None and len(set(tier.capabilities)) != len(tier.capabilities):
+            raise ConfigError(src, f"tiers.{name}.capabilities", "a capability appears twice")
     if config.classifier.kind not in CLASSIFIER_KINDS:
         raise ConfigError(
             src,

@@ -12,6 +12,9 @@ from router.core.schema import Strict
 
 Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
 Positive = Annotated[int, Meta(ge=1)]
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+"""OpenAI's error code for a prompt beyond the context window: a worker answers its 400 with it (a prompt over its
+`max_seq_len`), and on that code alone the router moves on to the next tier of the chain instead of relaying it."""
 
 
 class VramConfig(Strict, frozen=True):

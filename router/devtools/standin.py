@@ -141,8 +141,7 @@ class Standin:
             if i == 0 and settings.hold_after_first is not None:
                 await asyncio.to_thread(settings.hold_after_first.wait)
         await emit(Delta(), "stop")
-        options = request.stream_options
-        if options and options.include_usage is True:
+        if request.include_usage():
             await emit(Delta(), with_usage=usage)
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
 

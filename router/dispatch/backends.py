@@ -20,6 +20,7 @@ import msgspec
 
 from router.core.config import TierConfig
 from router.core.logs import REQUEST_ID_HEADER, request_id
+from router.core.workers import CONTEXT_LENGTH_EXCEEDED
 from router.dispatch.transport import FastHTTPTransport
 from router.wire.errors import (
     RelayedClientError,
@@ -31,6 +32,17 @@ from router.wire.errors import (
 
 RELAYED_CLIENT_ERRORS = frozenset({400, 413, 422})
 """Upstream statuses that blame the client's request; relayed as they are."""
+
+
+class ContextLengthExceeded(UpstreamError):
+    """The tier answered 400 `context_length_exceeded`: this tier cannot take the prompt, another of the chain may.
+
+    Not relayed (the dispatcher moves on), not retried, and no failure for the breaker: the tier answered.
+    """
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = CONTEXT_LENGTH_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +193,11 @@ class TierBackend:
     def _raise_for_status(self, status: int, body: bytes, headers: httpx.Headers) -> None:
         if status == 200:
             return
+        code = _error_code(body)
+        if status == 400 and code == CONTEXT_LENGTH_EXCEEDED:
+            raise ContextLengthExceeded(self.name, _error_message(body), reason="context_length", status=status)
         if status in RELAYED_CLIENT_ERRORS:
             raise RelayedClientError(self.name, status, body)
-        code = _error_code(body)
         detail = f"the backend answered {status}" + (f" ({code})" if code else "")
         reason = code or ("rate_limited" if status == 429 else f"http_{status}")
         if status in (429, 503):
@@ -214,13 +228,23 @@ def create_client(max_connections: int) -> httpx.AsyncClient:
 
 def _error_code(body: bytes) -> str | None:
     """The `error.code` of an OpenAI-shaped error body (our workers say `vram_exhausted`, `queue_full`)."""
+    code = _error_field(body, "code")
+    return code if code is not None and code.isidentifier() and len(code) <= 64 else None
+
+
+def _error_message(body: bytes) -> str:
+    """The `error.message` of an OpenAI-shaped error body, shortened (a log line and a fallback's detail)."""
+    return (_error_field(body, "message") or "the prompt exceeds the context window")[:300]
+
+
+def _error_field(body: bytes, name: str) -> str | None:
     try:
         decoded = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return None
     error = decoded.get("error") if isinstance(decoded, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 64 else None
+    value = error.get(name) if isinstance(error, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _passed_headers(headers: httpx.Headers) -> dict[str, str]:

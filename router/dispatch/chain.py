@@ -1,12 +1,18 @@
 """Dispatch: send a request along its fallback chain, deciding before an out-of-memory error, losing nothing.
 
 For each tier of the chain (the decided tier, then its fallbacks):
-1. pre-flight (router.dispatch.preflight): a worker tier whose fresh telemetry says the request will not fit, or
-   whose queue is full, is skipped without being tried;
-2. the request goes to the best worker of the tier (least loaded first, unknown telemetry last), through
+1. a tier lacking a capability the request needs (router.decide.capabilities) is skipped, reason
+   `capability:<name>`;
+2. pre-flight (router.dispatch.preflight): a tier whose context window the request exceeds, or a worker tier whose
+   fresh telemetry says the request will not fit in memory, or whose queue is full, is skipped without being tried;
+3. the request goes to the best worker of the tier (least loaded first, unknown telemetry last), through
    the tier's retry policy, circuit breaker and concurrency limit (router.dispatch.resilience);
-3. a refusal before the first byte (503 `vram_exhausted` or `queue_full`, connection refused, first-byte
-   timeout, the worker dying, any 5xx) moves on: the next worker, then the next tier.
+4. a refusal before the first byte (503 `vram_exhausted` or `queue_full`, 400 `context_length_exceeded`,
+   connection refused, first-byte timeout, the worker dying, any 5xx) moves on: the next worker, then the next tier.
+
+When every tier was skipped or refused for the request's own reasons (a capability, the context window), the
+client gets a 400 (`unsupported_parameter` naming the parameter, or `context_length_exceeded`), not a retryable
+503.
 
 All within `routing.fallback_deadline_s`. The route records the fallback and its reason, which the client
 sees as `x-router-fallback: <from>-><to>` and `x-router-fallback-reason`. A stream that fails after it
@@ -23,15 +29,23 @@ from typing import Any
 import msgspec
 
 from router.core.config import Config
+from router.core.workers import CONTEXT_LENGTH_EXCEEDED
+from router.decide.capabilities import Needs, chain_gap, missing, needed_capabilities
 from router.decide.conversation import estimate_tokens
-from router.dispatch.backends import TierBackend, UpstreamReply
+from router.dispatch.backends import ContextLengthExceeded, TierBackend, UpstreamReply
 from router.dispatch.continuation import ContinuingStream
 from router.dispatch.counters import Counters
-from router.dispatch.fleet import Endpoint, Fleet
+from router.dispatch.fleet import Endpoint, Fleet, Telemetry
 from router.dispatch.outcome import Route, RoutedStream
-from router.dispatch.preflight import Plan, Target, plan
+from router.dispatch.preflight import CONTEXT_LENGTH, Plan, Target, plan
 from router.dispatch.resilience import ResilientCaller
-from router.wire.errors import RelayedClientError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.wire.errors import (
+    InvalidRequest,
+    RelayedClientError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from router.wire.protocol import ChatCompletionRequest, RouteDecision, encode
 
 log = logging.getLogger(__name__)
@@ -39,8 +53,20 @@ WORKER_CONTINUATION = {"continue_final_message": True, "add_generation_prompt": 
 """Our workers continue the final assistant message exactly (workers.service), as vLLM does."""
 
 
+UNSUPPORTED_PARAMETER = "unsupported_parameter"
+"""OpenAI's error code for a parameter the model cannot honour."""
+
+
 def reason_of(error: UpstreamError) -> str:
     return error.reason or error.code or type(error).__name__
+
+
+def _unknown(_: Endpoint) -> Telemetry | None:
+    return None
+
+
+def _nothing(_: Endpoint) -> int:
+    return 0
 
 
 class Dispatcher:
@@ -116,23 +142,33 @@ class Dispatcher:
         continuing: bool = False,
     ) -> tuple[UpstreamReply | RoutedStream, Route]:
         deadline = self._clock() + self.config.routing.fallback_deadline_s
+        needs = needed_capabilities(request)
         first_reason: str | None = None
         last_error: UpstreamError | None = None
         failures: list[str] = []
+        unfit: list[str] = []  # failures that are the request's own: a capability lacking, a window too small
+        walked = True
         for tier in chain:
             if self._clock() >= deadline:
                 last_error = UpstreamTimeout(tier, "the fallback deadline passed before any tier answered")
+                walked = False
                 break
-            checked = self._plan(tier, request, prompt_tokens)
+            lacks = missing(self.config.tiers[tier], needs)
+            if lacks:  # skipped like a pre-flight refusal, before anything is sent
+                unsupported = ", ".join(needs[capability] for capability in lacks)
+                checked = Plan([], f"capability:{lacks[0]}", f"it does not support {unsupported}")
+            else:
+                checked = self._plan(tier, request, prompt_tokens)
             if not checked.targets:
-                reason = f"preflight:{checked.refused}"
-                self.counters.inc("refused", tier=tier, reason=checked.refused or "unknown")
+                refused = checked.refused or "unknown"
+                reason = refused if lacks else f"preflight:{refused}"
+                self.counters.inc("refused", tier=tier, reason=refused)
                 log.info("pre-flight: tier %s cannot take the request (%s)", tier, checked.detail)
                 first_reason = first_reason or reason
-                last_error = last_error or UpstreamUnavailable(
-                    tier, f"pre-flight: {checked.detail}", code=checked.refused
-                )
+                last_error = last_error or UpstreamUnavailable(tier, f"pre-flight: {checked.detail}", code=refused)
                 failures.append(f"{tier}: {reason}")
+                if lacks or refused == CONTEXT_LENGTH:
+                    unfit.append(f"tier '{tier}': {checked.detail}")
                 continue
             payload = self.payload(request, tier, continuing=continuing)  # the same for every worker of the tier
             for target in checked.targets:
@@ -146,6 +182,9 @@ class Dispatcher:
                     failures.append(f"{tier}: {reason_of(exc)}")
                     self.counters.inc("upstream_failures", tier=tier, reason=reason_of(exc))
                     log.warning("tier %s (%s) did not take the request: %s", tier, target.endpoint.base_url, exc)
+                    if isinstance(exc, ContextLengthExceeded):
+                        unfit.append(exc.message)
+                        break  # the tier's other workers share its window
                     continue
                 route = Route(tier) if tier == chain[0] else Route(tier, chain[0], first_reason)
                 self.counters.inc("served", tier=tier)
@@ -154,6 +193,8 @@ class Dispatcher:
                 return result, route
         self.counters.inc("failed", reason=first_reason or "deadline")
         assert last_error is not None
+        if walked and failures and len(unfit) == len(failures) and not continuing:
+            raise self._unservable(request, chain, needs, unfit) from last_error
         if len(failures) > 1:  # one error for the client, naming the request's tier and every failure
             summary = f"no tier of its chain could answer ({'; '.join(failures)})"
             combined = type(last_error)(chain[0], summary, reason=first_reason, status=last_error.status)
@@ -161,12 +202,36 @@ class Dispatcher:
             raise combined from last_error
         raise last_error
 
+    def _unservable(
+        self, request: ChatCompletionRequest, chain: list[str], needs: Needs, unfit: list[str]
+    ) -> InvalidRequest:
+        """Every tier of the chain lacked a capability or the room: the client's 400, not a retryable 503."""
+        gap = chain_gap(chain, self.config.tiers, needs)
+        if gap is not None:
+            return InvalidRequest(gap.message, param=gap.param, code=UNSUPPORTED_PARAMETER)
+        limit = request.token_limit()
+        asked = f" with max_tokens {limit}" if limit is not None else ""
+        return InvalidRequest(
+            f"this request's prompt{asked} exceeds the context window of every tier it may use ({'; '.join(unfit)})",
+            param="messages",
+            code=CONTEXT_LENGTH_EXCEEDED,
+        )
+
+    def require_capable(self, request: ChatCompletionRequest, decision: RouteDecision) -> None:
+        """Before anything is sent: a 400 naming the parameter when no tier of the decision's chain supports what
+        the request needs (a tier that lacks it is skipped by the walk)."""
+        gap = chain_gap([decision.tier, *decision.fallback], self.config.tiers, needed_capabilities(request))
+        if gap is not None:
+            raise InvalidRequest(gap.message, param=gap.param, code=UNSUPPORTED_PARAMETER)
+
     def _plan(self, tier: str, request: ChatCompletionRequest, prompt_tokens: int) -> Plan:
         config = self.config.tiers[tier]
+        limit, window = request.token_limit(), config.context_window
         if config.kind != "worker" or self.fleet is None or not self.config.routing.preflight:
-            return Plan([Target(Endpoint(tier, config.base_url, "static"), 0, known=False)])
+            static = [Endpoint(tier, config.base_url, "static")]
+            return plan(static, _unknown, _nothing, prompt_tokens, limit, window)
         fleet = self.fleet
-        return plan(fleet.endpoints(tier), fleet.fresh, fleet.in_flight_bytes, prompt_tokens, request.token_limit())
+        return plan(fleet.endpoints(tier), fleet.fresh, fleet.in_flight_bytes, prompt_tokens, limit, window)
 
     async def _send(
         self, tier: str, target: Target, payload: bytes, stream: bool, deadline: float

@@ -42,6 +42,8 @@ class Telemetry:
     queue_size: int | None = None
     max_tokens_default: int | None = None
     max_tokens_cap: int | None = None
+    max_seq_len: int | None = None
+    """The worker's context window: prompt and generated tokens together."""
     taken_at: float = 0.0
     """Wall-clock time the worker took it (its `at`), or when the router received it."""
     total: int | None = None
@@ -59,6 +61,7 @@ class Telemetry:
                 queue_size=_int_or_none(raw.get("queue_size")),
                 max_tokens_default=_int_or_none(raw.get("max_tokens_default")),
                 max_tokens_cap=_int_or_none(raw.get("max_tokens_cap")),
+                max_seq_len=_int_or_none(raw.get("max_seq_len")),
                 taken_at=float(raw.get("at", received_at)),
                 total=_int_or_none(raw.get("total")),
                 budget=_int_or_none(raw.get("budget")),

@@ -1,7 +1,11 @@
 """Pre-flight: will a request fit on a worker? Decided from telemetry, before anything is sent.
 
-A request needs (prompt tokens + the tokens it may generate) x the tier's KV bytes per token, the same
-worst case the worker's VRAM ledger reserves on admission (workers.ledger). A worker whose fresh
+First its context window: a request whose prompt (the router's estimate) and max_tokens exceed the
+window (the worker's reported `max_seq_len`, else the tier's `context_window`) is skipped, whatever the
+freshness of the reading (a worker's window does not change while it runs).
+
+Then its memory: a request needs (prompt tokens + the tokens it may generate) x the tier's KV bytes per
+token, the same worst case the worker's VRAM ledger reserves on admission (workers.ledger). A worker whose fresh
 telemetry shows less free memory than that (less what this router already sent it since), or a full
 queue, is skipped. Unknown telemetry (none, or stale) is not a refusal: the worker is tried and its
 answer decides. A pure function of its inputs.
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from router.dispatch.fleet import Endpoint, Telemetry
 from router.wire.protocol import DEFAULT_MAX_TOKENS
 
-"""What a worker generates when a request names no limit and its telemetry does not say (router.core.workers)."""
+CONTEXT_LENGTH = "context_length"
+"""The refusal of a tier whose context window the request exceeds: the only one that is the request's fault."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +36,8 @@ class Plan:
     targets: list[Target]
     """Workers to try, best first: known to fit (least loaded first), then unknown ones."""
     refused: str | None = None
-    """Why no worker can take it (`vram_exhausted`, `queue_full`, `not_ready`) when `targets` is empty."""
+    """Why no worker can take it (`vram_exhausted`, `queue_full`, `not_ready`, `context_length`) when `targets`
+    is empty; `context_length` only when that is every worker's reason."""
     detail: str = ""
 
 
@@ -42,19 +48,37 @@ def needed_bytes(telemetry: Telemetry, prompt_tokens: int, max_tokens: int | Non
     return (prompt_tokens + wanted) * telemetry.kv_bytes_per_token
 
 
+def context_needed(prompt_tokens: int, max_tokens: int | None, cap: int | None = None) -> int:
+    """Tokens of context a request takes: its prompt, and what it asks to generate (at least one token, at most
+    what the worker caps generation at)."""
+    wanted = max_tokens or 1
+    if cap is not None:
+        wanted = min(wanted, cap)
+    return prompt_tokens + max(wanted, 1)
+
+
 def plan(
     endpoints: list[Endpoint],
     fresh: Callable[[Endpoint], Telemetry | None],
     in_flight: Callable[[Endpoint], int],
     prompt_tokens: int,
     max_tokens: int | None,
+    context_window: int | None = None,
 ) -> Plan:
+    """Where to send a request: `context_window` is the tier's configured one, for workers not reporting theirs."""
     fits: list[tuple[tuple[int, int], Target]] = []
     unknown: list[Target] = []
     refusals: list[tuple[str, str]] = []
     for endpoint in endpoints:
         if not endpoint.ready:
             refusals.append(("not_ready", f"{endpoint.base_url} is not ready"))
+            continue
+        reading = endpoint.telemetry
+        window = reading.max_seq_len if reading is not None and reading.max_seq_len else context_window
+        needed_tokens = context_needed(prompt_tokens, max_tokens, reading.max_tokens_cap if reading else None)
+        if window is not None and needed_tokens > window:
+            detail = f"~{needed_tokens} tokens (prompt and max_tokens) exceed its context window of {window}"
+            refusals.append((CONTEXT_LENGTH, f"{endpoint.base_url}: {detail}"))
             continue
         telemetry = fresh(endpoint)
         if telemetry is None:
@@ -73,5 +97,6 @@ def plan(
     if targets:
         return Plan(targets)
     reasons = [reason for reason, _ in refusals]
-    worst = next((r for r in ("vram_exhausted", "queue_full", "not_ready") if r in reasons), "not_ready")
+    order = ("vram_exhausted", "queue_full", "not_ready", CONTEXT_LENGTH)  # the request's own fault only if alone
+    worst = next((r for r in order if r in reasons), "not_ready")
     return Plan([], worst, "; ".join(detail for _, detail in refusals) or "no worker known")

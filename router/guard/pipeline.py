@@ -18,7 +18,7 @@ from router.dispatch.chain import Dispatcher
 from router.dispatch.continuation import ContinuingStream
 from router.dispatch.outcome import Answer, Outcome, Route, RoutedStream, StreamAnswer
 from router.guard.rails import Guard, GuardVerdict
-from router.guard.stream import GuardedStream, choices_text
+from router.guard.stream import GuardedStream, choices_text, refusal_usage
 from router.wire.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -64,24 +64,25 @@ class GuardedDispatch:
         text = user_text(request)
         verdict, generation = await self._input_then(text, self.dispatcher.complete(request, decision))
         if verdict.blocked:
-            return self._refusal(request, guarded_outcome(decision, None, verdict))
+            return self._refusal(request, decision, guarded_outcome(decision, None, verdict))
         assert generation is not None
         reply, route = await generation
         output = _completion_text(reply.body)
         out = await self.guard.check_output(text, output)
         if out.blocked:
-            return self._refusal(request, guarded_outcome(decision, route, out))
+            return self._refusal(request, decision, guarded_outcome(decision, route, out))
         return Answer(reply.body, guarded_outcome(decision, route, out))
 
     async def stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> StreamAnswer:
         text = user_text(request)
         verdict, opening = await self._input_then(text, self.dispatcher.open_stream(request, decision))
         if verdict.blocked:
-            refusal = self._refusal_stream(request)
+            refusal = self._refusal_stream(request, decision)
             return StreamAnswer(refusal, guarded_outcome(decision, None, verdict))
         assert opening is not None
         upstream, route = await opening
-        guarded = GuardedStream(self.guard, text, request.model)
+        usage_prompt_tokens = decision.prompt_tokens if request.include_usage() else None
+        guarded = GuardedStream(self.guard, text, request.model, usage_prompt_tokens)
         frames = guarded.frames(upstream.chunks())
         # Pull up to the first checked release, so a block found there is still in the headers.
         first = await anext(frames, None)
@@ -111,16 +112,21 @@ class GuardedDispatch:
             return verdict, None
         return verdict, task
 
-    def _refusal(self, request: ChatCompletionRequest, outcome: Outcome) -> Answer:
-        message = ResponseMessage(content=self.guard.settings.refusal)
-        body = ChatCompletion(completion_id(), int(time.time()), request.model, [Choice(0, message, "content_filter")])
+    def _refusal(self, request: ChatCompletionRequest, decision: RouteDecision, outcome: Outcome) -> Answer:
+        refusal = self.guard.settings.refusal
+        choice = Choice(0, ResponseMessage(content=refusal), "content_filter")
+        usage = refusal_usage(decision.prompt_tokens, refusal)
+        body = ChatCompletion(completion_id(), int(time.time()), request.model, [choice], usage)
         return Answer(encode(body), outcome)
 
-    async def _refusal_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
-        chunk_id, created = completion_id(), int(time.time())
-        yield chunk_frame(chunk_id, created, request.model, Delta(role="assistant"))
-        yield chunk_frame(chunk_id, created, request.model, Delta(content=self.guard.settings.refusal))
+    async def _refusal_stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> AsyncIterator[bytes]:
+        chunk_id, created, refusal = completion_id(), int(time.time()), self.guard.settings.refusal
+        yield chunk_frame(chunk_id, created, request.model, Delta(role="assistant", content=""))
+        yield chunk_frame(chunk_id, created, request.model, Delta(content=refusal))
         yield chunk_frame(chunk_id, created, request.model, Delta(), "content_filter")
+        if request.include_usage():
+            usage = refusal_usage(decision.prompt_tokens, refusal)
+            yield chunk_frame(chunk_id, created, request.model, Delta(), usage=usage)
         yield DONE
 
 

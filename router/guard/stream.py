@@ -4,7 +4,9 @@ The text so far is re-checked when the first content arrives and then every `str
 new characters. After a check passes, frames are released up to the safe point: the checked length,
 less `hold_back_chars`, and less any tail a pattern rail could still match (`Guard.hold_from`). A
 block closes the upstream (which cancels its generation) and ends the stream with the refusal and
-`finish_reason: "content_filter"`; held text is never sent.
+`finish_reason: "content_filter"`, under the upstream stream's own id and model, then (when the client asked
+for `stream_options.include_usage`) a usage chunk, the upstream's own being held back with the rest; held text
+is never sent.
 """
 
 from __future__ import annotations
@@ -16,27 +18,40 @@ from typing import Any
 
 import msgspec
 
+from router.decide.conversation import estimate_tokens
 from router.guard.rails import Guard, GuardVerdict
-from router.wire.protocol import Delta, completion_id
+from router.wire.protocol import Delta, Usage, completion_id
 from router.wire.sse import DONE, FrameSplitter, chunk_frame, frame_data
 
 DONE_DATA = b"[DONE]"
 
 
-class GuardedStream:
-    """Iterate `frames()` once; `verdict` is the first block, if any."""
+def refusal_usage(prompt_tokens: int, text: str) -> Usage:
+    """The usage of an answer the guard wrote: the router's prompt estimate, and the estimate of the text."""
+    completion = estimate_tokens(text)
+    return Usage(prompt_tokens, completion, prompt_tokens + completion)
 
-    def __init__(self, guard: Guard, user_text: str, model: str) -> None:
+
+class GuardedStream:
+    """Iterate `frames()` once; `verdict` is the first block, if any.
+
+    `usage_prompt_tokens`: the prompt estimate a blocked stream's usage chunk reports; None when the client did
+    not ask for usage."""
+
+    def __init__(self, guard: Guard, user_text: str, model: str, usage_prompt_tokens: int | None = None) -> None:
         self.guard = guard
         self.user_text = user_text
-        self.model = model
+        self.usage_prompt_tokens = usage_prompt_tokens
         self.verdict: GuardVerdict | None = None
         self._text: list[str] = []
         self._length = 0
         self._checked = 0
         self._released = 0
+        self._released_frames = 0
         self._pending: deque[tuple[int, bytes]] = deque()
-        self._chunk_id = completion_id()
+        self._identity: tuple[str, int, str] = (completion_id(), int(time.time()), model)
+        """id, created, model of the refusal chunk: the upstream stream's own once one of its events is read."""
+        self._identified = False
 
     async def frames(self, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         splitter = FrameSplitter()
@@ -63,7 +78,12 @@ class GuardedStream:
             yield frame
 
     def _add(self, frame: bytes) -> None:
-        text = _frame_text(frame)
+        event = _frame_event(frame)
+        if not self._identified and isinstance(event, dict):
+            chunk_id, created, model = event.get("id"), event.get("created"), event.get("model")
+            if isinstance(chunk_id, str) and isinstance(created, int) and isinstance(model, str):
+                self._identity, self._identified = (chunk_id, created, model), True
+        text = choices_text(event, "delta")
         if text:
             self._text.append(text)
             self._length += len(text)
@@ -84,25 +104,35 @@ class GuardedStream:
         while self._pending and self._pending[0][0] <= safe:
             self._released, frame = self._pending.popleft()
             released.append(frame)
+        self._released_frames += len(released)
         return released
 
     def _refusal(self) -> bytes:
-        # After released text the refusal starts a paragraph of its own; alone, it is the whole content.
+        # After released text the refusal starts a paragraph of its own; alone, it is the whole content, and
+        # its chunk opens the answer (the upstream's role chunk was held back), so it carries the role.
         separator = "\n\n" if self._released else ""
-        delta = Delta(content=separator + self.guard.settings.refusal)
-        return chunk_frame(self._chunk_id, int(time.time()), self.model, delta, "content_filter") + DONE
+        content = separator + self.guard.settings.refusal
+        delta = Delta(content=content) if self._released_frames else Delta(role="assistant", content=content)
+        chunk_id, created, model = self._identity
+        frames = chunk_frame(chunk_id, created, model, delta, "content_filter")
+        if self.usage_prompt_tokens is not None:
+            # What the client received: the released text, then the refusal.
+            sent = "".join(self._text)[: self._released] + content
+            frames += chunk_frame(
+                chunk_id, created, model, Delta(), usage=refusal_usage(self.usage_prompt_tokens, sent)
+            )
+        return frames + DONE
 
 
-def _frame_text(frame: bytes) -> str:
-    """The text an SSE frame adds to the answer: content deltas and tool-call argument deltas."""
+def _frame_event(frame: bytes) -> Any:
+    """The decoded event of an SSE frame; None for a comment, `[DONE]` or data that is not JSON."""
     data = frame_data(frame)
     if not data or data == DONE_DATA:
-        return ""
+        return None
     try:
-        event: Any = msgspec.json.decode(data)
+        return msgspec.json.decode(data)
     except msgspec.DecodeError:
-        return ""
-    return choices_text(event, "delta")
+        return None
 
 
 def choices_text(event: Any, field: str) -> str:

@@ -6,14 +6,21 @@ error type. One handler (router.wire.handlers) renders them all in the OpenAI er
     ├── Unauthorized                     401  authentication_error       invalid_api_key (with WWW-Authenticate)
     ├── PermissionDenied                 403  permission_error           the key may not use the tier or model
     ├── UnknownModel                     404  invalid_request_error      model_not_found
+    ├── UnknownEndpoint                  404  invalid_request_error      unknown_url (names the supported ones)
+    ├── MethodNotAllowed                 405  invalid_request_error      method_not_allowed, with Allow
     ├── PayloadTooLarge                  413  invalid_request_error      request_too_large (the body limit)
+    ├── UnsupportedEncoding              415  invalid_request_error      unsupported_content_encoding
     ├── RateLimited                      429  rate_limit_error           rate_limit_exceeded, with Retry-After
     ├── LimiterUnavailable               503  server_error               rate_limiter_unavailable (Redis down)
     ├── KeyStoreUnavailable              503  server_error               auth_unavailable (Redis down)
+    ├── HttpVersionNotSupported          505  invalid_request_error      http_version_not_supported (a 1.0 stream)
     ├── UpstreamError                         upstream_error             names the tier and, in a word, why
     │   ├── RelayedClientError           4xx  the tier rejected the request as the client's fault: relayed as is
+    │   ├── ContextLengthExceeded        400  context_length_exceeded    the tier's window is too small: the
+    │   │     (router.dispatch.backends)      dispatcher moves on, and answers it only if no tier of the chain fits
     │   ├── UpstreamBadResponse          502  upstream_error             the tier answered with an error or garbage
     │   ├── UpstreamUnavailable          503  upstream_unavailable       refused connection, 503, pre-flight refusal
+    │   │   └── BreakerOpen (router.dispatch.resilience)                 the tier's circuit breaker is open
     │   └── UpstreamTimeout              504  upstream_timeout           no answer in time
     └── WorkerUnavailable (workers.errors) 503  server_error             retry elsewhere: the router falls back
         ├── VramRefused                       vram_exhausted, with needed_bytes and free_bytes
@@ -69,6 +76,54 @@ class PayloadTooLarge(RouterError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnknownEndpoint(RouterError):
+    """No route for the path: the message names it and lists what this server does serve."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "unknown_url"
+
+    def __init__(self, method: str, path: str, supported: list[str]) -> None:
+        shown = path if len(path) <= 200 else path[:200] + "…"
+        super().__init__(
+            f"Invalid URL ({method} {shown}): this server does not serve it. Supported: {', '.join(supported)}"
+        )
+
+
+class MethodNotAllowed(RouterError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allowed)}
+
+
+class UnsupportedEncoding(RouterError):
+    """A request body in a Content-Encoding the server cannot decode; `Accept-Encoding` says which it can."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+    def __init__(self, message: str, accepted: tuple[str, ...]) -> None:
+        super().__init__(message, param="content-encoding")
+        self.accepted = accepted
+
+    def headers(self) -> dict[str, str]:
+        return {"accept-encoding": ", ".join(self.accepted)}
+
+
+class HttpVersionNotSupported(RouterError):
+    status_code = 505
+    error_type = "invalid_request_error"
+    code = "http_version_not_supported"
 
 
 class UpstreamError(RouterError):

@@ -105,6 +105,10 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
                 return message.text()
         return ""
 
+    def include_usage(self) -> bool:
+        """Does a stream end with a usage chunk (`stream_options.include_usage`)?"""
+        return bool(self.stream_options and self.stream_options.include_usage is True)
+
     def has_tools(self) -> bool:
         return self.tools is not UNSET and bytes(self.tools) not in (b"null", b"[]")
 
@@ -118,15 +122,21 @@ class Usage(msgspec.Struct):
     total_tokens: int
 
 
-class ResponseMessage(msgspec.Struct, omit_defaults=True):
+class ResponseMessage(msgspec.Struct):
+    """The answer's message: `role`, `content` and `refusal` are always present (null when empty), as OpenAI's
+    schema requires them (clients such as LangChain reject a message without its role)."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None
 
 
 class Choice(msgspec.Struct):
     index: int
     message: ResponseMessage
     finish_reason: str | None
+    logprobs: None = None
+    """Required by OpenAI's schema (nullable); our workers return no log-probabilities."""
 
 
 class ChatCompletion(msgspec.Struct):

@@ -44,9 +44,10 @@ def test_one_request_id_from_router_to_worker_and_no_prompt_in_logs(
     raw = router_yaml(f"{worker.url}/v1", "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
     router = start_router(raw)
     body = {"model": "small", "messages": [{"role": "user", "content": SECRET}], "max_tokens": 4}
-    response = httpx.post(f"{router.url}/v1/chat/completions", json=body, headers={"x-request-id": "req-42.a"})
+    url = f"{router.url}/v1/chat/completions"
+    response = httpx.post(url, json=body, headers={"x-request-id": "req-42.a"}, timeout=60)
     assert response.status_code == 200 and response.headers["x-request-id"] == "req-42.a"
-    generated = httpx.post(f"{router.url}/v1/chat/completions", json=body)
+    generated = httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=60)
     assert len(generated.headers["x-request-id"]) == 32  # none given: the router makes one
     bad = httpx.post(f"{router.url}/v1/chat/completions", content=b"{", headers={"x-request-id": "bad id; drop table"})
     assert bad.status_code == 400 and len(bad.headers["x-request-id"]) == 32  # not a sane token: replaced
@@ -65,7 +66,8 @@ def test_one_request_id_from_router_to_worker_and_no_prompt_in_logs(
 def test_prompts_are_logged_only_when_asked(start_router: RouterFactory, log_lines: io.StringIO) -> None:
     router = start_router(logging={"prompts": True})
     body = {"model": "small", "messages": [{"role": "user", "content": SECRET}]}
-    response = httpx.post(f"{router.url}/v1/chat/completions", json=body, headers={"x-request-id": "with-prompt"})
+    url = f"{router.url}/v1/chat/completions"
+    response = httpx.post(url, json=body, headers={"x-request-id": "with-prompt"}, timeout=60)
     assert response.status_code == 200
     access = [e for e in entries(log_lines) if e.get("request_id") == "with-prompt" and e["logger"] == "router.access"]
     assert access and access[0]["prompt"] == SECRET

@@ -30,7 +30,7 @@ def records(url: str, prefix: str) -> dict[str, dict[str, object]]:
         client.close()
 
 
-def wait_for(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -51,7 +51,7 @@ def test_worker_registers_and_publishes_its_state(start_worker: WorkerFactory, r
     ttl = redis.Redis.from_url(redis_url).pttl(prefix + key)
     assert 0 < ttl <= 600, "the record expires unless renewed"
     worker.__exit__(None, None, None)  # a graceful stop deregisters at once
-    wait_for(lambda: key not in records(redis_url, prefix), timeout_s=5)
+    wait_for(lambda: key not in records(redis_url, prefix), timeout_s=30)
 
 
 def test_a_killed_worker_expires(redis_url: str, checkpoint_dir: Path, tmp_path: Path) -> None:

@@ -63,7 +63,9 @@ def test_openai_sdk_async(start_router: RouterFactory) -> None:
 def test_parameters_pass_through_and_model_is_rewritten(
     start_router: RouterFactory, standins: dict[str, ServerThread]
 ) -> None:
-    router = start_router()
+    raw = router_yaml(*(f"{standins[t].url}/v1" for t in ("small", "large", "remote")))
+    raw["tiers"]["small"]["capabilities"] = ["logit_bias"]  # else logit_bias skips this worker tier for remote
+    router = start_router(raw)
     body = {
         "model": "auto",
         "messages": FRANCE,
@@ -200,12 +202,76 @@ def test_oversized_body_gets_413(start_router: RouterFactory) -> None:
     assert response.json()["error"]["code"] == "request_too_large"
 
 
-def test_unknown_path_and_method_are_openai_errors(start_router: RouterFactory) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/nope"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/resp_1"),
+        ("POST", "/v2/chat/completions"),
+    ],
+)
+def test_an_unknown_path_is_a_404_naming_it_and_what_is_served(
+    start_router: RouterFactory, method: str, path: str
+) -> None:
     router = start_router()
-    missing = httpx.get(f"{router.url}/v1/nope")
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    missing = httpx.request(method, f"{router.url}{path}", json={"model": "auto", "input": "hi"})
+    assert missing.status_code == 404
+    error = missing.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
+    assert error["message"].startswith(f"Invalid URL ({method} {path})")
+    for served in ("POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model}", "POST /v1/route"):
+        assert served in error["message"], error["message"]
+
+
+def test_a_wrong_method_is_a_405_naming_the_allowed_ones(start_router: RouterFactory) -> None:
+    router = start_router()
     wrong = httpx.get(f"{router.url}/v1/chat/completions")
-    assert wrong.status_code == 405 and "error" in wrong.json()
+    assert wrong.status_code == 405
+    assert "POST" in wrong.headers["allow"]
+    error = wrong.json()["error"]
+    assert error["code"] == "method_not_allowed" and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("GET is not allowed on /v1/chat/completions; allowed:")
+    assert "POST" in error["message"]
+
+
+ORIGIN = "https://chat.example.com"
+
+
+def preflight(router: ServerThread, origin: str) -> httpx.Response:
+    headers = {
+        "origin": origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    return httpx.options(f"{router.url}/v1/chat/completions", headers=headers)
+
+
+def test_cors_lets_configured_origins_call_the_api(start_router: RouterFactory) -> None:
+    router = start_router(server={"port": 0, "cors_origins": [ORIGIN]})
+    allowed = preflight(router, ORIGIN)
+    assert allowed.status_code in (200, 204), allowed.text
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    refused = preflight(router, "https://evil.example.net")
+    assert refused.headers.get("access-control-allow-origin") != "https://evil.example.net"
+
+    answer = httpx.post(f"{router.url}/v1/chat/completions", json={"messages": FRANCE}, headers={"origin": ORIGIN})
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == ORIGIN
+    exposed = answer.headers["access-control-expose-headers"].lower()
+    assert "x-router-tier" in exposed and "x-request-id" in exposed
+
+
+def test_without_cors_origins_there_are_no_cors_headers(start_router: RouterFactory) -> None:
+    router = start_router()
+    answer = httpx.post(f"{router.url}/v1/chat/completions", json={"messages": FRANCE}, headers={"origin": ORIGIN})
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+    assert "access-control-allow-origin" not in preflight(router, ORIGIN).headers
 
 
 def test_forced_tier_can_be_forbidden(start_router: RouterFactory) -> None:

@@ -79,6 +79,13 @@ def test_invalid_worker_section_fails_at_start(tmp_path: Path) -> None:
             "below max",
         ),
         (lambda c: c.update(rules=[]), "rules", "at least one rule"),
+        (
+            lambda c: c["tiers"]["small"].update(capabilities=["tools", "json_mode"]),
+            "tiers.small.capabilities[1]",
+            "Invalid enum value 'json_mode' (known: tools, response_format, logprobs, penalties, logit_bias, n)",
+        ),
+        (lambda c: c["tiers"]["small"].update(capabilities=["n", "n"]), "tiers.small.capabilities", "twice"),
+        (lambda c: c["tiers"]["remote"].update(context_window=0), "tiers.remote.context_window", ">= 1"),
     ],
 )
 def test_invalid_config_names_file_key_and_reason(tmp_path: Path, mutate: Any, key: str, reason: str) -> None:
@@ -90,6 +97,19 @@ def test_invalid_config_names_file_key_and_reason(tmp_path: Path, mutate: Any, k
     assert caught.value.path == str(path)
     assert caught.value.key == key
     assert reason in caught.value.reason
+
+
+def test_capabilities_default_to_all_for_remote_tiers_and_none_for_workers(tmp_path: Path) -> None:
+    raw = shipped()
+    for tier in raw["tiers"].values():
+        tier.pop("capabilities", None)
+    raw["tiers"]["large"]["capabilities"] = ["tools", "logprobs"]
+    tiers = load_config(write(tmp_path, raw), environ={}).tiers
+    assert tiers["small"].capable() == frozenset()
+    assert tiers["large"].capable() == {"tools", "logprobs"}
+    assert tiers["remote"].capable() == {"tools", "response_format", "logprobs", "penalties", "logit_bias", "n"}
+    raw["tiers"]["remote"]["capabilities"] = []
+    assert load_config(write(tmp_path, raw), environ={}).tiers["remote"].capable() == frozenset()
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:

@@ -83,3 +83,38 @@ def test_the_fleet_treats_old_readings_as_unknown_and_counts_what_it_sent_since(
     now[0] += shipped_config.discovery.stale_after_s + 1
     assert fleet.fresh(endpoint) is None  # stale: the worker will be tried, and its answer decides
     assert [e.source for e in fleet.endpoints("large")] == ["static"]
+
+
+def windowed(name: str, window: int | None, *, cap: int | None = None) -> Endpoint:
+    telemetry = Telemetry(free=10**9, kv_bytes_per_token=KV, max_seq_len=window, max_tokens_cap=cap)
+    return Endpoint("small", f"http://{name}/v1", "poll", telemetry)
+
+
+def test_a_request_beyond_the_workers_context_window_is_refused_for_context_length() -> None:
+    assert decide([windowed("a", 500)], prompt=100, max_tokens=400).targets  # 500 fits exactly
+    refused = decide([windowed("a", 500)], prompt=101, max_tokens=400)
+    assert refused.targets == [] and refused.refused == "context_length"
+    assert "~501 tokens (prompt and max_tokens) exceed its context window of 500" in refused.detail
+
+
+def test_the_context_window_is_known_from_a_stale_reading_and_the_generation_counts_as_capped() -> None:
+    assert decide([windowed("a", 500)], prompt=600, stale={"http://a/v1"}).refused == "context_length"
+    assert decide([windowed("a", 500, cap=50)], prompt=450, max_tokens=10_000).targets  # generates 50 at most
+    assert decide([windowed("a", 500)], prompt=499, max_tokens=None).targets  # room for one token
+    assert decide([windowed("a", 500)], prompt=500, max_tokens=None).refused == "context_length"
+
+
+def test_the_tiers_configured_window_applies_until_the_worker_reports_its_own() -> None:
+    static = Endpoint("remote", "http://r/v1", "static")
+    assert plan([static], lambda e: None, lambda e: 0, 900, 200, 1000).refused == "context_length"
+    assert plan([static], lambda e: None, lambda e: 0, 700, 200, 1000).targets
+    assert plan([static], lambda e: None, lambda e: 0, 10**6, 200, None).targets  # unknown: tried
+    reported = windowed("a", 4000)
+    assert plan([reported], lambda e: e.telemetry, lambda e: 0, 900, 200, 1000).targets  # its own window wins
+
+
+def test_context_length_is_the_tiers_reason_only_when_every_worker_gives_it() -> None:
+    mixed = decide([windowed("a", 100), worker("b", free=10 * KV)])
+    assert mixed.refused == "vram_exhausted"
+    both = decide([windowed("a", 100), windowed("b", 200)])
+    assert both.refused == "context_length"
