@@ -26,7 +26,7 @@ def ready(server: ServerThread) -> dict[str, Any]:
 
 
 def memory(server: ServerThread) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{server.url}/v1/memory").json()
+    body: dict[str, Any] = httpx.get(f"{server.url}/v1/memory", timeout=30).json()
     return body
 
 
@@ -113,8 +113,16 @@ def test_full_queue_answers_503_with_retry_after(start_worker: WorkerFactory) ->
 
 def test_ledger_admission_under_a_simulated_8gb_gpu(start_worker: WorkerFactory) -> None:
     gpu = SimulatedGpu(8 * GB)
+    # The tiny random-weight model: this checks the ledger's arithmetic under a burst of 12 x 200 tokens, which the
+    # real model would take minutes to decode on a loaded 2-core machine.
     worker = start_worker(
-        "small", probe=gpu, max_batch_size=4, max_seq_len=256, max_tokens_cap=200, vram={"safety_margin_bytes": 0}
+        "small",
+        model="demo:small",
+        probe=gpu,
+        max_batch_size=4,
+        max_seq_len=256,
+        max_tokens_cap=200,
+        vram={"safety_margin_bytes": 0},
     )
     state = memory(worker)
     assert state["device"] == "simulated" and state["total"] == 8 * GB
