@@ -1,0 +1,40 @@
+"""The OpenAI endpoints served through the chat pipeline: a request is translated into a chat request, routed and
+served by `RoutingService.chat` like any other (classifier, rules, guardrails, capabilities, fallback, metrics),
+and its answer, whole or streamed, translated back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from router.dispatch.outcome import Answer, StreamAnswer
+from router.pipeline import RoutingService
+from router.wire.completions import decode_completion_request, rewrite_chat_body, rewrite_chat_chunk
+from router.wire.decode import parse_body
+from router.wire.protocol import encode
+from router.wire.sse import DONE, complete_frames, frame, frame_data
+
+
+class TranslatingService:
+    """`/v1/completions` over the chat pipeline it is given."""
+
+    def __init__(self, service: RoutingService) -> None:
+        self.service = service
+
+    async def completions(self, body: bytes, headers: Mapping[str, str]) -> Answer | StreamAnswer:
+        """A legacy text completion: the prompt is served as a chat request's single user message."""
+        request = parse_body(body, decode_completion_request, "completion request").to_chat()
+        answer = await self.service.chat(encode(request), headers)
+        if isinstance(answer, Answer):
+            return Answer(rewrite_chat_body(answer.body), answer.outcome)
+        answer.chunks = rewrite_frames(answer.chunks, rewrite_chat_chunk)
+        return answer
+
+
+async def rewrite_frames(chunks: AsyncIterator[bytes], rewrite: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
+    """Each complete SSE frame's data rewritten; comments (keep-alives) and `[DONE]` kept as they are."""
+    async for complete in complete_frames(chunks):
+        data = frame_data(complete)
+        if not data:
+            yield complete
+        else:
+            yield DONE if data == b"[DONE]" else frame(rewrite(data))
