@@ -11,11 +11,13 @@ from router.pipeline import RoutingService
 from router.wire.completions import decode_completion_request, rewrite_chat_body, rewrite_chat_chunk
 from router.wire.decode import parse_body
 from router.wire.protocol import encode
+from router.wire.responses import decode_responses_request, new_response
+from router.wire.responses_out import ResponseEvents, response_from_chat
 from router.wire.sse import DONE, complete_frames, frame, frame_data
 
 
 class TranslatingService:
-    """`/v1/completions` over the chat pipeline it is given."""
+    """`/v1/completions` and `/v1/responses` over the chat pipeline it is given."""
 
     def __init__(self, service: RoutingService) -> None:
         self.service = service
@@ -29,6 +31,17 @@ class TranslatingService:
         answer.chunks = rewrite_frames(answer.chunks, rewrite_chat_chunk)
         return answer
 
+    async def responses(self, body: bytes, headers: Mapping[str, str]) -> Answer | StreamAnswer:
+        """A stateless response: input items and instructions served as a chat request's messages."""
+        request = parse_body(body, decode_responses_request, "responses request")
+        chat = request.to_chat()
+        answer = await self.service.chat(encode(chat), headers)
+        response = new_response(request, request.model)
+        if isinstance(answer, Answer):
+            return Answer(response_from_chat(response, answer.body), answer.outcome)
+        answer.chunks = response_events(answer.chunks, ResponseEvents(response))
+        return answer
+
 
 async def rewrite_frames(chunks: AsyncIterator[bytes], rewrite: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
     """Each complete SSE frame's data rewritten; comments (keep-alives) and `[DONE]` kept as they are."""
@@ -38,3 +51,23 @@ async def rewrite_frames(chunks: AsyncIterator[bytes], rewrite: Callable[[bytes]
             yield complete
         else:
             yield DONE if data == b"[DONE]" else frame(rewrite(data))
+
+
+async def response_events(chunks: AsyncIterator[bytes], events: ResponseEvents) -> AsyncIterator[bytes]:
+    """A chat stream as the Responses event sequence (no `[DONE]`: the Responses API ends with the stream)."""
+    for event in events.start():
+        yield event
+    failed = False
+    async for complete in complete_frames(chunks):
+        data = frame_data(complete)
+        if not data:
+            yield complete  # a keep-alive comment
+            continue
+        if data == b"[DONE]":
+            break
+        for event in events.feed(data):
+            failed = failed or event.startswith(b"event: error\n")
+            yield event
+    if not failed:
+        for event in events.end():
+            yield event

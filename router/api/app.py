@@ -27,7 +27,7 @@ from router.api.endpoints import (
     status_page,
 )
 from router.api.framing import decoded_bodies
-from router.api.translated import completions, embeddings
+from router.api.translated import completions, embeddings, responses
 from router.core.config import Config, worker_token
 from router.core.logs import send_request_id, with_request_id
 from router.core.state import StateStore, create_store
@@ -136,6 +136,7 @@ def create_app(
             chat_completions,
             completions,
             embeddings,
+            responses,
             route,
             list_models,
             retrieve_model,

@@ -28,3 +28,12 @@ async def completions(
 @post("/v1/embeddings", status_code=200)
 async def embeddings(request: Request[Any, Any, State], embedder: NamedDependency[EmbeddingService]) -> Response[bytes]:
     return Response(await embedder.embeddings(await request.body(), request.headers), media_type=JSON)
+
+
+@post("/v1/responses", status_code=200)
+async def responses(
+    request: Request[Any, Any, State], translator: NamedDependency[TranslatingService]
+) -> Response[bytes] | Stream:
+    body = await request.body()
+    refuse_stream_over_http10(request.scope, body)
+    return reply(await translator.responses(body, request.headers))

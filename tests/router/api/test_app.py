@@ -223,7 +223,7 @@ def test_an_unknown_path_is_a_404_naming_it_and_what_is_served(
     assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
     assert error["message"].startswith(f"Invalid URL ({method} {path})")
     served_here = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "GET /v1/models")
-    for served in (*served_here, "GET /v1/models/{model}", "POST /v1/route"):
+    for served in (*served_here, "POST /v1/responses", "GET /v1/models/{model}", "POST /v1/route"):
         assert served in error["message"], error["message"]
 
 
