@@ -311,10 +311,12 @@ def new_response(request: ResponsesRequest, model: str, created: int | None = No
 
 
 def finish(response: ResponseObject, finish_reason: str | None, usage: ResponseUsage | None) -> None:
-    """Mark a response done: `incomplete` (max_output_tokens) when the answer was cut at the token limit."""
+    """Mark a response done: `incomplete` when the answer was cut at the token limit (`max_output_tokens`) or
+    replaced by a guardrail's refusal (`content_filter`), as OpenAI marks them."""
     response.usage = usage
-    if finish_reason == "length":
-        response.status, response.incomplete_details = "incomplete", IncompleteDetails("max_output_tokens")
+    reason = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(finish_reason or "")
+    if reason is not None:
+        response.status, response.incomplete_details = "incomplete", IncompleteDetails(reason)
     else:
         response.status = "completed"
 
