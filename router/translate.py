@@ -10,6 +10,7 @@ from router.dispatch.outcome import Answer, StreamAnswer
 from router.pipeline import RoutingService
 from router.wire.completions import decode_completion_request, rewrite_chat_body, rewrite_chat_chunk
 from router.wire.decode import parse_body
+from router.wire.errors import RouterError
 from router.wire.protocol import encode
 from router.wire.responses import decode_responses_request, new_response
 from router.wire.responses_out import ResponseEvents, response_from_chat
@@ -57,17 +58,21 @@ async def response_events(chunks: AsyncIterator[bytes], events: ResponseEvents) 
     """A chat stream as the Responses event sequence (no `[DONE]`: the Responses API ends with the stream)."""
     for event in events.start():
         yield event
-    failed = False
-    async for complete in complete_frames(chunks):
-        data = frame_data(complete)
-        if not data:
-            yield complete  # a keep-alive comment
-            continue
-        if data == b"[DONE]":
-            break
-        for event in events.feed(data):
-            failed = failed or event.startswith(b"event: error\n")
+    try:
+        async for complete in complete_frames(chunks):
+            data = frame_data(complete)
+            if not data:
+                yield complete  # a keep-alive comment
+                continue
+            if data == b"[DONE]":
+                break
+            for event in events.feed(data):
+                yield event
+            if events.response.status == "failed":
+                return
+    except RouterError as exc:
+        for event in events.fail(exc.message, exc.code, exc.param):
             yield event
-    if not failed:
-        for event in events.end():
-            yield event
+        return
+    for event in events.end():
+        yield event

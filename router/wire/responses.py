@@ -268,6 +268,11 @@ class IncompleteDetails(msgspec.Struct):
     reason: str
 
 
+class ResponseError(msgspec.Struct):
+    code: str
+    message: str
+
+
 class ResponseObject(msgspec.Struct):
     """A `response` object: the whole answer, or the in-progress one that stream events carry."""
 
@@ -286,7 +291,7 @@ class ResponseObject(msgspec.Struct):
     metadata: dict[str, str]
     usage: ResponseUsage | None = None
     incomplete_details: IncompleteDetails | None = None
-    error: None = None
+    error: ResponseError | None = None
     object: Literal["response"] = "response"
 
 

@@ -14,6 +14,7 @@ from router.wire.responses import (
     FunctionCall,
     OutputMessage,
     OutputText,
+    ResponseError,
     ResponseObject,
     ResponseUsage,
     finish,
@@ -95,7 +96,8 @@ class ResponseEvents:
     def feed(self, data: bytes) -> list[bytes]:
         chat = _DECODER.decode(data)
         if not isinstance(chat.error, UnsetType):
-            return self._failed(data)
+            error = msgspec.json.decode(data, type=ErrorBody).error
+            return self.fail(error.message, error.code, error.param)
         events: list[bytes] = []
         if chat.usage is not None:
             self._usage = chat.usage
@@ -172,9 +174,13 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=call),
         ]
 
-    def _failed(self, data: bytes) -> list[bytes]:
-        error = msgspec.json.decode(data, type=ErrorBody).error
-        return [self._event("error", code=error.code, message=error.message, param=error.param)]
+    def fail(self, message: str, code: str | None, param: str | None = None) -> list[bytes]:
+        """The stream broke (no tier could go on): an `error` event, then the response as `failed`."""
+        self.response.status, self.response.error = "failed", ResponseError("server_error", message)
+        return [
+            self._event("error", code=code, message=message, param=param),
+            self._event("response.failed", response=self.response),
+        ]
 
     def _add(self, item: OutputMessage | FunctionCall) -> int:
         self.response.output.append(item)

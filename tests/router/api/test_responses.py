@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 from router.wire.protocol import encode
 from router.wire.responses import decode_responses_request, new_response
 from router.wire.responses_out import ResponseEvents, response_from_chat
-from tests.helpers import RouterFactory
+from tests.helpers import RouterFactory, router_yaml, serve_standins
 
 QUESTION = "What is the capital of France?"
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -212,3 +212,21 @@ def test_a_guardrail_refusal_is_an_incomplete_response(start_router: RouterFacto
     events = list(client.responses.create(model="large", input=injection, stream=True))
     assert events[-1].type == "response.incomplete"
     assert events[-1].response.output_text == REFUSAL  # type: ignore[union-attr]
+
+
+def test_a_stream_broken_for_good_ends_failed(start_router: RouterFactory) -> None:
+    """`large` breaks off after three words and the policy is not to continue: the SDK reads an `error` event and
+    the response as `failed`."""
+    with serve_standins() as upstreams:
+        raw = router_yaml(*(f"{upstreams[t].url}/v1" for t in ("small", "large", "remote")))
+        raw["tiers"]["large"]["guardrails"] = False
+        raw["routing"] = {**raw.get("routing", {}), "mid_stream": "error"}
+        router = start_router(raw)
+        upstreams["large"].server.config.app.settings.script.append("die:3")
+        client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+        events = list(client.responses.create(model="large", input=QUESTION, stream=True))
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].code == "upstream_unavailable"  # type: ignore[union-attr]
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "[large] What is"
