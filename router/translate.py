@@ -4,13 +4,14 @@ and its answer, whole or streamed, translated back."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from router.dispatch.outcome import Answer, StreamAnswer
 from router.pipeline import RoutingService
 from router.wire.completions import decode_completion_request, rewrite_chat_body, rewrite_chat_chunk
 from router.wire.decode import parse_body
-from router.wire.errors import RouterError
+from router.wire.errors import InvalidRequest, RouterError
 from router.wire.protocol import encode
 from router.wire.responses import decode_responses_request, new_response
 from router.wire.responses_out import ResponseEvents, response_from_chat
@@ -23,9 +24,20 @@ class TranslatingService:
     def __init__(self, service: RoutingService) -> None:
         self.service = service
 
+    @contextlib.asynccontextmanager
+    async def authenticated_errors(self, headers: Mapping[str, str]) -> AsyncIterator[None]:
+        """A request that cannot be translated is a 400 only for a caller with a valid key (else the 401): the key
+        is checked on this error path alone, as `RoutingService.chat` checks it before anything else."""
+        try:
+            yield
+        except InvalidRequest:
+            await self.service.authenticate(headers.get("authorization"))
+            raise
+
     async def completions(self, body: bytes, headers: Mapping[str, str]) -> Answer | StreamAnswer:
         """A legacy text completion: the prompt is served as a chat request's single user message."""
-        request = parse_body(body, decode_completion_request, "completion request").to_chat()
+        async with self.authenticated_errors(headers):
+            request = parse_body(body, decode_completion_request, "completion request").to_chat()
         answer = await self.service.chat(encode(request), headers)
         if isinstance(answer, Answer):
             return Answer(rewrite_chat_body(answer.body), answer.outcome)
@@ -34,8 +46,9 @@ class TranslatingService:
 
     async def responses(self, body: bytes, headers: Mapping[str, str]) -> Answer | StreamAnswer:
         """A stateless response: input items and instructions served as a chat request's messages."""
-        request = parse_body(body, decode_responses_request, "responses request")
-        chat = request.to_chat()
+        async with self.authenticated_errors(headers):
+            request = parse_body(body, decode_responses_request, "responses request")
+            chat = request.to_chat()
         answer = await self.service.chat(encode(chat), headers)
         response = new_response(request, request.model)
         if isinstance(answer, Answer):

@@ -14,6 +14,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from router.decide.access import hash_key
 from router.wire.protocol import encode
 from router.wire.responses import decode_responses_request, new_response
 from router.wire.responses_out import ResponseEvents, response_from_chat
@@ -230,3 +231,19 @@ def test_a_stream_broken_for_good_ends_failed(start_router: RouterFactory) -> No
     failed = events[-1].response  # type: ignore[union-attr]
     assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "[large] What is"
+
+
+def test_a_caller_without_a_valid_key_gets_the_401_first(start_router: RouterFactory) -> None:
+    raw = router_yaml("http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
+    raw["auth"] = {"enabled": True, "keys": [{"name": "alice", "sha256": hash_key("sk-alice-0123456789abcdef")}]}
+    router = start_router(raw)
+    for path, body in (
+        ("/v1/responses", {"input": "hi", "store": True}),
+        ("/v1/completions", {"prompt": "hi", "echo": True}),
+        ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hi", "dimensions": 3}),
+    ):
+        assert httpx.post(f"{router.url}{path}", json=body).status_code == 401, path
+        keyed = httpx.post(
+            f"{router.url}{path}", json=body, headers={"authorization": "Bearer sk-alice-0123456789abcdef"}
+        )
+        assert keyed.status_code == 400, path
