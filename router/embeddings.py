@@ -4,7 +4,7 @@ guardrails use: loaded on the first call (in a worker thread), encoding one batc
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -44,9 +44,12 @@ class EmbeddingService:
     def __init__(
         self,
         authenticate: Callable[[str | None], Awaitable[Caller | None]],
+        aliases: Callable[[], Collection[str]] = tuple,
         load: Callable[[], TextEncoder] = load_minilm,
     ) -> None:
         self._authenticate = authenticate
+        self._aliases = aliases
+        """Read on each request, so a reloaded config (`embeddings.aliases`) applies at once."""
         self._load = load
         self._encoder: TextEncoder | None = None
         self._limiter = anyio.CapacityLimiter(1)
@@ -55,7 +58,7 @@ class EmbeddingService:
     async def embeddings(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         await self._authenticate(headers.get("authorization"))
         request = parse_body(body, decode_embedding_request, "embeddings request")
-        texts = request.texts()
+        texts = request.texts(self._aliases())
         vectors, lengths = await anyio.to_thread.run_sync(self._encode, texts, limiter=self._limiter)
         data = [
             Embedding(i, base64.b64encode(row.astype("<f4").tobytes()).decode("ascii"))

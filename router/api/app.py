@@ -94,7 +94,9 @@ def create_app(
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)
             app.state.service = service
             app.state.translator = TranslatingService(service)
-            app.state.embedder = embedder = EmbeddingService(service.authenticate)
+            app.state.embedder = embedder = EmbeddingService(
+                service.authenticate, lambda: service.config.embeddings.aliases
+            )
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
             if config.source:
                 reloader = service.reloader = ConfigReloader(service, config.source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 import msgspec
@@ -27,9 +28,10 @@ class EmbeddingRequest(msgspec.Struct, omit_defaults=True):
     dimensions: int | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
 
-    def texts(self) -> list[str]:
-        """The input as a list, within the limits (a 400 naming `input`, `dimensions` or the model, else)."""
-        if self.model != EMBEDDING_MODEL:
+    def texts(self, aliases: Collection[str] = ()) -> list[str]:
+        """The input as a list, within the limits (a 400 naming `input` or `dimensions`; a 404 for a model that is
+        neither ours nor one of its configured `aliases`)."""
+        if self.model != EMBEDDING_MODEL and self.model not in aliases:
             raise UnknownModel(
                 f"The model '{self.model}' does not exist; embeddings are served by '{EMBEDDING_MODEL}'",
                 param="model",

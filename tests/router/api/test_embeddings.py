@@ -67,3 +67,13 @@ def test_what_is_not_served_is_named(
     response = httpx.post(f"{router.url}/v1/embeddings", json={"model": MODEL, "input": "hi", **extra})
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_a_configured_alias_is_served(start_router: RouterFactory) -> None:
+    router = start_router(embeddings={"aliases": ["text-embedding-3-small"]})
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+    answer = client.embeddings.create(model="text-embedding-3-small", input="hi", encoding_format="float")
+    assert len(answer.data[0].embedding) == 384 and answer.model == MODEL  # says what served it
+    with pytest.raises(openai.NotFoundError) as other:
+        client.embeddings.create(model="text-embedding-3-large", input="hi")
+    assert other.value.code == "model_not_found"
