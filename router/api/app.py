@@ -27,6 +27,7 @@ from router.api.endpoints import (
     status_page,
 )
 from router.api.framing import decoded_bodies
+from router.api.translated import completions, embeddings, responses
 from router.core.config import Config, worker_token
 from router.core.logs import send_request_id, with_request_id
 from router.core.state import StateStore, create_store
@@ -34,9 +35,11 @@ from router.decide.classify.base import ComplexityClassifier
 from router.decide.classify.registry import build_classifier
 from router.dispatch.backends import TierBackend, create_client
 from router.dispatch.fleet import Fleet
+from router.embeddings import EmbeddingService
 from router.guard.rails import Guard
 from router.ops.reload import ConfigReloader
 from router.pipeline import RoutingService, needs_guard
+from router.translate import TranslatingService
 from router.wire.handlers import exception_handlers
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ def create_app(
         discovery: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         reloader: ConfigReloader | None = None
+        embedder: EmbeddingService | None = None
         try:
             await scorer.start()
             token = worker_token(config)
@@ -89,6 +93,10 @@ def create_app(
             discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)
             app.state.service = service
+            app.state.translator = TranslatingService(service)
+            app.state.embedder = embedder = EmbeddingService(
+                service.authenticate, lambda: service.config.embeddings.aliases
+            )
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
             if config.source:
                 reloader = service.reloader = ConfigReloader(service, config.source)
@@ -116,6 +124,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
                 await app.state.service.flush_counts()
+            if embedder is not None:
+                embedder.close()
             if classifier is None:
                 await scorer.close()
             if store is None:
@@ -126,6 +136,9 @@ def create_app(
     return Litestar(
         route_handlers=[
             chat_completions,
+            completions,
+            embeddings,
+            responses,
             route,
             list_models,
             retrieve_model,
@@ -139,7 +152,11 @@ def create_app(
         lifespan=[lifespan],
         middleware=[with_request_id, decoded_bodies(config.server.max_body_bytes)],
         before_send=[send_request_id],
-        dependencies={"service": Provide(_service, sync_to_thread=False)},
+        dependencies={
+            "service": Provide(_service, sync_to_thread=False),
+            "translator": Provide(_translator, sync_to_thread=False),
+            "embedder": Provide(_embedder, sync_to_thread=False),
+        },
         exception_handlers=exception_handlers(),
         request_max_body_size=config.server.max_body_bytes,
         cors_config=cors_config(config.server.cors_origins),
@@ -162,3 +179,13 @@ def cors_config(origins: list[str]) -> CORSConfig | None:
 def _service(state: State) -> RoutingService:
     service: RoutingService = state.service
     return service
+
+
+def _translator(state: State) -> TranslatingService:
+    translator: TranslatingService = state.translator
+    return translator
+
+
+def _embedder(state: State) -> EmbeddingService:
+    embedder: EmbeddingService = state.embedder
+    return embedder

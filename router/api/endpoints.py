@@ -13,7 +13,7 @@ from litestar.response import Stream
 
 from router.api.framing import refuse_stream_over_http10
 from router.api.openapi import openapi_document
-from router.dispatch.outcome import Answer, Outcome
+from router.dispatch.outcome import Answer, Outcome, StreamAnswer
 from router.pipeline import RoutingService
 from router.wire.errors import UnknownModel
 from router.wire.protocol import ModelCard, ModelList, encode
@@ -32,7 +32,11 @@ async def chat_completions(
 ) -> Response[bytes] | Stream:
     body = await request.body()
     refuse_stream_over_http10(request.scope, body)
-    answer = await service.chat(body, request.headers)
+    return reply(await service.chat(body, request.headers))
+
+
+def reply(answer: Answer | StreamAnswer) -> Response[bytes] | Stream:
+    """An answer as the response: JSON, or an SSE stream; the `x-router-*` headers from its Outcome."""
     if isinstance(answer, Answer):
         return Response(answer.body, media_type=JSON, headers=answer.outcome.headers())
     headers = {**answer.outcome.headers(), **SSE_HEADERS}

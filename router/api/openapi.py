@@ -11,7 +11,10 @@ from typing import Any
 
 import msgspec
 
+from router.wire.completions import CompletionRequest, TextCompletion
+from router.wire.embeddings import EmbeddingList, EmbeddingRequest
 from router.wire.protocol import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList, RouteDecision
+from router.wire.responses import ResponseObject, ResponsesRequest
 
 ERRORS = {
     "400": "invalid request (malformed JSON, wrong types, limits)",
@@ -29,10 +32,10 @@ ERRORS = {
 
 
 def openapi_document(version: str) -> dict[str, Any]:
-    (request, completion, error, decision, models, model), schemas = msgspec.json.schema_components(
-        [ChatCompletionRequest, ChatCompletion, ErrorBody, RouteDecision, ModelList, ModelCard],
-        ref_template="#/components/schemas/{name}",
-    )
+    structs = [ChatCompletionRequest, ChatCompletion, ErrorBody, RouteDecision, ModelList, ModelCard]
+    more = [CompletionRequest, TextCompletion, EmbeddingRequest, EmbeddingList, ResponsesRequest, ResponseObject]
+    found, schemas = msgspec.json.schema_components([*structs, *more], ref_template="#/components/schemas/{name}")
+    (request, completion, error, decision, models, model), translated = found[:6], found[6:]
     errors = {
         code: {"description": text, "content": {"application/json": {"schema": error}}} for code, text in ERRORS.items()
     }
@@ -57,6 +60,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
             }
         },
+        **translated_paths(translated, errors, security),
         "/v1/route": {
             "post": {
                 "operationId": "explainRoute",
@@ -98,3 +102,51 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+
+
+def translated_paths(
+    schemas: tuple[dict[str, Any], ...], errors: dict[str, Any], security: list[dict[str, list[str]]]
+) -> dict[str, Any]:
+    """Text completions, embeddings and responses: each a request schema and a response schema."""
+    text_request, text, embed_request, embeddings, responses_request, response = schemas
+    operations = [
+        (
+            "/v1/completions",
+            "createCompletion",
+            "A text completion, served as a chat request of one user message",
+            text_request,
+            text,
+            "the completion, or an SSE stream of text_completion chunks when stream is true",
+        ),
+        (
+            "/v1/embeddings",
+            "createEmbedding",
+            "Embeddings by all-minilm-l6-v2, served in the router",
+            embed_request,
+            embeddings,
+            "the embeddings",
+        ),
+        (
+            "/v1/responses",
+            "createResponse",
+            "A stateless response, routed like a chat completion",
+            responses_request,
+            response,
+            "the response, or an SSE stream of Responses events when stream is true",
+        ),
+    ]
+    paths: dict[str, Any] = {}
+    for path, operation, summary, request, answer, described in operations:
+        content: dict[str, Any] = {"application/json": {"schema": answer}}
+        if path != "/v1/embeddings":
+            content["text/event-stream"] = {"schema": {"type": "string"}}
+        paths[path] = {
+            "post": {
+                "operationId": operation,
+                "summary": summary,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+                "security": security,
+                "responses": {"200": {"description": described, "content": content}, **errors},
+            }
+        }
+    return paths

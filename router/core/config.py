@@ -51,6 +51,14 @@ class LimitsConfig(Strict, frozen=True):
     """The largest `max_tokens` / `max_completion_tokens` accepted."""
 
 
+class EmbeddingsConfig(Strict, frozen=True):
+    """`POST /v1/embeddings`, served by the router's all-minilm-l6-v2."""
+
+    aliases: list[str] = []
+    """Other model names answered by it too (e.g. `text-embedding-3-small`, for clients that hard-code one);
+    any other name is a 404 `model_not_found`."""
+
+
 class ApiKey(Strict, frozen=True):
     name: str
     sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
@@ -251,6 +259,7 @@ class Config(Strict, frozen=True):
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     workers: dict[str, dict[str, Any]] = {}
     """Per-tier worker settings, decoded by :meth:`worker` (validated at load too)."""
     source: str = ""

@@ -1,19 +1,29 @@
-"""Decoding a chat request body, every problem turned into a 400 that names the field."""
+"""Decoding a request body, every problem turned into a 400 that names the field."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
 from router.wire.errors import InvalidRequest
 from router.wire.protocol import ChatCompletionRequest, decode_chat_request
 
+T = TypeVar("T")
+
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode and validate a chat request, turning every decoding problem into a 400 naming the field."""
+    return parse_body(body, decode_chat_request, "chat completion request")
+
+
+def parse_body(body: bytes, decode: Callable[[bytes], T], what: str) -> T:
+    """Decode and validate a request body with `decode`, every decoding problem a 400 naming the field."""
     if not body.strip():
-        raise InvalidRequest("the request body is empty; expected a JSON chat completion request")
+        raise InvalidRequest(f"the request body is empty; expected a JSON {what}")
     try:
-        return decode_chat_request(body)
+        return decode(body)
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
     except msgspec.ValidationError as exc:

@@ -206,9 +206,8 @@ def test_oversized_body_gets_413(start_router: RouterFactory) -> None:
     ("method", "path"),
     [
         ("GET", "/v1/nope"),
-        ("POST", "/v1/completions"),
-        ("POST", "/v1/embeddings"),
-        ("POST", "/v1/responses"),
+        ("POST", "/v1/moderations"),
+        ("POST", "/v1/images/generations"),
         ("GET", "/v1/responses/resp_1"),
         ("POST", "/v2/chat/completions"),
     ],
@@ -223,7 +222,8 @@ def test_an_unknown_path_is_a_404_naming_it_and_what_is_served(
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
     assert error["message"].startswith(f"Invalid URL ({method} {path})")
-    for served in ("POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model}", "POST /v1/route"):
+    served_here = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "GET /v1/models")
+    for served in (*served_here, "POST /v1/responses", "GET /v1/models/{model}", "POST /v1/route"):
         assert served in error["message"], error["message"]
 
 

@@ -30,6 +30,12 @@ FUZZ = [
     ("/v1/route", "POST", GenerationMode.POSITIVE, 500),
     ("/v1/route", "POST", GenerationMode.NEGATIVE, 500),
     ("/v1/models", "GET", GenerationMode.POSITIVE, 50),
+    ("/v1/completions", "POST", GenerationMode.POSITIVE, 300),
+    ("/v1/completions", "POST", GenerationMode.NEGATIVE, 200),
+    ("/v1/responses", "POST", GenerationMode.POSITIVE, 400),
+    ("/v1/responses", "POST", GenerationMode.NEGATIVE, 200),
+    ("/v1/embeddings", "POST", GenerationMode.POSITIVE, 50),
+    ("/v1/embeddings", "POST", GenerationMode.NEGATIVE, 100),
 ]
 DROPPED = {"accept-encoding", "connection", "authorization"}
 

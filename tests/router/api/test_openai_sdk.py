@@ -47,7 +47,7 @@ def test_the_sync_client(start_router: RouterFactory) -> None:
         client.models.retrieve("gpt-9")
     assert unknown_model.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError) as unknown_endpoint:
-        client.completions.create(model="small", prompt="hi")
+        client.moderations.create(input="hi")
     assert "POST /v1/chat/completions" in unknown_endpoint.value.message
 
 
