@@ -68,6 +68,8 @@ class TextFormat(msgspec.Struct, omit_defaults=True):
 
 class TextConfig(msgspec.Struct):
     format: TextFormat | None = None
+    verbosity: str | None = None
+    """Only "medium" (what every model here does) is accepted; another is a 400, never silently ignored."""
 
 
 class ResponsesRequest(msgspec.Struct, omit_defaults=True):
@@ -91,6 +93,11 @@ class ResponsesRequest(msgspec.Struct, omit_defaults=True):
     background: bool | UnsetType | None = UNSET
     conversation: Raw | UnsetType | None = UNSET
     prompt: Raw | UnsetType | None = UNSET
+    reasoning: Raw | UnsetType | None = UNSET
+    include: list[str] | UnsetType | None = UNSET
+    truncation: str | UnsetType | None = UNSET
+    top_logprobs: int | UnsetType | None = UNSET
+    max_tool_calls: int | UnsetType | None = UNSET
 
     def function_tools(self) -> list[FunctionTool]:
         tools = []
@@ -134,7 +141,22 @@ class ResponsesRequest(msgspec.Struct, omit_defaults=True):
             response_format=self._response_format(),
         )
 
+    def _refuse_unserved(self) -> None:
+        """Parameters this endpoint does not honour are a 400 naming them, unless they ask for the default."""
+        text = self.text if isinstance(self.text, TextConfig) else None
+        for field, value, default in (
+            ("reasoning", None if self.reasoning in (UNSET, None) else bytes(self.reasoning), (None, b"null", b"{}")),
+            ("include", self.include or None, (None,)),
+            ("truncation", self.truncation, (UNSET, None, "disabled")),
+            ("top_logprobs", self.top_logprobs, (UNSET, None, 0)),
+            ("max_tool_calls", self.max_tool_calls, (UNSET, None)),
+            ("text.verbosity", text.verbosity if text else None, (None, "medium")),
+        ):
+            if value not in default:
+                raise InvalidRequest(f"{field} is not supported by this router's /v1/responses", param=field)
+
     def _refuse_stateful(self) -> None:
+        self._refuse_unserved()
         for field, value in (
             ("previous_response_id", self.previous_response_id),
             ("store", self.store),

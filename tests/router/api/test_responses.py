@@ -19,6 +19,7 @@ from router.wire.protocol import encode
 from router.wire.responses import decode_responses_request, new_response
 from router.wire.responses_out import ResponseEvents, response_from_chat
 from tests.helpers import RouterFactory, router_yaml, serve_standins
+from tests.servers import ServerThread
 
 QUESTION = "What is the capital of France?"
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -247,3 +248,25 @@ def test_a_caller_without_a_valid_key_gets_the_401_first(start_router: RouterFac
             f"{router.url}{path}", json=body, headers={"authorization": "Bearer sk-alice-0123456789abcdef"}
         )
         assert keyed.status_code == 400, path
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reasoning", {"effort": "high"}),
+        ("include", ["reasoning.encrypted_content"]),
+        ("truncation", "auto"),
+        ("top_logprobs", 3),
+        ("max_tool_calls", 2),
+        ("text", {"verbosity": "low"}),
+    ],
+)
+def test_parameters_not_honoured_are_a_400_naming_them(
+    start_router: RouterFactory, standins: dict[str, ServerThread], field: str, value: Any
+) -> None:
+    router = start_router()
+    body = {"model": "small", "input": "What is the capital of France?", field: value}
+    response = httpx.post(f"{router.url}/v1/responses", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    named = "text.verbosity" if field == "text" else field
+    assert response.json()["error"]["param"] == named
