@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+from msgspec import UNSET
 
 from router.wire.errors import InvalidRequest
 from router.wire.protocol import ChatCompletionRequest, decode_chat_request
@@ -13,7 +14,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if not body.strip():
         raise InvalidRequest("the request body is empty; expected a JSON chat completion request")
     try:
-        return decode_chat_request(body)
+        request = decode_chat_request(body)
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
     except msgspec.ValidationError as exc:
@@ -22,3 +23,6 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest(f"{reason}" + (f" at '{param}'" if param else ""), param=param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if request.top_logprobs not in (None, UNSET) and request.logprobs is not True:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
+    return request
