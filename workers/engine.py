@@ -24,6 +24,7 @@ import torch
 
 from workers.detokenize import IncrementalText
 from workers.ledger import VramExhausted, VramLedger
+from workers.processors import RowProcessors, StepLogprobs, TokenLogprob, host_logprobs, row_logprobs, take
 from workers.runner import ModelRunner
 from workers.sampling import SamplingParams, generator_for, sample
 
@@ -52,6 +53,8 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The tokens accepted since the previous delta (end of sequence excluded), when the request asked."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class _Running:
     last_token: int = 0
     completion: int = 0
     done: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Accepted tokens' log-probabilities not yet sent with a delta."""
 
     @property
     def request(self) -> GenerationRequest:
@@ -144,6 +149,7 @@ class Engine:
         self._eos_index = torch.tensor(sorted(self.eos_ids), device=runner.device) if self.eos_ids else None
         self._rows_key: tuple[int, ...] = ()
         self._rows_tensor = torch.zeros(0, dtype=torch.long, device=runner.device)
+        self.processors = RowProcessors(runner.cache.max_batch, runner.device)
         self.queue_size = queue_size
         self.max_batch = runner.cache.max_batch
         self.max_len = runner.cache.max_len
@@ -158,6 +164,12 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._rate: deque[tuple[float, int]] = deque()
         self.crashed = False
+
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits: the token ids `logit_bias` may name."""
+        head = self.runner.model.get_output_embeddings()
+        return int(head.weight.shape[0]) if head is not None else int(self.runner.model.config.vocab_size)
 
     # --- event-loop side -------------------------------------------------------------------------
 
@@ -253,6 +265,14 @@ class Engine:
             log.exception("prefill failed for %s", request.id)
             self._end(stream, Failed(EngineError(f"prefill failed: {type(exc).__name__}")))
             return
+        sampling = request.sampling
+        self.processors.set_row(
+            row,
+            presence=sampling.presence_penalty,
+            frequency=sampling.frequency_penalty,
+            bias=sampling.logit_bias,
+            logprobs=sampling.logprobs,
+        )
         mask = self.runner.mask
         mask[row] = False
         mask[row, :, :, start : self._column] = True
@@ -264,7 +284,9 @@ class Engine:
             length=n,
         )
         self._rows.append(running)
-        self._accept(running, int(self._sample(logits[None], [running], ahead=0)[0]))
+        tokens, logprobs = self._sample(logits[None], [running], ahead=0, start=row)
+        token = int(tokens[0])
+        self._accept(running, token, row_logprobs(host_logprobs(logprobs), 0, token, sampling.logprobs))
         self._sweep()
 
     def _step(self) -> None:
@@ -282,18 +304,18 @@ class Engine:
         rows = len(self._rows)
         self.runner.input_ids[:rows, 0].copy_(torch.tensor([r.last_token for r in self._rows]))
         self.runner.positions[:rows, 0].copy_(torch.tensor([r.length for r in self._rows]))
-        tokens = self._launch(self._column, ahead=0)
-        while tokens is not None:
+        step = self._launch(self._column, ahead=0)
+        while step is not None:
             queued = None
             if self._can_chain():
-                self.runner.input_ids[:rows, 0].copy_(tokens)
+                self.runner.input_ids[:rows, 0].copy_(step[0])
                 self.runner.positions[:rows] += 1
                 queued = self._launch(self._column + 1, ahead=1)
-            self._consume(tokens.tolist())
-            tokens = queued
+            self._consume(*step)
+            step = queued
         self._sweep()
 
-    def _launch(self, column: int, ahead: int) -> torch.Tensor | None:
+    def _launch(self, column: int, ahead: int) -> tuple[torch.Tensor, StepLogprobs | None] | None:
         """Queue one decode step writing `column` for every running row; None after an out-of-memory error."""
         rows = len(self._rows)
         bucket = self.runner.bucket_for(rows) if self.runner.padded else rows
@@ -302,7 +324,7 @@ class Engine:
         try:
             if self._fault_hook:
                 self._fault_hook("decode", [r.request.id for r in self._rows])
-            return self._sample(self.runner.decode(rows), self._rows, ahead)
+            return self._sample(self.runner.decode(rows), self._rows, ahead, start=0)
         except torch.OutOfMemoryError:
             # Blame the newest request: it is the one the memory was not planned for.
             self._out_of_memory([max(self._rows, key=lambda r: r.seq).stream])
@@ -315,20 +337,29 @@ class Engine:
             and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
         )
 
-    def _consume(self, tokens: list[int]) -> None:
+    def _consume(self, step_tokens: torch.Tensor, step_logprobs: StepLogprobs | None) -> None:
         self._column += 1
-        for running, token in zip(self._rows, tokens, strict=True):
+        tokens = step_tokens.tolist()
+        host = host_logprobs(step_logprobs)
+        for i, (running, token) in enumerate(zip(self._rows, tokens, strict=True)):
             if not running.done:
                 running.length += 1
-                self._accept(running, token)
+                self._accept(running, token, row_logprobs(host, i, token, running.request.sampling.logprobs))
         self._count(len(tokens))
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Running], ahead: int) -> torch.Tensor:
-        """`ahead`: how many tokens each row will have gained before these are consumed (for min_tokens)."""
+    def _sample(
+        self, logits: torch.Tensor, rows: list[_Running], ahead: int, start: int
+    ) -> tuple[torch.Tensor, StepLogprobs | None]:
+        """The next token of cache rows [start, start + len(rows)), and their log-probabilities if any asked.
+
+        `ahead`: how many tokens each row will have gained before these are consumed (for min_tokens)."""
+        self.processors.apply(logits, start)
         early = tuple(i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens)
         if early and self._eos_index is not None:
             logits[self._row_index(early)[:, None], self._eos_index[None, :]] = float("-inf")
-        return sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
+        chosen = sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
+        self.processors.record(chosen, start)
+        return chosen, self.processors.logprobs(logits, chosen, start)
 
     def _row_index(self, rows: tuple[int, ...]) -> torch.Tensor:
         """The rows as a device tensor, rebuilt only when they change: a host-to-device copy from pageable
@@ -338,16 +369,18 @@ class Engine:
             self._rows_tensor = torch.tensor(rows, device=self.runner.device)
         return self._rows_tensor
 
-    def _accept(self, running: _Running, token: int) -> None:
+    def _accept(self, running: _Running, token: int, logprob: TokenLogprob | None) -> None:
         running.completion += 1
         running.last_token = token
         stream = running.stream
         if token in self.eos_ids:
             self._finish(running, "stop")
             return
+        if logprob is not None:
+            running.logprobs.append(logprob)
         delta = running.text.push(token)
         if delta:
-            stream.emit(TextDelta(delta))
+            stream.emit(TextDelta(delta, take(running.logprobs)))
         if running.text.stopped:
             self._finish(running, "stop")
         elif running.remaining <= 0:
@@ -355,8 +388,8 @@ class Engine:
 
     def _finish(self, running: _Running, reason: str) -> None:
         tail = running.text.finish()
-        if tail:
-            running.stream.emit(TextDelta(tail))
+        if tail or running.logprobs:
+            running.stream.emit(TextDelta(tail, take(running.logprobs)))
         self._end(running.stream, Finished(reason, len(running.request.prompt), running.completion))
         running.done = True
 
@@ -378,6 +411,7 @@ class Engine:
             last = len(self._rows) - 1
             if i != last:
                 self.cache.move_row(last, i)
+                self.processors.move_row(last, i)
                 self.runner.mask[i] = self.runner.mask[last]
                 self._rows[i] = self._rows[last]
             self._rows.pop()

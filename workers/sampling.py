@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,6 +12,12 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Token id -> value added to its logit, already clamped to [-100, 100]."""
+    logprobs: int = -1
+    """-1: no log-probabilities; else the chosen token's and this many alternatives (top_logprobs, 0-20)."""
 
 
 def sample(

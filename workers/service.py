@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from dataclasses import asdict
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import asdict, replace
 from typing import Any
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
 
 from router.core.workers import CONTEXT_LENGTH_EXCEEDED, WorkerConfig
 from router.wire.errors import InvalidRequest
@@ -14,16 +17,21 @@ from router.wire.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     Delta,
     ResponseMessage,
     Usage,
     completion_id,
 )
 from router.wire.sse import DONE, chunk_frame, error_frame
-from workers.engine import Engine, Failed, Finished, GenerationRequest, RequestStream, TextDelta
+from workers.choices import TokenNames, merged
+from workers.engine import Engine, Event, Failed, Finished, GenerationRequest, RequestStream, TextDelta
 from workers.errors import from_engine_error
 from workers.ledger import VramLedger
 from workers.sampling import SamplingParams
+
+LOGIT_BIAS_LIMIT = 100.0
+"""OpenAI clamps each `logit_bias` value to [-100, 100]."""
 
 
 class WorkerService:
@@ -33,6 +41,7 @@ class WorkerService:
         self.engine = engine
         self.tokenizer = tokenizer
         self.ledger = ledger
+        self.tokens = TokenNames(tokenizer)
 
     def generation_request(self, chat: ChatCompletionRequest) -> GenerationRequest:
         messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
@@ -61,74 +70,128 @@ class WorkerService:
         top_p = chat.top_p if isinstance(chat.top_p, float | int) else 1.0
         seed = chat.seed if isinstance(chat.seed, int) else None
         stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop) if isinstance(chat.stop, list) else []
-        sampling = SamplingParams(float(temperature), float(top_p), seed)
+        sampling = SamplingParams(
+            float(temperature),
+            float(top_p),
+            seed,
+            presence_penalty=_penalty(chat.presence_penalty),
+            frequency_penalty=_penalty(chat.frequency_penalty),
+            logit_bias=_logit_bias(chat.logit_bias, self.engine.vocab_size),
+            logprobs=chat.wanted_logprobs(),
+        )
         min_tokens = max_tokens if chat.ignore_eos is True else min(max_tokens, chat.min_tokens or 0)
         request_id = completion_id()
         return GenerationRequest(request_id, prompt, max_tokens, sampling, stop, min_tokens)
 
-    def submit(self, chat: ChatCompletionRequest) -> RequestStream:
-        request = self.generation_request(chat)
-        return self.engine.submit(request, asyncio.get_running_loop())
+    def generation_requests(self, chat: ChatCompletionRequest) -> list[GenerationRequest]:
+        """One request per choice (`n`), each its own sequence of the batch; with a seed, choice i uses seed + i."""
+        first = self.generation_request(chat)
+        seed = first.sampling.seed
+        return [first] + [
+            replace(
+                first,
+                id=f"{first.id}-{i}",
+                sampling=replace(first.sampling, seed=None if seed is None else seed + i),
+            )
+            for i in range(1, chat.choices())
+        ]
+
+    def submit(self, chat: ChatCompletionRequest) -> list[RequestStream]:
+        """Submit every choice, or none: a refusal of one cancels those already queued."""
+        loop = asyncio.get_running_loop()
+        streams: list[RequestStream] = []
+        try:
+            for request in self.generation_requests(chat):
+                streams.append(self.engine.submit(request, loop))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
 
     async def complete(self, chat: ChatCompletionRequest) -> ChatCompletion:
-        stream = self.submit(chat)
-        parts: list[str] = []
+        streams = self.submit(chat)
+        parts: list[list[str]] = [[] for _ in streams]
+        logprobs: list[list[Any]] = [[] for _ in streams]
+        finished: dict[int, Finished] = {}
         try:
-            while True:
-                event = await stream.next()
+            async for index, event in merged(streams):
                 if isinstance(event, TextDelta):
-                    parts.append(event.text)
+                    parts[index].append(event.text)
+                    logprobs[index].extend(self.tokens.entries(event.logprobs))
                 elif isinstance(event, Finished):
-                    usage = Usage(
-                        event.prompt_tokens, event.completion_tokens, event.prompt_tokens + event.completion_tokens
-                    )
-                    message = ResponseMessage(content="".join(parts))
-                    choice = Choice(0, message, event.reason)
-                    return ChatCompletion(stream.request.id, int(time.time()), self.name, [choice], usage)
+                    finished[index] = event
                 else:
                     raise from_engine_error(event.error)
         finally:
-            stream.cancel()  # a no-op once finished; stops generation if the client went away
+            for stream in streams:
+                stream.cancel()  # a no-op once finished; stops generation if the client went away
+        wanted = chat.wanted_logprobs() >= 0
+        choices = [
+            Choice(
+                i,
+                ResponseMessage(content="".join(parts[i])),
+                finished[i].reason,
+                ChoiceLogprobs(logprobs[i]) if wanted else None,
+            )
+            for i in range(len(streams))
+        ]
+        return ChatCompletion(streams[0].request.id, int(time.time()), self.name, choices, _usage(finished.values()))
 
     async def open_stream(self, chat: ChatCompletionRequest) -> AsyncIterator[bytes]:
         """Submit and wait for the first event, so a refusal or an early failure is still a plain 503."""
-        stream = self.submit(chat)
+        streams = self.submit(chat)
+        events = merged(streams)
         try:
-            first = await stream.next()
+            first = await anext(events)
         except BaseException:
-            stream.cancel()
+            for stream in streams:
+                stream.cancel()
+            await events.aclose()
             raise
-        if isinstance(first, Failed):
-            stream.cancel()
-            raise from_engine_error(first.error)
-        return self._sse(stream, first, chat.include_usage())
+        if isinstance(first[1], Failed):
+            for stream in streams:
+                stream.cancel()
+            await events.aclose()
+            raise from_engine_error(first[1].error)
+        return self._sse(streams, events, first, chat.include_usage(), chat.wanted_logprobs() >= 0)
 
-    async def _sse(self, stream: RequestStream, first: Any, include_usage: bool) -> AsyncIterator[bytes]:
-        rid, created, name = stream.request.id, int(time.time()), self.name
-
-        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
-            return chunk_frame(rid, created, name, delta, finish, usage)
-
+    async def _sse(
+        self,
+        streams: list[RequestStream],
+        events: AsyncGenerator[tuple[int, Event]],
+        first: tuple[int, Event],
+        include_usage: bool,
+        with_logprobs: bool,
+    ) -> AsyncIterator[bytes]:
+        """Choices interleaved by index, each opening with its role and closing with its finish; one [DONE]."""
+        rid, created, name = streams[0].request.id, int(time.time()), self.name
+        finished: list[Finished] = []
         try:
-            yield chunk(Delta(role="assistant", content=""))
-            event = first
+            for index in range(len(streams)):
+                yield chunk_frame(rid, created, name, Delta(role="assistant", content=""), index=index)
+            index, event = first
             while True:
                 if isinstance(event, TextDelta):
-                    yield chunk(Delta(content=event.text))
+                    logprobs = ChoiceLogprobs(self.tokens.entries(event.logprobs)) if with_logprobs else UNSET
+                    yield chunk_frame(rid, created, name, Delta(content=event.text), index=index, logprobs=logprobs)
                 elif isinstance(event, Finished):
-                    yield chunk(Delta(), event.reason)
-                    if include_usage:
-                        total = event.prompt_tokens + event.completion_tokens
-                        yield chunk(Delta(), usage=Usage(event.prompt_tokens, event.completion_tokens, total))
-                    yield DONE
-                    return
+                    finished.append(event)
+                    yield chunk_frame(rid, created, name, Delta(), event.reason, index=index)
+                    if len(finished) == len(streams):
+                        if include_usage:
+                            yield chunk_frame(rid, created, name, Delta(), usage=_usage(finished))
+                        yield DONE
+                        return
                 else:
                     yield error_frame(from_engine_error(event.error))
                     yield DONE
                     return
-                event = await stream.next()
+                index, event = await anext(events)
         finally:
-            stream.cancel()
+            for stream in streams:
+                stream.cancel()
+            await events.aclose()
 
     def memory(self) -> dict[str, Any]:
         snapshot = asdict(self.ledger.snapshot())
@@ -146,3 +209,34 @@ class WorkerService:
 
     def status(self) -> dict[str, Any]:
         return {"memory": self.memory(), "engine": asdict(self.engine.stats)}
+
+
+def _usage(finished: Any) -> Usage:
+    """All choices' completion tokens; the prompt, shared by them, counted once (as OpenAI counts it)."""
+    events: list[Finished] = list(finished)
+    prompt = events[0].prompt_tokens
+    completion = sum(e.completion_tokens for e in events)
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _penalty(value: float | UnsetType | None) -> float:
+    return float(value) if isinstance(value, float | int) else 0.0
+
+
+def _logit_bias(raw: Raw | UnsetType, vocab_size: int) -> dict[int, float]:
+    """`logit_bias` as {token id: value clamped to [-100, 100]}; a key that is not a token id is a 400."""
+    if raw is UNSET:
+        return {}
+    try:
+        value = msgspec.json.decode(raw, type=dict[str, float] | None)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidRequest(f"'logit_bias' must map token ids to numbers: {exc}", param="logit_bias") from exc
+    bias: dict[int, float] = {}
+    for key, number in (value or {}).items():
+        token = int(key) if key.strip().isdecimal() else -1
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(
+                f"'logit_bias' key {key!r} is not a token id of this model (0 to {vocab_size - 1})", param="logit_bias"
+            )
+        bias[token] = min(LOGIT_BIAS_LIMIT, max(-LOGIT_BIAS_LIMIT, number))
+    return bias

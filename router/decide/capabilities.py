@@ -47,7 +47,7 @@ def needed_capabilities(request: ChatCompletionRequest) -> Needs:
             need("penalties", param)
     if _decoded(request.logit_bias) not in (None, {}):
         need("logit_bias", "logit_bias")
-    if isinstance(request.n, int) and request.n > 1:  # `n` decodes only as 1 today: kept for when it widens
+    if isinstance(request.n, int) and request.n > 1:
         need("n", "n")
     return needs
 

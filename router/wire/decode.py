@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
+from msgspec import UNSET
 
 from router.wire.errors import InvalidRequest
 from router.wire.protocol import ChatCompletionRequest, decode_chat_request
@@ -15,7 +16,10 @@ T = TypeVar("T")
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode and validate a chat request, turning every decoding problem into a 400 naming the field."""
-    return parse_body(body, decode_chat_request, "chat completion request")
+    request = parse_body(body, decode_chat_request, "chat completion request")
+    if request.top_logprobs not in (None, UNSET) and request.logprobs is not True:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
+    return request
 
 
 def parse_body(body: bytes, decode: Callable[[bytes], T], what: str) -> T:

@@ -55,6 +55,8 @@ TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 MaxTokens = Annotated[int, Meta(ge=1)]
 StopList = Annotated[list[str], Meta(max_length=4)]
+Choices = Annotated[int, Meta(ge=1, le=4)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
 
 
 class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
@@ -70,13 +72,15 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
     top_p: TopP | UnsetType | None = UNSET
     stop: str | StopList | UnsetType | None = UNSET
     seed: int | UnsetType | None = UNSET
-    n: Literal[1] | UnsetType | None = UNSET
+    n: Choices | UnsetType | None = UNSET
+    """How many completions (1-4); the workers run each as its own sequence of the batch."""
     user: str | UnsetType = UNSET
     presence_penalty: Penalty | UnsetType | None = UNSET
     frequency_penalty: Penalty | UnsetType | None = UNSET
     logit_bias: Raw | UnsetType = UNSET
     logprobs: bool | UnsetType | None = UNSET
-    top_logprobs: int | UnsetType | None = UNSET
+    top_logprobs: TopLogprobs | UnsetType | None = UNSET
+    """Needs `logprobs: true` (checked by `wire/decode.parse_chat_request`)."""
     tools: Raw | UnsetType = UNSET
     tool_choice: Raw | UnsetType = UNSET
     parallel_tool_calls: bool | UnsetType = UNSET
@@ -109,6 +113,15 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
         """Does a stream end with a usage chunk (`stream_options.include_usage`)?"""
         return bool(self.stream_options and self.stream_options.include_usage is True)
 
+    def choices(self) -> int:
+        return self.n if isinstance(self.n, int) else 1
+
+    def wanted_logprobs(self) -> int:
+        """-1 without `logprobs: true`; else how many alternatives per token (`top_logprobs`, 0 when absent)."""
+        if self.logprobs is not True:
+            return -1
+        return self.top_logprobs if isinstance(self.top_logprobs, int) else 0
+
     def has_tools(self) -> bool:
         return self.tools is not UNSET and bytes(self.tools) not in (b"null", b"[]")
 
@@ -131,12 +144,32 @@ class ResponseMessage(msgspec.Struct):
     refusal: str | None = None
 
 
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(msgspec.Struct):
+    """One generated token's entry of `choices[].logprobs.content`."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(msgspec.Struct):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(msgspec.Struct):
     index: int
     message: ResponseMessage
     finish_reason: str | None
-    logprobs: None = None
-    """Required by OpenAI's schema (nullable); our workers return no log-probabilities."""
+    logprobs: ChoiceLogprobs | None = None
+    """Required by OpenAI's schema (nullable): null unless the request asked for `logprobs`."""
 
 
 class ChatCompletion(msgspec.Struct):
@@ -157,6 +190,8 @@ class ChunkChoice(msgspec.Struct):
     index: int
     delta: Delta
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | UnsetType = UNSET
+    """The log-probabilities of this chunk's tokens, when the request asked (else not written)."""
 
 
 class ChatCompletionChunk(msgspec.Struct):

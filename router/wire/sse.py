@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from msgspec import UNSET, UnsetType
+
 from router.wire.errors import RouterError
-from router.wire.protocol import ChatCompletionChunk, ChunkChoice, Delta, Usage, encode
+from router.wire.protocol import ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, Delta, Usage, encode
 
 DONE = b"data: [DONE]\n\n"
 
@@ -15,10 +17,19 @@ def frame(payload: bytes) -> bytes:
 
 
 def chunk_frame(
-    chunk_id: str, created: int, model: str, delta: Delta, finish: str | None = None, usage: Usage | None = None
+    chunk_id: str,
+    created: int,
+    model: str,
+    delta: Delta,
+    finish: str | None = None,
+    usage: Usage | None = None,
+    *,
+    index: int = 0,
+    logprobs: ChoiceLogprobs | UnsetType = UNSET,
 ) -> bytes:
-    """One `chat.completion.chunk` event; a usage-only chunk (stream_options.include_usage) has no choices."""
-    choices = [] if usage else [ChunkChoice(0, delta, finish)]
+    """One `chat.completion.chunk` event; a usage-only chunk (stream_options.include_usage) has no choices.
+    `index` is the choice's (n > 1 interleaves them); `logprobs` those of the chunk's tokens, when asked."""
+    choices = [] if usage else [ChunkChoice(index, delta, finish, logprobs)]
     return frame(encode(ChatCompletionChunk(chunk_id, created, model, choices, usage)))
 
 

@@ -38,6 +38,7 @@ def tier(kind: Literal["worker", "remote"] = "worker", capabilities: list[Capabi
         ({"presence_penalty": 0.5}, {"penalties": "presence_penalty"}),
         ({"frequency_penalty": -1}, {"penalties": "frequency_penalty"}),
         ({"logit_bias": {"50256": -100}}, {"logit_bias": "logit_bias"}),
+        ({"n": 3}, {"n": "n"}),
         (
             {"tools": [TOOL], "response_format": {"type": "json_object"}, "logprobs": True},
             {"tools": "tools", "response_format": "response_format", "logprobs": "logprobs"},

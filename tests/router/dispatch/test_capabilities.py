@@ -1,7 +1,7 @@
 """Nothing is silently ignored: a request goes to a tier of its chain that supports what it needs, or gets a 400.
 
 Real routers on loopback in front of stand-ins that record what they receive; the worker tiers (`small`, `large`)
-declare no capabilities, the remote one all of them.
+declare logprobs, penalties, logit_bias and n but not tools or response_format, the remote one all of them.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def test_a_worker_tier_that_declares_a_capability_takes_such_requests(
 ) -> None:
     raw = config(upstreams)
     raw["tiers"]["small"]["capabilities"] = ["response_format"]
+    raw["tiers"]["large"]["capabilities"] = []
     router = start_router(raw)
     response = chat(router, model="small", response_format={"type": "json_object"})
     assert response.status_code == 200 and response.headers["x-router-tier"] == "small"
@@ -101,9 +102,9 @@ def test_no_capable_tier_in_the_chain_is_a_400_naming_the_parameter_before_any_u
     route = httpx.post(f"{router.url}/v1/route", json={"model": "small", "messages": QUESTION, "tools": TOOLS})
     assert route.status_code == 400 and route.json()["error"]["param"] == "tools"
     raw["tiers"]["small"]["fallback"] = ["remote"]
-    raw["tiers"]["remote"]["capabilities"] = ["tools"]
+    raw["tiers"]["remote"]["capabilities"] = ["response_format"]
     limited = start_router(raw)
-    logprobs = chat(limited, model="small", top_logprobs=3)
-    assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "top_logprobs"
-    assert "tier 'remote' lacks logprobs" in logprobs.json()["error"]["message"]
+    tools = chat(limited, model="small", tools=TOOLS, logprobs=True)
+    assert tools.status_code == 400 and tools.json()["error"]["param"] == "tools"
+    assert "tier 'remote' lacks tools" in tools.json()["error"]["message"]
     assert all(received(server) == [] for server in upstreams.values())
