@@ -283,7 +283,8 @@ def test_worker_metrics_show_memory_queue_batch_and_throughput(start_worker: Wor
     from prometheus_client.parser import text_string_to_metric_families
 
     worker = start_worker("small", probe=SimulatedGpu(8 * GB), max_batch_size=4, max_seq_len=256, max_tokens_cap=200)
-    response = httpx.post(f"{worker.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 16})
+    body = {"messages": HELLO, "max_tokens": 16, "ignore_eos": True}  # the real model may stop earlier
+    response = httpx.post(f"{worker.url}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 200
     scraped = httpx.get(f"{worker.url}/metrics").text
     samples = {s.name: s.value for f in text_string_to_metric_families(scraped) for s in f.samples}
