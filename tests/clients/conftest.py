@@ -77,8 +77,10 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every client test talks to the real model."""
+    """Every client test talks to the real model, and only on loopback: pytest-socket (which langchain-tests brings)
+    refuses any other connection while the test and its fixtures run."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.allow_hosts(["127.0.0.1"]))
