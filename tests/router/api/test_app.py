@@ -175,7 +175,7 @@ def test_first_chunk_arrives_before_upstream_finishes(start_router: RouterFactor
         (b'{"messages": [{"role": "user", "content": 42}]}', 400, "messages[0].content"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400, "temperature"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 400, "max_tokens"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "n": 5}', 400, "n"),
         (b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None),
         (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "model"),
     ],
