@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests import openai_schema
-from tests.helpers import WorkerFactory
+from tests.helpers import RouterFactory, WorkerFactory, router_yaml
 from tests.servers import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -149,3 +149,19 @@ def test_bad_tool_choices_and_formats_are_400s_naming_the_parameter(start_worker
         response = httpx.post(url, json={"messages": ASK_WEATHER, **extra}, timeout=60)
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == param
+
+
+def test_a_forced_tool_call_comes_back_through_the_router(
+    start_worker: WorkerFactory, start_router: RouterFactory
+) -> None:
+    small = start_worker("small")
+    dead = "http://127.0.0.1:1/v1"
+    router = start_router(router_yaml(f"{small.url}/v1", dead, dead))  # the shipped capabilities: small takes tools
+    body = {"model": "small", "messages": ASK_WEATHER, "tools": [WEATHER], "tool_choice": FORCED}
+    response = post(router, **body)
+    assert response.headers["x-router-tier"] == "small"
+    call = (openai_schema.completion(response.content).choices[0].message.tool_calls or [])[0]
+    check_call(call.function.name, call.function.arguments)  # type: ignore[union-attr]
+    streamed, finish = streamed_calls(post(router, **body, stream=True).text)
+    assert finish == "tool_calls" and len(streamed) == 1
+    check_call(streamed[0][1], streamed[0][2])
