@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from workers.detokenize import IncrementalText
+from workers.grammar import TokenConstraint, apply_masks, new_bitmask
 from workers.ledger import VramExhausted, VramLedger
 from workers.processors import RowProcessors, StepLogprobs, TokenLogprob, host_logprobs, row_logprobs, take
 from workers.runner import ModelRunner
@@ -48,6 +49,9 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     min_tokens: int = 0
     """End-of-sequence tokens are suppressed until this many tokens were generated."""
+    constraint: TokenConstraint | None = None
+    """A grammar (response_format, a forced tool call): only tokens it allows are sampled; it ends the request
+    when complete."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +339,8 @@ class Engine:
             not self._pending
             and self._column + 1 < self.max_len
             and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
+            # A grammar's next mask depends on the token just sampled, so its row cannot run a step ahead.
+            and all(r.request.constraint is None for r in self._rows)
         )
 
     def _consume(self, step_tokens: torch.Tensor, step_logprobs: StepLogprobs | None) -> None:
@@ -357,6 +363,12 @@ class Engine:
         early = tuple(i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens)
         if early and self._eos_index is not None:
             logits[self._row_index(early)[:, None], self._eos_index[None, :]] = float("-inf")
+        constrained = [(i, r.request.constraint) for i, r in enumerate(rows) if r.request.constraint is not None]
+        if constrained:
+            bitmask = new_bitmask(len(rows), logits.shape[-1])
+            for i, constraint in constrained:
+                constraint.fill(bitmask, i)
+            apply_masks(logits, bitmask, [i for i, _ in constrained])
         chosen = sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
         self.processors.record(chosen, start)
         return chosen, self.processors.logprobs(logits, chosen, start)
@@ -381,7 +393,10 @@ class Engine:
         delta = running.text.push(token)
         if delta:
             stream.emit(TextDelta(delta, take(running.logprobs)))
-        if running.text.stopped:
+        constraint = running.request.constraint
+        if constraint is not None:
+            constraint.accept(token)
+        if running.text.stopped or (constraint is not None and constraint.stopped):
             self._finish(running, "stop")
         elif running.remaining <= 0:
             self._finish(running, "length")

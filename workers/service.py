@@ -27,30 +27,56 @@ from router.wire.sse import DONE, chunk_frame, error_frame
 from workers.choices import TokenNames, merged
 from workers.engine import Engine, Event, Failed, Finished, GenerationRequest, RequestStream, TextDelta
 from workers.errors import from_engine_error
+from workers.grammar import GrammarCompiler
 from workers.ledger import VramLedger
 from workers.sampling import SamplingParams
+from workers.tools import (
+    ToolCallStream,
+    ToolMessage,
+    ToolPlan,
+    parse_calls,
+    plan_for,
+    supports_tools,
+    template_messages,
+)
 
 LOGIT_BIAS_LIMIT = 100.0
 """OpenAI clamps each `logit_bias` value to [-100, 100]."""
 
 
 class WorkerService:
-    def __init__(self, name: str, config: WorkerConfig, engine: Engine, tokenizer: Any, ledger: VramLedger) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: WorkerConfig,
+        engine: Engine,
+        tokenizer: Any,
+        ledger: VramLedger,
+        grammar: GrammarCompiler | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.engine = engine
         self.tokenizer = tokenizer
         self.ledger = ledger
         self.tokens = TokenNames(tokenizer)
+        self.grammar = grammar
+        self.native_tools = supports_tools(tokenizer)
 
-    def generation_request(self, chat: ChatCompletionRequest) -> GenerationRequest:
-        messages = [{"role": m.role, "content": m.text()} for m in chat.messages]
+    def generation_request(self, chat: ChatCompletionRequest, plan: ToolPlan | None = None) -> GenerationRequest:
+        plan = plan or plan_for(chat)
+        messages = template_messages(chat.messages, plan, self.native_tools)
         continuing = chat.continue_final_message is True
         if continuing and messages[-1]["role"] != "assistant":
             raise InvalidRequest("continue_final_message needs a final assistant message", param="messages")
+        tools = {"tools": plan.tools} if plan.tools and self.native_tools else {}
         try:
             encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=not continuing, continue_final_message=continuing, return_dict=True
+                messages,
+                add_generation_prompt=not continuing,
+                continue_final_message=continuing,
+                return_dict=True,
+                **tools,
             )
         except Exception as exc:  # jinja errors: e.g. a template that rejects a role order
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from exc
@@ -80,28 +106,35 @@ class WorkerService:
             logprobs=chat.wanted_logprobs(),
         )
         min_tokens = max_tokens if chat.ignore_eos is True else min(max_tokens, chat.min_tokens or 0)
+        constraint = None
+        if plan.forced or plan.schema is not None:
+            if self.grammar is None:
+                raise InvalidRequest("this worker has no grammar engine", param="response_format")
+            constraint = plan.constraint(self.grammar)
         request_id = completion_id()
-        return GenerationRequest(request_id, prompt, max_tokens, sampling, stop, min_tokens)
+        return GenerationRequest(request_id, prompt, max_tokens, sampling, stop, min_tokens, constraint)
 
-    def generation_requests(self, chat: ChatCompletionRequest) -> list[GenerationRequest]:
-        """One request per choice (`n`), each its own sequence of the batch; with a seed, choice i uses seed + i."""
-        first = self.generation_request(chat)
+    def generation_requests(self, chat: ChatCompletionRequest, plan: ToolPlan) -> list[GenerationRequest]:
+        """One request per choice (`n`), each its own sequence of the batch (and its own grammar state); with a
+        seed, choice i uses seed + i."""
+        requests = [self.generation_request(chat, plan) for _ in range(chat.choices())]
+        first = requests[0]
         seed = first.sampling.seed
         return [first] + [
             replace(
-                first,
+                request,
                 id=f"{first.id}-{i}",
-                sampling=replace(first.sampling, seed=None if seed is None else seed + i),
+                sampling=replace(request.sampling, seed=None if seed is None else seed + i),
             )
-            for i in range(1, chat.choices())
+            for i, request in enumerate(requests[1:], start=1)
         ]
 
-    def submit(self, chat: ChatCompletionRequest) -> list[RequestStream]:
+    def submit(self, chat: ChatCompletionRequest, plan: ToolPlan) -> list[RequestStream]:
         """Submit every choice, or none: a refusal of one cancels those already queued."""
         loop = asyncio.get_running_loop()
         streams: list[RequestStream] = []
         try:
-            for request in self.generation_requests(chat):
+            for request in self.generation_requests(chat, plan):
                 streams.append(self.engine.submit(request, loop))
         except BaseException:
             for stream in streams:
@@ -110,7 +143,8 @@ class WorkerService:
         return streams
 
     async def complete(self, chat: ChatCompletionRequest) -> ChatCompletion:
-        streams = self.submit(chat)
+        plan = plan_for(chat)
+        streams = self.submit(chat, plan)
         parts: list[list[str]] = [[] for _ in streams]
         logprobs: list[list[Any]] = [[] for _ in streams]
         finished: dict[int, Finished] = {}
@@ -127,20 +161,22 @@ class WorkerService:
             for stream in streams:
                 stream.cancel()  # a no-op once finished; stops generation if the client went away
         wanted = chat.wanted_logprobs() >= 0
-        choices = [
-            Choice(
-                i,
-                ResponseMessage(content="".join(parts[i])),
-                finished[i].reason,
-                ChoiceLogprobs(logprobs[i]) if wanted else None,
-            )
-            for i in range(len(streams))
-        ]
+        choices = []
+        for i in range(len(streams)):
+            text = "".join(parts[i])
+            message: ResponseMessage = ResponseMessage(content=text)
+            reason = finished[i].reason
+            if plan.parses_calls:
+                content, calls = parse_calls(text)
+                if calls:
+                    message, reason = ToolMessage(content=content, tool_calls=calls), "tool_calls"
+            choices.append(Choice(i, message, reason, ChoiceLogprobs(logprobs[i]) if wanted else None))
         return ChatCompletion(streams[0].request.id, int(time.time()), self.name, choices, _usage(finished.values()))
 
     async def open_stream(self, chat: ChatCompletionRequest) -> AsyncIterator[bytes]:
         """Submit and wait for the first event, so a refusal or an early failure is still a plain 503."""
-        streams = self.submit(chat)
+        plan = plan_for(chat)
+        streams = self.submit(chat, plan)
         events = merged(streams)
         try:
             first = await anext(events)
@@ -154,7 +190,8 @@ class WorkerService:
                 stream.cancel()
             await events.aclose()
             raise from_engine_error(first[1].error)
-        return self._sse(streams, events, first, chat.include_usage(), chat.wanted_logprobs() >= 0)
+        calls = [ToolCallStream() for _ in streams] if plan.parses_calls else None
+        return self._sse(streams, events, first, chat.include_usage(), chat.wanted_logprobs() >= 0, calls)
 
     async def _sse(
         self,
@@ -163,8 +200,10 @@ class WorkerService:
         first: tuple[int, Event],
         include_usage: bool,
         with_logprobs: bool,
+        calls: list[ToolCallStream] | None,
     ) -> AsyncIterator[bytes]:
-        """Choices interleaved by index, each opening with its role and closing with its finish; one [DONE]."""
+        """Choices interleaved by index, each opening with its role and closing with its finish; one [DONE].
+        With tools, each choice's text goes through its own tool-call parser (OpenAI's tool_calls deltas)."""
         rid, created, name = streams[0].request.id, int(time.time()), self.name
         finished: list[Finished] = []
         try:
@@ -173,11 +212,21 @@ class WorkerService:
             index, event = first
             while True:
                 if isinstance(event, TextDelta):
-                    logprobs = ChoiceLogprobs(self.tokens.entries(event.logprobs)) if with_logprobs else UNSET
-                    yield chunk_frame(rid, created, name, Delta(content=event.text), index=index, logprobs=logprobs)
+                    if calls is not None:
+                        for delta in calls[index].push(event.text):
+                            yield chunk_frame(rid, created, name, delta, index=index)
+                    else:
+                        logprobs = ChoiceLogprobs(self.tokens.entries(event.logprobs)) if with_logprobs else UNSET
+                        delta = Delta(content=event.text)
+                        yield chunk_frame(rid, created, name, delta, index=index, logprobs=logprobs)
                 elif isinstance(event, Finished):
                     finished.append(event)
-                    yield chunk_frame(rid, created, name, Delta(), event.reason, index=index)
+                    reason = event.reason
+                    if calls is not None:
+                        for delta in calls[index].finish():
+                            yield chunk_frame(rid, created, name, delta, index=index)
+                        reason = "tool_calls" if calls[index].calls else reason
+                    yield chunk_frame(rid, created, name, Delta(), reason, index=index)
                     if len(finished) == len(streams):
                         if include_usage:
                             yield chunk_frame(rid, created, name, Delta(), usage=_usage(finished))

@@ -14,6 +14,7 @@ import torch
 from router.core.config import Config
 from router.core.workers import WorkerConfig
 from workers.engine import Engine, FaultHook
+from workers.grammar import GrammarCompiler
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
 from workers.loader import LoadedModel, attention_shape, load_model
@@ -93,7 +94,8 @@ def build_service(
         graphs.pool_bytes / 1e6,
         "CUDA graphs" if runner.use_graphs else "eager decoding",
     )
-    return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger)
+    grammar = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size)
+    return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger, grammar)
 
 
 def _fixed_cost(probe: MemoryProbe, loaded: LoadedModel, cache: SlotKVCache, graph_bytes: int) -> int:

@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from workers.engine import Engine, Failed, Finished, GenerationRequest, TextDelta
+from workers.grammar import TokenConstraint
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
 from workers.memory import SimulatedGpu
@@ -163,3 +164,51 @@ def test_prefill_and_decode_use_no_deprecated_transformers_api(
         hf_logging.disable_propagation()
     assert [str(w.message) for w in caught] == []
     assert [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()] == []
+
+
+class OnlyTokens:
+    """A stand-in grammar: only `allowed` may be sampled, and it is complete after `length` tokens."""
+
+    def __init__(self, allowed: list[int], length: int) -> None:
+        self.allowed, self.length, self.seen = allowed, length, 0
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        bitmask[row] = 0
+        for token in self.allowed:
+            bitmask[row, token // 32] |= 1 << (token % 32)
+
+    def accept(self, token: int) -> None:
+        assert token in self.allowed
+        self.seen += 1
+
+    @property
+    def stopped(self) -> bool:
+        return self.seen >= self.length
+
+
+def test_a_grammar_masks_its_own_row_only(model: LlamaForCausalLM) -> None:
+    engine = tiny_engine(model)
+    engine.start()
+    only: TokenConstraint = OnlyTokens([3, 29, 299], length=9)  # the letter D twice, and the vocabulary's last
+
+    async def run(prompt: list[int], constraint: TokenConstraint | None) -> tuple[str, Finished]:
+        request = GenerationRequest(f"g{constraint is None}", prompt, 20, SamplingParams(temperature=0.0))
+        request.constraint = constraint
+        stream = engine.submit(request, asyncio.get_running_loop())
+        text = ""
+        while not isinstance(event := await stream.next(), Finished):
+            assert isinstance(event, TextDelta), event
+            text += event.text
+        return text, event
+
+    async def main() -> list[tuple[str, Finished]]:
+        return list(await asyncio.gather(run([1, 2, 3, 4, 5], None), run([7, 8, 9], only)))
+
+    try:
+        (free, free_end), (constrained, constrained_end) = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert engine.stats.largest_batch == 2, "both rows decoded in the same steps"
+    assert free == reference(model, [1, 2, 3, 4, 5], 20) and free_end.reason == "length"
+    assert set(constrained) <= {"D", "N"} and len(constrained) == 9  # 299 % 26 == 13: N
+    assert (constrained_end.reason, constrained_end.completion_tokens) == ("stop", 9)

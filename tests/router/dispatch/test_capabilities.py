@@ -1,7 +1,7 @@
 """Nothing is silently ignored: a request goes to a tier of its chain that supports what it needs, or gets a 400.
 
-Real routers on loopback in front of stand-ins that record what they receive; the worker tiers (`small`, `large`)
-declare logprobs, penalties, logit_bias and n but not tools or response_format, the remote one all of them.
+Real routers on loopback in front of stand-ins that record what they receive. The worker tiers (`small`, `large`)
+are made to declare no capabilities, the remote one all of them; the shipped ones (all six) last.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def config(upstreams: dict[str, ServerThread]) -> dict[str, Any]:
     raw = router_yaml(*(f"{upstreams[t].url}/v1" for t in ("small", "large", "remote")))
     for tier in raw["tiers"].values():
         tier["guardrails"] = False
+    for worker in ("small", "large"):
+        raw["tiers"][worker]["capabilities"] = []
     return raw
 
 
@@ -108,3 +110,20 @@ def test_no_capable_tier_in_the_chain_is_a_400_naming_the_parameter_before_any_u
     assert tools.status_code == 400 and tools.json()["error"]["param"] == "tools"
     assert "tier 'remote' lacks tools" in tools.json()["error"]["message"]
     assert all(received(server) == [] for server in upstreams.values())
+
+
+def test_the_shipped_worker_tiers_take_every_capability(
+    start_router: RouterFactory, upstreams: dict[str, ServerThread]
+) -> None:
+    raw = router_yaml(*(f"{upstreams[t].url}/v1" for t in ("small", "large", "remote")))
+    for tier in raw["tiers"].values():
+        tier["guardrails"] = False
+    router = start_router(raw)
+    for extra in (
+        {"tools": TOOLS, "tool_choice": "required"},
+        {"response_format": {"type": "json_object"}},
+        {"tools": TOOLS, "logprobs": True, "top_logprobs": 2, "presence_penalty": 0.5, "logit_bias": {"7": 5}},
+    ):
+        response = chat(router, model="small", **extra)
+        assert response.status_code == 200 and response.headers["x-router-tier"] == "small", response.text
+        assert "x-router-fallback" not in response.headers
