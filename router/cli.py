@@ -14,6 +14,11 @@ from router.core.logs import configure as configure_logging
 DEFAULT_CONFIG = "config/router.yaml"
 
 
+GRACEFUL_S = 30
+"""On SIGTERM, requests in flight get 30 s to finish; then the lifespan's shutdown runs regardless (a worker
+deregisters, resources close) instead of waiting forever on a connection."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -41,7 +46,15 @@ def _serve(args: argparse.Namespace) -> int:
     guard = Guard.load(config) if needs_guard(config) else None
     print(f"tiered-router: serving on http://{host}:{port}/v1 (config {args.config})", flush=True)
     app = create_app(config, guard=guard)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_S,
+    )
     return 0
 
 
@@ -57,7 +70,15 @@ def _worker(args: argparse.Namespace) -> int:
     port = worker.port if args.port is None else args.port
     print(f"tiered-router worker '{args.tier}' ({worker.model}) on http://{host}:{port}/v1", flush=True)
     app = create_worker_app(config, args.tier, host=host, port=port)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_S,
+    )
     return 0
 
 
