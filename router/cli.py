@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from router.core.config import ConfigError, load_config
 from router.core.logs import configure as configure_logging
@@ -33,8 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from router.api.app import create_app
     from router.guard.rails import Guard
     from router.pipeline import needs_guard
@@ -46,11 +45,18 @@ def _serve(args: argparse.Namespace) -> int:
     guard = Guard.load(config) if needs_guard(config) else None
     print(f"tiered-router: serving on http://{host}:{port}/v1 (config {args.config})", flush=True)
     app = create_app(config, guard=guard)
+    return _run(app, host, port, args.log_level)
+
+
+def _run(app: Any, host: str, port: int, log_level: str) -> int:
+    """Serve an ASGI app (the router or a worker) until stopped, with the bounded graceful shutdown."""
+    import uvicorn
+
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level=args.log_level,
+        log_level=log_level,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_S,
@@ -59,8 +65,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from workers.app import create_worker_app
 
 
@@ -70,16 +74,7 @@ def _worker(args: argparse.Namespace) -> int:
     port = worker.port if args.port is None else args.port
     print(f"tiered-router worker '{args.tier}' ({worker.model}) on http://{host}:{port}/v1", flush=True)
     app = create_worker_app(config, args.tier, host=host, port=port)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=args.log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=GRACEFUL_S,
-    )
-    return 0
+    return _run(app, host, port, args.log_level)
 
 
 def _standin(args: argparse.Namespace) -> int:
