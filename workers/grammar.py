@@ -101,17 +101,11 @@ class GrammarCompiler:
 
     def tool_call(self, tools: list[ToolSpec]) -> TokenConstraint:
         """Exactly one `<tool_call>{"name": ..., "arguments": ...}</tool_call>` calling one of `tools`."""
-        calls = [
-            {
-                "type": "object",
-                "properties": {"name": {"const": tool.name}, "arguments": _compact(tool.parameters)},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-            for tool in tools
-        ]
-        schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
-        lark = 'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json ' + json.dumps(_compact(schema))
+        return self._constraint(llguidance.LLMatcher.grammar_from_lark(f"start: call\n{_call_rules(tools)}"))
+
+    def call_or_json(self, tools: list[ToolSpec], schema: dict[str, Any]) -> TokenConstraint:
+        """`tool_choice: auto` with a `response_format`: either one tool call or an answer in the schema."""
+        lark = f"start: call | answer\n{_call_rules(tools)}\nanswer: %json {json.dumps(_compact(schema))}"
         return self._constraint(llguidance.LLMatcher.grammar_from_lark(lark))
 
     def _constraint(self, grammar: str) -> TokenConstraint:
@@ -124,7 +118,52 @@ class GrammarCompiler:
         return MatcherConstraint(matcher)
 
 
+def _call_rules(tools: list[ToolSpec]) -> str:
+    """Lark rules: `call` is one `<tool_call>` block whose JSON names one of `tools` with valid arguments."""
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": _compact(tool.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return 'call: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json ' + json.dumps(_compact(schema))
+
+
 def _compact(schema: dict[str, Any]) -> dict[str, Any]:
     if not schema:
-        schema = {"type": "object"}  # a function without parameters still takes an (empty) object
+        schema = {"type": "object", "properties": {}}  # a function without parameters takes an empty object
+    schema = _closed(schema)
     return {**schema, "x-guidance": {**COMPACT, **schema.get("x-guidance", {})}}
+
+
+SUBSCHEMAS = ("items", "additionalItems", "contains", "not", "if", "then", "else")
+SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object that lists its `properties` but says nothing of others closed to them
+    (`additionalProperties: false`). Valid answers stay valid; what changes is that a small model can no longer
+    fill an open object with keys copied from the schema itself (seen with SmolLM2: `{"input": 3, "type":
+    "integer", ...}`), which no client asked for. A schema that allows more keys says so and keeps them."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    for key in SUBSCHEMAS:
+        if key in out:
+            out[key] = _closed(out[key])
+    for key in SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_closed(item) for item in out[key]]
+    for key in SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _closed(sub) for name, sub in out[key].items()}
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _closed(out["additionalProperties"])
+    return out

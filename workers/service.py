@@ -88,7 +88,10 @@ class WorkerService:
                 param="messages",
                 code=CONTEXT_LENGTH_EXCEEDED,
             )
-        wanted = chat.token_limit() or self.config.max_tokens_default
+        constrained = bool(plan.forced) or plan.schema is not None
+        # A grammar-constrained answer cut short is broken JSON, so without max_tokens it may run to the cap.
+        default = self.config.max_tokens_cap if constrained else self.config.max_tokens_default
+        wanted = chat.token_limit() or default
         max_tokens = min(wanted, self.config.max_tokens_cap, room)
         temperature = (
             1.0 if chat.temperature is None or not isinstance(chat.temperature, float | int) else chat.temperature
@@ -107,7 +110,7 @@ class WorkerService:
         )
         min_tokens = max_tokens if chat.ignore_eos is True else min(max_tokens, chat.min_tokens or 0)
         constraint = None
-        if plan.forced or plan.schema is not None:
+        if constrained:
             if self.grammar is None:
                 raise InvalidRequest("this worker has no grammar engine", param="response_format")
             constraint = plan.constraint(self.grammar)

@@ -88,6 +88,8 @@ class ToolPlan:
         try:
             if self.forced:
                 return compiler.tool_call(self.forced)
+            if self.schema is not None and self.tools:
+                return compiler.call_or_json([_spec(t["function"]) for t in self.tools], self.schema)
             if self.schema is not None:
                 return compiler.json_schema(self.schema)
         except GrammarError as exc:
@@ -103,7 +105,7 @@ def plan_for(chat: ChatCompletionRequest) -> ToolPlan:
     choice = _decode(chat.tool_choice, "tool_choice") or ("auto" if tools else "none")
     plan = ToolPlan()
     functions = [t["function"] for t in tools]
-    specs = {f["name"]: ToolSpec(f["name"], f.get("parameters") or {}) for f in functions}
+    specs = {f["name"]: _spec(f) for f in functions}
     if choice == "none":
         pass
     elif choice in ("auto", "required"):
@@ -120,6 +122,10 @@ def plan_for(chat: ChatCompletionRequest) -> ToolPlan:
         raise InvalidRequest('tool_choice must be "none", "auto", "required" or a named function', param="tool_choice")
     plan.schema = _schema(_decode(chat.response_format, "response_format"))
     return plan
+
+
+def _spec(function: dict[str, Any]) -> ToolSpec:
+    return ToolSpec(function["name"], function.get("parameters") or {})
 
 
 def _decode(raw: Any, param: str) -> Any:

@@ -1,5 +1,6 @@
-"""LiteLLM's completion, plain and streamed, against the router (as an `openai/` provider), answered by the real
-small worker. The test environment (tests/clients/conftest.py) keeps LiteLLM's cost map local."""
+"""LiteLLM's completion, plain and streamed, a forced tool call and a json_schema answer, against the router (as an
+`openai/` provider), answered by the real SmolLM2 workers. The test environment (tests/clients/conftest.py) keeps
+LiteLLM's cost map local."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import litellm
 import pytest
+
+from tests.shapes import ASK_PERSON, ASK_WEATHER, FORCED, STRICT_PERSON, WEATHER, check_person, check_weather_call
 
 # LiteLLM builds pydantic models of its own TypedDicts (a GitHub Copilot device code) on its first call.
 pytestmark = pytest.mark.filterwarnings("ignore:Items? .* using the `ReadOnly` qualifier:UserWarning")
@@ -32,3 +35,31 @@ def test_stream_answers_paris(smollm_router: str) -> None:
     assert len(chunks) > 1
     assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_forced_tool_call(smollm_router: str) -> None:
+    response = litellm.completion(
+        model="openai/small",
+        api_base=smollm_router,
+        api_key="unused",
+        messages=ASK_WEATHER,
+        tools=[WEATHER],
+        tool_choice=FORCED,
+        temperature=0,
+    )
+    assert response.choices[0].finish_reason == "tool_calls"
+    call = response.choices[0].message.tool_calls[0]
+    check_weather_call(call.function.name, call.function.arguments)
+
+
+def test_a_json_schema_answer_streamed(smollm_router: str) -> None:
+    chunks = litellm.completion(
+        model="openai/large",
+        api_base=smollm_router,
+        api_key="unused",
+        messages=ASK_PERSON,
+        response_format=STRICT_PERSON,
+        temperature=0,
+        stream=True,
+    )
+    check_person("".join(chunk.choices[0].delta.content or "" for chunk in chunks))

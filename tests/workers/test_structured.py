@@ -15,30 +15,10 @@ import pytest
 from tests import openai_schema
 from tests.helpers import RouterFactory, WorkerFactory, router_yaml
 from tests.servers import ServerThread
+from tests.shapes import ASK_PERSON, ASK_WEATHER, FORCED, PERSON, STRICT_PERSON, WEATHER, check_person
+from tests.shapes import check_weather_call as check_call
 
 pytestmark = pytest.mark.slow
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather forecast for a city, some days ahead.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
-    },
-}
-ASK_WEATHER = [{"role": "user", "content": "What will the weather be in Paris in 3 days?"}]
-PERSON = {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-ASK_PERSON = [{"role": "user", "content": "Describe a famous scientist as JSON with a name and an age."}]
-FORCED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def post(server: ServerThread, **body: Any) -> httpx.Response:
@@ -46,11 +26,6 @@ def post(server: ServerThread, **body: Any) -> httpx.Response:
     response = httpx.post(f"{server.url}/v1/chat/completions", json=payload, timeout=180)
     assert response.status_code == 200, response.text
     return response
-
-
-def check_call(name: str, arguments: str) -> None:
-    assert name == "get_weather"
-    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])  # type: ignore[index]
 
 
 def streamed_calls(text: str) -> tuple[list[tuple[str, str, str]], str | None]:
@@ -165,3 +140,19 @@ def test_a_forced_tool_call_comes_back_through_the_router(
     streamed, finish = streamed_calls(post(router, **body, stream=True).text)
     assert finish == "tool_calls" and len(streamed) == 1
     check_call(streamed[0][1], streamed[0][2])
+
+
+def test_a_constrained_answer_without_max_tokens_may_run_to_the_cap(start_worker: WorkerFactory) -> None:
+    """A JSON answer cut at the worker's small default would be broken JSON, so it may run to `max_tokens_cap`;
+    a free answer still stops at the default."""
+    small = start_worker("small", max_tokens_default=4)
+    url = f"{small.url}/v1/chat/completions"
+    body = {"model": "m", "temperature": 0, "messages": ASK_PERSON}
+    strict = openai_schema.completion(
+        httpx.post(url, json={**body, "response_format": STRICT_PERSON}, timeout=180).content
+    )
+    assert strict.choices[0].finish_reason == "stop"
+    check_person(strict.choices[0].message.content or "")
+    free = openai_schema.completion(httpx.post(url, json=body, timeout=180).content)
+    assert free.choices[0].finish_reason == "length"
+    assert free.usage is not None and free.usage.completion_tokens == 4
