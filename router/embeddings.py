@@ -1,15 +1,19 @@
 """`POST /v1/embeddings`, served in the router by the all-MiniLM-L6-v2 encoder the embedding classifier and the
-guardrails use: loaded on the first call (in a worker thread), encoding one batch at a time off the event loop."""
+guardrails use (loaded on the first call, in a worker thread, encoding one batch at a time off the event loop), or
+sent on to the tier `embeddings.tiers` names for the requested model."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
+import msgspec
 
+from router.core.config import EmbeddingsConfig
 from router.decide.access import Caller
+from router.dispatch.backends import TierBackend
 from router.wire.decode import parse_body
 from router.wire.embeddings import (
     EMBEDDING_MODEL,
@@ -38,27 +42,43 @@ def load_minilm() -> TextEncoder:
     return MiniLMEncoder(threads=1, int8=False)
 
 
+class ModelOnly(msgspec.Struct):
+    """What the router reads of a request it sends on to a tier: the model name, to pick the tier."""
+
+    model: str
+
+
 class EmbeddingService:
     """Owns the encoder (loaded lazily, once); the app's lifespan creates it and drops it on shutdown."""
 
     def __init__(
         self,
         authenticate: Callable[[str | None], Awaitable[Caller | None]],
-        aliases: Callable[[], Collection[str]] = tuple,
+        config: Callable[[], EmbeddingsConfig] = EmbeddingsConfig,
+        backends: Mapping[str, TierBackend] | None = None,
         load: Callable[[], TextEncoder] = load_minilm,
     ) -> None:
         self._authenticate = authenticate
-        self._aliases = aliases
-        """Read on each request, so a reloaded config (`embeddings.aliases`) applies at once."""
+        self._config = config
+        """Read on each request, so a reloaded config (`embeddings.aliases`, `embeddings.tiers`) applies at once."""
+        self._backends = backends or {}
         self._load = load
         self._encoder: TextEncoder | None = None
         self._limiter = anyio.CapacityLimiter(1)
         """One load, then one batch at a time: the encoder's threads are the router's CPU."""
 
     async def embeddings(self, body: bytes, headers: Mapping[str, str]) -> bytes:
-        await self._authenticate(headers.get("authorization"))
+        caller = await self._authenticate(headers.get("authorization"))
+        config = self._config()
+        model = parse_body(body, _MODEL_DECODER.decode, "embeddings request").model
+        tier = config.tiers.get(model)
+        if tier is not None:
+            if caller is not None:
+                caller.allowed([tier])
+            reply = await self._backends[tier].embeddings(body)
+            return reply.body
         request = parse_body(body, decode_embedding_request, "embeddings request")
-        texts = request.texts(self._aliases())
+        texts = request.texts(config.aliases, config.tiers)
         vectors, lengths = await anyio.to_thread.run_sync(self._encode, texts, limiter=self._limiter)
         data = [
             Embedding(i, base64.b64encode(row.astype("<f4").tobytes()).decode("ascii"))
@@ -76,3 +96,6 @@ class EmbeddingService:
 
     def close(self) -> None:
         self._encoder = None
+
+
+_MODEL_DECODER = msgspec.json.Decoder(ModelOnly)

@@ -95,7 +95,7 @@ def create_app(
             app.state.service = service
             app.state.translator = TranslatingService(service)
             app.state.embedder = embedder = EmbeddingService(
-                service.authenticate, lambda: service.config.embeddings.aliases
+                service.authenticate, lambda: service.config.embeddings, backends
             )
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
             if config.source:

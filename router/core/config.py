@@ -33,7 +33,6 @@ Capability = Literal["tools", "response_format", "logprobs", "penalties", "logit
 CAPABILITIES: tuple[Capability, ...] = get_args(Capability)
 
 
-
 class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
@@ -52,11 +51,15 @@ class LimitsConfig(Strict, frozen=True):
 
 
 class EmbeddingsConfig(Strict, frozen=True):
-    """`POST /v1/embeddings`, served by the router's all-minilm-l6-v2."""
+    """`POST /v1/embeddings`: served by the router's all-minilm-l6-v2, or by a configured tier."""
 
     aliases: list[str] = []
-    """Other model names answered by it too (e.g. `text-embedding-3-small`, for clients that hard-code one);
-    any other name is a 404 `model_not_found`."""
+    """Other model names answered by the router's MiniLM too (e.g. `text-embedding-3-small`, for clients that
+    hard-code one)."""
+    tiers: dict[str, str] = {}
+    """Model name -> tier: a request naming that model is sent to the tier's own `/embeddings` (its base URL, key
+    and timeouts; a vLLM or TGI embedding server, or the remote API), the model name as the client sent it.
+    Any model neither here, nor an alias, nor all-minilm-l6-v2 is a 404 `model_not_found`."""
 
 
 class ApiKey(Strict, frozen=True):
@@ -364,6 +367,12 @@ def validate(config: Config) -> None:
         if rule.fallback is not None:
             _check_chain(src, f"{key}.fallback", rule.fallback, tiers, own=rule.tier)
         _check_match(src, f"{key}.when", rule.when)
+    for model, served_by in config.embeddings.tiers.items():
+        if served_by not in tiers:
+            defined = ", ".join(sorted(tiers))
+            raise ConfigError(src, f"embeddings.tiers.{model}", f"unknown tier {served_by!r} (defined: {defined})")
+        if model in config.embeddings.aliases:
+            raise ConfigError(src, f"embeddings.tiers.{model}", "is also in embeddings.aliases (served locally)")
     if config.guardrails.self_check_tier not in tiers:
         raise ConfigError(src, "guardrails.self_check_tier", f"unknown tier {config.guardrails.self_check_tier!r}")
     names: set[str] = set()

@@ -1,14 +1,16 @@
 """A small, fast OpenAI-compatible stand-in server for tests, benchmarks and demos.
 
-It answers chat completions by echoing the last user message, word by word when streaming,
-and records what it received (`GET /_standin/requests`) so tests can check what the router
-forwarded; `POST /_standin/script` queues scripted failures (`StandinSettings.script`). Plain ASGI,
-so it costs as little CPU as possible when used as a benchmark upstream.
+It answers chat completions by echoing the last user message, word by word when streaming, answers
+embeddings with vectors made from each text's hash (the same text, the same vector), and records what
+it received (`GET /_standin/requests`) so tests can check what the router forwarded; `POST /_standin/script`
+queues scripted failures (`StandinSettings.script`). Plain ASGI, so it costs as little CPU as possible when used
+as a benchmark upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import deque
@@ -78,6 +80,8 @@ class Standin:
         if path.endswith("/chat/completions") and method == "POST":
             body = await _read_body(receive)
             await self._chat(scope, body, send)
+        elif path.endswith("/embeddings") and method == "POST":
+            await self._embeddings(scope, await _read_body(receive), send)
         elif path.endswith("/models"):
             await _send_json(send, 200, encode(ModelList([ModelCard(id=self.settings.name)])))
         elif path == "/_standin/script" and method == "POST":
@@ -91,13 +95,33 @@ class Standin:
         else:
             await _send_json(send, 404, encode(ErrorBody(ErrorDetail("not found", "not_found_error"))))
 
-    async def _chat(self, scope: Scope, body: bytes, send: Send) -> None:
-        settings = self.settings
+    def _record(self, scope: Scope, body: bytes) -> None:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         record = {"headers": headers, "body": msgspec.json.decode(body) if body else None, "at": time.monotonic()}
+        record["path"] = scope["path"]
         self.received.append(record)
-        while len(self.received) > settings.record:
+        while len(self.received) > self.settings.record:
             self.received.popleft()
+
+    async def _embeddings(self, scope: Scope, body: bytes, send: Send) -> None:
+        self._record(scope, body)
+        request = msgspec.json.decode(body)
+        texts = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [b / 255 for b in hashlib.sha256(str(t).encode()).digest()[:8]],
+            }
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(len(str(t).split()) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await _send_json(send, 200, encode({"object": "list", "data": data, "model": request["model"], "usage": usage}))
+
+    async def _chat(self, scope: Scope, body: bytes, send: Send) -> None:
+        settings = self.settings
+        self._record(scope, body)
         step = settings.script.popleft() if settings.script else "ok"
         action, _, argument = step.partition(":")
         if settings.response_delay_s:

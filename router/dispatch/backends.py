@@ -93,6 +93,7 @@ class TierBackend:
         # Parsed once: building URLs and headers per request is a measurable share of httpx's CPU cost.
         self._url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")
         self._models_url = httpx.URL(config.base_url.rstrip("/") + "/models")
+        self._embeddings_url = httpx.URL(config.base_url.rstrip("/") + "/embeddings")
         self._environ = environ
         env = os.environ if environ is None else environ
         # identity: upstream bytes are relayed as they are, so they must not arrive compressed.
@@ -123,6 +124,15 @@ class TierBackend:
     async def complete(self, payload: bytes) -> UpstreamReply:
         self._require_key()
         request = self._request(payload, self._complete_timeout)
+        with self.translating():
+            response = await self._client.send(request)
+        self._raise_for_status(response.status_code, response.content, response.headers)
+        return UpstreamReply(response.status_code, response.content, _passed_headers(response.headers))
+
+    async def embeddings(self, payload: bytes) -> UpstreamReply:
+        """`POST /embeddings` on this tier (an embeddings request the router does not serve itself)."""
+        self._require_key()
+        request = self._request(payload, self._complete_timeout, self._embeddings_url)
         with self.translating():
             response = await self._client.send(request)
         self._raise_for_status(response.status_code, response.content, response.headers)
@@ -159,9 +169,9 @@ class TierBackend:
             return False, f"answered {response.status_code}"
         return True, "ok"
 
-    def _request(self, payload: bytes, timeout: dict[str, float | None]) -> httpx.Request:
+    def _request(self, payload: bytes, timeout: dict[str, float | None], url: httpx.URL | None = None) -> httpx.Request:
         request = httpx.Request(
-            "POST", self._url, content=payload, headers=self._headers, extensions={"timeout": timeout}
+            "POST", url or self._url, content=payload, headers=self._headers, extensions={"timeout": timeout}
         )
         rid = request_id.get()
         if rid is not None:

@@ -28,13 +28,13 @@ class EmbeddingRequest(msgspec.Struct, omit_defaults=True):
     dimensions: int | UnsetType | None = UNSET
     user: str | UnsetType = UNSET
 
-    def texts(self, aliases: Collection[str] = ()) -> list[str]:
+    def texts(self, aliases: Collection[str] = (), elsewhere: Collection[str] = ()) -> list[str]:
         """The input as a list, within the limits (a 400 naming `input` or `dimensions`; a 404 for a model that is
-        neither ours nor one of its configured `aliases`)."""
+        neither ours nor one of its configured `aliases`; `elsewhere`: the models tiers serve, named in the 404)."""
         if self.model != EMBEDDING_MODEL and self.model not in aliases:
+            served = ", ".join(repr(m) for m in [EMBEDDING_MODEL, *aliases, *elsewhere])
             raise UnknownModel(
-                f"The model '{self.model}' does not exist; embeddings are served by '{EMBEDDING_MODEL}'",
-                param="model",
+                f"The model '{self.model}' does not exist; embeddings are served for {served}", param="model"
             )
         if self.dimensions not in (UNSET, None, EMBEDDING_DIMS):
             raise InvalidRequest(

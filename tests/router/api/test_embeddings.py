@@ -1,11 +1,12 @@
 """`POST /v1/embeddings`, served by the router's own all-MiniLM-L6-v2, driven with the real `openai` SDK: floats
 and base64 (the SDK's default), the SDK's `CreateEmbeddingResponse` in strict mode, paraphrases closer than an
-unrelated sentence, and 400/404 naming what is wrong."""
+unrelated sentence, and 400/404 naming what is wrong; a model `embeddings.tiers` names is sent to that tier."""
 
 from __future__ import annotations
 
 import base64
 import math
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,7 +14,9 @@ import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
 
-from tests.helpers import RouterFactory
+from router.core.config import ConfigError, load_config
+from tests.helpers import RouterFactory, router_yaml, write_config
+from tests.servers import ServerThread
 
 MODEL = "all-minilm-l6-v2"
 TEXTS = ["How do I reset my password?", "What are the steps to change my password?", "The tide comes in at noon."]
@@ -77,3 +80,30 @@ def test_a_configured_alias_is_served(start_router: RouterFactory) -> None:
     with pytest.raises(openai.NotFoundError) as other:
         client.embeddings.create(model="text-embedding-3-large", input="hi")
     assert other.value.code == "model_not_found"
+
+
+def test_a_model_a_tier_serves_is_sent_there_with_its_key(
+    start_router: RouterFactory, standins: dict[str, ServerThread]
+) -> None:
+    router = start_router(
+        embeddings={"aliases": ["text-embedding-3-small"], "tiers": {"text-embedding-3-large": "remote"}}
+    )
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+    answer = client.embeddings.create(model="text-embedding-3-large", input=["hi", "there"], encoding_format="float")
+    assert [len(item.embedding) for item in answer.data] == [8, 8] and answer.model == "text-embedding-3-large"
+    sent = [
+        r for r in httpx.get(f"{standins['remote'].url}/_standin/requests").json() if r["path"].endswith("/embeddings")
+    ]
+    assert len(sent) == 1 and sent[0]["body"]["input"] == ["hi", "there"]
+    assert sent[0]["headers"]["authorization"] == "Bearer sk-test-secret-key"
+    local = client.embeddings.create(model="text-embedding-3-small", input="hi", encoding_format="float")
+    assert len(local.data[0].embedding) == 384, "an alias is still the router's own MiniLM"
+    with pytest.raises(openai.NotFoundError) as other:
+        client.embeddings.create(model="text-embedding-ada-002", input="hi")
+    assert "'text-embedding-3-large'" in other.value.message
+
+
+def test_a_tier_named_for_embeddings_must_exist(tmp_path: Path) -> None:
+    raw = router_yaml(*(["http://127.0.0.1:1/v1"] * 3), embeddings={"tiers": {"e5": "nowhere"}})
+    with pytest.raises(ConfigError, match=r"embeddings\.tiers\.e5"):
+        load_config(write_config(tmp_path / "router.yaml", raw), environ={})
