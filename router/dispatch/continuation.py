@@ -145,6 +145,7 @@ class ContinuingStream:
         why_not = transcript.why_not() or self._why_not()
         if why_not is not None:
             log.warning("stream on tier %s failed mid-way (%s); not continued: %s", self.route.tier, failure, why_not)
+            failure.explain(f"the stream broke off mid-way and was not continued: {why_not}")
             raise failure
         async for complete in self._continue(transcript, failure):
             yield complete

@@ -52,6 +52,11 @@ class RouterError(Exception):
     def body(self) -> ErrorBody:
         return ErrorBody(ErrorDetail(self.message, self.error_type, self.param, self.code))
 
+    def explain(self, why: str) -> None:
+        """Add what the router made of the error to its message (the client reads it in the error body)."""
+        self.message = f"{self.message}; {why}"
+        self.args = (self.message,)
+
     def headers(self) -> dict[str, str]:
         return {}
 

@@ -87,7 +87,8 @@ def test_the_self_check_rail_asks_the_small_model_for_a_yes_or_no(
 def test_a_worker_killed_mid_answer_is_continued_by_the_other_tier(
     start_worker: WorkerFactory, start_router: RouterFactory, checkpoint_dir: Path, tmp_path: Path
 ) -> None:
-    """small (its own process) is killed after its first words; large continues the very same answer."""
+    """small (its own process) is killed after its first words; large continues the very same answer, with the
+    logprobs the request asked for."""
     large = start_worker("large")
     port = free_port()
     raw = yaml.safe_load((REPO / "config" / "router.yaml").read_text())
@@ -99,7 +100,7 @@ def test_a_worker_killed_mid_answer_is_continued_by_the_other_tier(
         routed["tiers"]["small"]["fallback"] = ["large"]
         routed["tiers"]["large"]["guardrails"] = False
         router = start_router(routed)
-        body = {"messages": FRANCE, "temperature": 0, "max_tokens": 24, "stream": True}
+        body = {"messages": FRANCE, "temperature": 0, "max_tokens": 24, "stream": True, "logprobs": True}
         lines: list[str] = []
         with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=body, timeout=120) as response:
             assert response.headers["x-router-tier"] == "small"
@@ -118,5 +119,12 @@ def test_a_worker_killed_mid_answer_is_continued_by_the_other_tier(
 
     before, after = text(lines[:cut]), text(lines[cut:])
     assert before and "Paris" not in before, before
+    # logprobs went along: every chunk with text, before and after the cut, carries its tokens' logprobs.
+    for event in (msgspec.json.decode(x[6:]) for x in lines if x.startswith("data: {")):
+        choice = event["choices"][0] if event.get("choices") else {}
+        if choice.get("delta", {}).get("content"):
+            tokens = choice["logprobs"]["content"]
+            assert "".join(t["token"] for t in tokens) == choice["delta"]["content"], event
+            assert all(t["logprob"] <= 0 for t in tokens)
     assert "Paris" in before + after, (before, after)  # large read on from small's words, not from the start
     assert not after.lstrip().startswith("The capital"), (before, after)
