@@ -193,7 +193,8 @@ class WorkerService:
                 stream.cancel()
             await events.aclose()
             raise from_engine_error(first[1].error)
-        calls = [ToolCallStream() for _ in streams] if plan.parses_calls else None
+        forced = bool(plan.forced)
+        calls = [ToolCallStream(incremental=forced) for _ in streams] if plan.parses_calls else None
         return self._sse(streams, events, first, chat.include_usage(), chat.wanted_logprobs() >= 0, calls)
 
     async def _sse(

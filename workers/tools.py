@@ -235,24 +235,38 @@ def _call(body: str) -> ToolCall | None:
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
     text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return ToolCall(f"call_{uuid.uuid4().hex[:24]}", FunctionCall(value["name"], text))
+    return ToolCall(_call_id(), FunctionCall(value["name"], text))
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 class ToolCallStream:
     """Splits streamed text into content deltas and OpenAI tool-call deltas: text that may begin `<tool_call>`
-    is held back; a complete call is sent as a delta with its index, id and name, then its arguments in
-    fragments."""
+    is held back; a call is sent as a delta with its index, id and name, then its arguments in fragments.
+
+    A call the grammar forces (`incremental`) is well-formed by construction, so its head goes out as soon as its
+    name is known and its arguments as they are generated, as OpenAI streams them. A free (`auto`) call is sent
+    once its block is complete and parses: until then it may still turn out to be text."""
 
     FRAGMENT = 16
 
-    def __init__(self) -> None:
+    def __init__(self, *, incremental: bool = False) -> None:
         self._buffer = ""
         self.calls = 0
+        self._incremental = incremental
+        self._arguments: ArgumentScanner | None = None
+        """The forced call whose arguments are being streamed, if any."""
 
     def push(self, text: str) -> list[Delta]:
         self._buffer += text
         out: list[Delta] = []
         while True:
+            if self._arguments is not None:
+                if not self._stream_arguments(out):
+                    return out
+                continue
             start = self._buffer.find(OPEN)
             if start < 0:
                 keep = _partial_open(self._buffer)
@@ -263,6 +277,14 @@ class ToolCallStream:
             if start > 0:
                 out.append(Delta(content=self._buffer[:start]))
                 self._buffer = self._buffer[start:]
+            if self._incremental:
+                head = FORCED_HEAD.match(self._buffer)
+                if head is None:
+                    return out
+                self._buffer = self._buffer[head.end() :]
+                out.append(self._head(ToolCall(_call_id(), FunctionCall(json.loads(f'"{head.group(1)}"'), ""))))
+                self._arguments = ArgumentScanner()
+                continue
             end = self._buffer.find("</tool_call>")
             if end < 0:
                 return out
@@ -275,19 +297,79 @@ class ToolCallStream:
             out.extend(self._deltas(calls[0]))
 
     def finish(self) -> list[Delta]:
-        """Whatever is held back at the end (an unfinished call stays text)."""
+        """Whatever is held back at the end (an unfinished free call stays text; a forced call's arguments cut
+        short by max_tokens are sent as they are, as OpenAI does at finish_reason length)."""
         rest, self._buffer = self._buffer, ""
+        if self._arguments is not None:
+            self._arguments = None
+            return [self._fragment(rest)] if rest else []
         return [Delta(content=rest)] if rest else []
 
-    def _deltas(self, call: ToolCall) -> list[Delta]:
+    def _stream_arguments(self, out: list[Delta]) -> bool:
+        """Send what the buffer holds of the current call's arguments; True once they (and the call) ended."""
+        assert self._arguments is not None
+        taken = 0 if self._arguments.done else self._arguments.feed(self._buffer)
+        if taken:
+            out.append(self._fragment(self._buffer[:taken]))
+            self._buffer = self._buffer[taken:]
+        if not self._arguments.done:
+            return False
+        tail = FORCED_TAIL.match(self._buffer)
+        if tail is None:
+            return False  # the closing `}` and `</tool_call>` are still to come
+        self._buffer = self._buffer[tail.end() :]
+        self._arguments = None
+        return True
+
+    def _head(self, call: ToolCall) -> ToolDelta:
         index, self.calls = self.calls, self.calls + 1
-        head = ToolCallDelta(index, call.id, "function", FunctionDelta(call.function.name, ""))
-        deltas: list[Delta] = [ToolDelta(tool_calls=[head])]
+        return ToolDelta(tool_calls=[ToolCallDelta(index, call.id, "function", FunctionDelta(call.function.name, ""))])
+
+    def _fragment(self, arguments: str) -> ToolDelta:
+        return ToolDelta(tool_calls=[ToolCallDelta(self.calls - 1, function=FunctionDelta(arguments=arguments))])
+
+    def _deltas(self, call: ToolCall) -> list[Delta]:
+        deltas: list[Delta] = [self._head(call)]
         arguments = call.function.arguments
         for at in range(0, len(arguments), self.FRAGMENT):
-            piece = FunctionDelta(arguments=arguments[at : at + self.FRAGMENT])
-            deltas.append(ToolDelta(tool_calls=[ToolCallDelta(index, function=piece)]))
+            deltas.append(self._fragment(arguments[at : at + self.FRAGMENT]))
         return deltas
+
+
+FORCED_HEAD = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+"""The start of a grammar-forced call, up to its arguments (the grammar writes the name first)."""
+FORCED_TAIL = re.compile(r"\s*\}\s*</tool_call>\n?")
+
+
+class ArgumentScanner:
+    """Finds where a JSON value (a call's arguments object) ends in text that arrives in pieces."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.done = False
+        self._string = False
+        self._escaped = False
+
+    def feed(self, text: str) -> int:
+        """How many characters of `text` belong to the value (all of them until it ends)."""
+        for at, char in enumerate(text):
+            if self._string:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._string = False
+            elif char == '"':
+                self._string = True
+            elif char in "{[":
+                self.depth += 1
+            elif char in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    self.done = True
+                    return at + 1
+        return len(text)
 
 
 def _partial_open(text: str) -> int:

@@ -62,6 +62,8 @@ def test_tool_arguments_take_only_the_declared_parameters(
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     assert accepts(compiler.tool_call([WEATHER]), tokenizer, call)
     extra = call.replace('"Paris"}', '"Paris", "type": "string"}')
+    reordered = '<tool_call>\n{"arguments": {"city": "Paris"}, "name": "get_weather"}\n</tool_call>'
+    assert not accepts(compiler.tool_call([WEATHER]), tokenizer, reordered), "the name comes first (streaming)"
     assert not accepts(compiler.tool_call([WEATHER]), tokenizer, extra)
     empty = ToolSpec("ping", {})
     assert accepts(

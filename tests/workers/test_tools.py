@@ -44,6 +44,29 @@ def test_a_streamed_call_is_a_head_delta_then_argument_fragments(piece: int) -> 
     assert json.loads(arguments) == {"a": 1, "b": "two"} and stream.calls == 1
 
 
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+def test_a_forced_call_streams_its_arguments_as_they_are_generated(piece: int) -> None:
+    """The grammar wrote it, so it needs no parsing first: the head as soon as the name is out, then arguments."""
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": "t}w\\"o", "c": [{"d": 2}]}}\n</tool_call>'
+    stream = ToolCallStream(incremental=True)
+    middle = text.index('"t}w')
+    early = [d for at in range(0, middle, piece) for d in stream.push(text[at : min(at + piece, middle)])]
+    late = [d for at in range(middle, len(text), piece) for d in stream.push(text[at : at + piece])] + stream.finish()
+    assert not any(isinstance(d.content, str) and d.content for d in early + late), "nothing of it is content"
+    calls = [c for d in early + late if isinstance(d, ToolDelta) and d.tool_calls for c in d.tool_calls]
+    head = calls[0]
+    assert head.id is not msgspec.UNSET and not isinstance(head.function, msgspec.UnsetType)
+    assert head.function.name == "add" and head.function.arguments == ""
+    sent_early = [c for d in early if isinstance(d, ToolDelta) and d.tool_calls for c in d.tool_calls]
+    assert sent_early[0] is head and len(sent_early) >= 2, "the head and part of the arguments before the end"
+    arguments = "".join(
+        c.function.arguments
+        for c in calls[1:]
+        if not isinstance(c.function, msgspec.UnsetType) and c.function.arguments
+    )
+    assert json.loads(arguments) == {"a": 1, "b": 't}w"o', "c": [{"d": 2}]} and stream.calls == 1
+
+
 def test_the_fallback_prompt_lists_the_tools_and_keeps_the_tool_history() -> None:
     chat = request(
         tools=[TOOL],
