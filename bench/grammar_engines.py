@@ -51,7 +51,7 @@ def summary(setup: float, compiles: list[float], fills: list[float], applies: li
 
 
 def llguidance_case(tokenizer: Any, answer: list[int]) -> dict[str, float]:
-    from workers.grammar import GrammarCompiler, apply_masks, new_bitmask
+    from workers.grammar import GrammarCompiler, GrammarMasks
 
     started = time.perf_counter()
     compiler = GrammarCompiler(tokenizer, len(tokenizer))
@@ -62,14 +62,14 @@ def llguidance_case(tokenizer: Any, answer: list[int]) -> dict[str, float]:
         constraint = compiler.json_schema(SCHEMA)
         compiles.append(time.perf_counter() - started)
         logits = torch.zeros(1, len(tokenizer))
-        bitmask = new_bitmask(1, len(tokenizer))
+        masks = GrammarMasks(1, len(tokenizer), logits.device)
         fill = apply = 0.0
         for token in answer:
             logits.zero_()
             started = time.perf_counter()
-            constraint.fill(bitmask, 0)
+            masks.fill([constraint])
             filled = time.perf_counter()
-            apply_masks(logits, bitmask, [0])
+            masks.apply(logits, [0])
             fill, apply = fill + filled - started, apply + time.perf_counter() - filled
             assert logits[0, token] == 0, "the answer is allowed"
             constraint.accept(token)

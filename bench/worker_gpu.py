@@ -82,7 +82,10 @@ def plain_generate(path: Path, nf4: bool, prompt_len: int, new_tokens: int) -> d
     return result
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, prompt: str, new_tokens: int) -> dict[str, float]:
+async def one_stream(
+    client: httpx.AsyncClient, url: str, prompt: str, new_tokens: int, extra: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """One streamed request of exactly `new_tokens` (greedy, end of sequence ignored), `extra` merged into its body."""
     body = {
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": new_tokens,
@@ -90,6 +93,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, prompt: str, new_token
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra or {}),
     }
     started = time.perf_counter()
     first = last = 0.0

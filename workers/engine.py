@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from workers.detokenize import IncrementalText
-from workers.grammar import TokenConstraint, apply_masks, new_bitmask
+from workers.grammar import GrammarMasks, TokenConstraint
 from workers.ledger import VramExhausted, VramLedger
 from workers.processors import RowProcessors, StepLogprobs, TokenLogprob, host_logprobs, row_logprobs, take
 from workers.runner import ModelRunner
@@ -109,6 +109,8 @@ class _Running:
     done: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """Accepted tokens' log-probabilities not yet sent with a delta."""
+    grammar_ahead: bool = False
+    """Its grammar already took the last sampled token (a step queued ahead needed its next mask)."""
 
     @property
     def request(self) -> GenerationRequest:
@@ -128,6 +130,24 @@ class EngineStats:
     largest_batch: int = 0
     tokens_per_second: float = 0.0
     """Decode throughput over the last few seconds, all running requests together."""
+
+
+@dataclass
+class _Step:
+    """One queued decode step: its tokens on the device, and a copy on the host once `ready` says so."""
+
+    tokens: torch.Tensor
+    logprobs: StepLogprobs | None
+    host: torch.Tensor
+    """Pinned on a GPU, so the copy runs behind the step without stalling the host."""
+    ready: torch.cuda.Event | None
+    """Recorded after the copy (None on the CPU, where the copy is done when it returns)."""
+
+    def host_tokens(self) -> list[int]:
+        """Waits for this step's sampling only, not for a step queued behind it."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host[: len(self.tokens)].tolist()
 
 
 FaultHook = Callable[[str, list[str]], None]
@@ -154,6 +174,11 @@ class Engine:
         self._rows_key: tuple[int, ...] = ()
         self._rows_tensor = torch.zeros(0, dtype=torch.long, device=runner.device)
         self.processors = RowProcessors(runner.cache.max_batch, runner.device)
+        pinned = runner.device.type == "cuda"
+        self._host_tokens = [torch.empty(runner.cache.max_batch, dtype=torch.long, pin_memory=pinned) for _ in "ab"]
+        """Two, used in turn: step k's copy is still read after step k+1's copy was queued."""
+        self._steps = itertools.count()
+        self._masks: GrammarMasks | None = None
         self.queue_size = queue_size
         self.max_batch = runner.cache.max_batch
         self.max_len = runner.cache.max_len
@@ -168,6 +193,12 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._rate: deque[tuple[float, int]] = deque()
         self.crashed = False
+
+    def _grammar_masks(self) -> GrammarMasks:
+        """Made on the first constrained step (a worker that never sees one never allocates it)."""
+        if self._masks is None:
+            self._masks = GrammarMasks(self.max_batch, self.vocab_size, self.runner.device)
+        return self._masks
 
     @property
     def vocab_size(self) -> int:
@@ -312,15 +343,18 @@ class Engine:
         while step is not None:
             queued = None
             if self._can_chain():
-                self.runner.input_ids[:rows, 0].copy_(step[0])
+                self.runner.input_ids[:rows, 0].copy_(step.tokens)
                 self.runner.positions[:rows] += 1
-                queued = self._launch(self._column + 1, ahead=1)
-            self._consume(*step)
+                queued = self._launch(self._column + 1, ahead=1, prior=step)
+            self._consume(step)
             step = queued
         self._sweep()
 
-    def _launch(self, column: int, ahead: int) -> tuple[torch.Tensor, StepLogprobs | None] | None:
-        """Queue one decode step writing `column` for every running row; None after an out-of-memory error."""
+    def _launch(self, column: int, ahead: int, prior: _Step | None = None) -> _Step | None:
+        """Queue one decode step writing `column` for every running row; None after an out-of-memory error.
+
+        `prior`: the step still to be consumed (this one runs ahead of it); grammars then advance by its tokens
+        while the device runs this step's forward pass, before this step's masks are filled."""
         rows = len(self._rows)
         bucket = self.runner.bucket_for(rows) if self.runner.padded else rows
         self.runner.mask[:bucket, :, :, column] = True
@@ -328,25 +362,43 @@ class Engine:
         try:
             if self._fault_hook:
                 self._fault_hook("decode", [r.request.id for r in self._rows])
-            return self._sample(self.runner.decode(rows), self._rows, ahead, start=0)
+            logits = self.runner.decode(rows)
+            if prior is not None:
+                self._advance_grammars(prior)
+            tokens, logprobs = self._sample(logits, self._rows, ahead, start=0)
         except torch.OutOfMemoryError:
             # Blame the newest request: it is the one the memory was not planned for.
             self._out_of_memory([max(self._rows, key=lambda r: r.seq).stream])
             return None
+        host = self._host_tokens[next(self._steps) % 2]
+        host[: len(tokens)].copy_(tokens, non_blocking=True)
+        ready = None
+        if tokens.device.type == "cuda":
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record()
+        return _Step(tokens, logprobs, host, ready)
+
+    def _advance_grammars(self, prior: _Step) -> None:
+        """Feed each grammar the token its row got at `prior` (it is accepted again, as text, when consumed)."""
+        if all(r.request.constraint is None for r in self._rows):
+            return
+        for running, token in zip(self._rows, prior.host_tokens(), strict=True):
+            constraint = running.request.constraint
+            if constraint is not None and not running.done and not constraint.stopped:
+                constraint.accept(token)
+                running.grammar_ahead = True
 
     def _can_chain(self) -> bool:
         return (
             not self._pending
             and self._column + 1 < self.max_len
             and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
-            # A grammar's next mask depends on the token just sampled, so its row cannot run a step ahead.
-            and all(r.request.constraint is None for r in self._rows)
         )
 
-    def _consume(self, step_tokens: torch.Tensor, step_logprobs: StepLogprobs | None) -> None:
+    def _consume(self, step: _Step) -> None:
         self._column += 1
-        tokens = step_tokens.tolist()
-        host = host_logprobs(step_logprobs)
+        tokens = step.host_tokens()
+        host = host_logprobs(step.logprobs)
         for i, (running, token) in enumerate(zip(self._rows, tokens, strict=True)):
             if not running.done:
                 running.length += 1
@@ -363,12 +415,13 @@ class Engine:
         early = tuple(i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens)
         if early and self._eos_index is not None:
             logits[self._row_index(early)[:, None], self._eos_index[None, :]] = float("-inf")
-        constrained = [(i, r.request.constraint) for i, r in enumerate(rows) if r.request.constraint is not None]
+        constrained = [
+            (i, r.request.constraint)
+            for i, r in enumerate(rows)
+            if r.request.constraint is not None and not r.request.constraint.stopped
+        ]
         if constrained:
-            bitmask = new_bitmask(len(rows), logits.shape[-1])
-            for i, constraint in constrained:
-                constraint.fill(bitmask, i)
-            apply_masks(logits, bitmask, [i for i, _ in constrained])
+            self._grammar_masks().mask(logits, constrained)
         chosen = sample(logits, [r.request.sampling for r in rows], [r.generator for r in rows])
         self.processors.record(chosen, start)
         return chosen, self.processors.logprobs(logits, chosen, start)
@@ -394,8 +447,9 @@ class Engine:
         if delta:
             stream.emit(TextDelta(delta, take(running.logprobs)))
         constraint = running.request.constraint
-        if constraint is not None:
+        if constraint is not None and not running.grammar_ahead:
             constraint.accept(token)
+        running.grammar_ahead = False
         if running.text.stopped or (constraint is not None and constraint.stopped):
             self._finish(running, "stop")
         elif running.remaining <= 0:

@@ -4,7 +4,7 @@ token masks, and applying those masks to a batch's logits.
 llguidance was chosen over xgrammar by measuring (bench/RESULTS.md): one small wheel with no dependencies,
 schemas compile in about a millisecond, and a mask costs about 0.1 ms per token on SmolLM2's vocabulary.
 Its own `apply_token_bitmask_inplace` goes through `torch.compile`, which needs a C++ compiler on the CPU;
-`apply_masks` below unpacks the bitmask with numpy instead.
+`GrammarMasks` below unpacks the bitmask itself.
 """
 
 from __future__ import annotations
@@ -58,29 +58,59 @@ class MatcherConstraint:
         return bool(self._matcher.is_stopped())
 
 
-def new_bitmask(rows: int, vocab: int) -> torch.Tensor:
-    return torch.full(llguidance.torch.get_bitmask_shape(rows, vocab), -1, dtype=torch.int32)
+class GrammarMasks:
+    """The token masks of a batch's constrained rows, each step: one preallocated bitmask, the rows' grammars
+    filled into it together (llguidance's executor computes them in parallel, outside the GIL), applied to the
+    logits on their own device.
 
+    On a GPU the packed bitmask (a 4-byte word per 32 tokens) is copied from pinned memory and unpacked there: a copy
+    from pageable memory would wait for the forward pass queued before it, and the host work of filling the masks
+    is meant to overlap that pass. On the CPU the bits are unpacked with numpy (tens of microseconds for a 49k
+    vocabulary; shifting int32 tensors bit by bit took milliseconds) and filled through numpy too: `np.putmask`
+    was several times faster than torch's `masked_fill_` on a busy two-core machine (bench/RESULTS.md)."""
 
-def apply_masks(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """Set to -inf, in `logits` [batch, vocab] on any device, every token the rows' bitmasks disallow.
+    def __init__(self, rows: int, vocab: int, device: torch.device) -> None:
+        self.vocab = vocab
+        self.device = device
+        shape = llguidance.torch.get_bitmask_shape(rows, vocab)
+        self.bitmask = torch.full(shape, -1, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self._executor = llguidance.LLExecutor()
+        self._shifts = torch.arange(32, dtype=torch.int32, device=device)
 
-    The bits are unpacked on the host with numpy (tens of microseconds for a 49k vocabulary; shifting int32
-    tensors bit by bit took milliseconds). CPU logits are then filled through numpy as well: `np.putmask` was
-    several times faster than torch's `masked_fill_` on a busy two-core machine (bench/RESULTS.md)."""
-    vocab = logits.shape[-1]
-    bits = np.unpackbits(bitmask[rows].numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
-    if bits.shape[1] < vocab:  # tokens past the tokenizer's vocabulary (padding rows of the embedding)
-        bits = np.pad(bits, ((0, 0), (0, vocab - bits.shape[1])))
-    disallowed = bits == 0
-    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float16, torch.float64):
-        array = logits.numpy()
-        for i, row in enumerate(rows):
-            np.putmask(array[row], disallowed[i], -np.inf)
-        return
-    on_device = torch.from_numpy(disallowed).to(logits.device, non_blocking=True)
-    for i, row in enumerate(rows):
-        logits[row].masked_fill_(on_device[i], float("-inf"))
+    def mask(self, logits: torch.Tensor, constrained: list[tuple[int, TokenConstraint]]) -> None:
+        """Set to -inf, in `logits` [batch, vocab], every token the grammar of row i disallows, for each (i, grammar)
+        of `constrained`."""
+        self.fill([constraint for _, constraint in constrained])
+        self.apply(logits, [row for row, _ in constrained])
+
+    def fill(self, constraints: list[TokenConstraint]) -> None:
+        """The next-token masks of `constraints` into rows 0..len-1 of the bitmask, in order."""
+        matchers = [(c._matcher, j) for j, c in enumerate(constraints) if isinstance(c, MatcherConstraint)]
+        if matchers:
+            llguidance.torch.fill_next_token_bitmask_par(self._executor, matchers, self.bitmask)
+        for j, constraint in enumerate(constraints):
+            if not isinstance(constraint, MatcherConstraint):
+                constraint.fill(self.bitmask, j)
+
+    def apply(self, logits: torch.Tensor, rows: list[int]) -> None:
+        """Mask `logits[rows[j]]` with bitmask row j."""
+        vocab = logits.shape[-1]
+        if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float16, torch.float64):
+            packed = self.bitmask[: len(rows)].numpy().view(np.uint8)
+            bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :vocab]
+            if bits.shape[1] < vocab:  # tokens past the tokenizer's vocabulary (padding rows of the embedding)
+                bits = np.pad(bits, ((0, 0), (0, vocab - bits.shape[1])))
+            array = logits.numpy()
+            for j, row in enumerate(rows):
+                np.putmask(array[row], bits[j] == 0, -np.inf)
+            return
+        words = self.bitmask[: len(rows)].to(logits.device, non_blocking=True)
+        allowed = ((words.unsqueeze(-1) >> self._shifts.to(logits.device)) & 1).flatten(1)
+        disallowed = allowed[:, :vocab] == 0
+        if disallowed.shape[1] < vocab:
+            disallowed = torch.nn.functional.pad(disallowed, (0, vocab - disallowed.shape[1]), value=True)
+        for j, row in enumerate(rows):
+            logits[row].masked_fill_(disallowed[j], float("-inf"))
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def build_service(
         graphs.pool_bytes / 1e6,
         "CUDA graphs" if runner.use_graphs else "eager decoding",
     )
-    grammar = GrammarCompiler(loaded.tokenizer, loaded.model.config.vocab_size)
+    grammar = GrammarCompiler(loaded.tokenizer, engine.vocab_size)  # the logits' width: masks cover every row
     return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger, grammar)
 
 

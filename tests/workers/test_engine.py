@@ -167,18 +167,23 @@ def test_prefill_and_decode_use_no_deprecated_transformers_api(
 
 
 class OnlyTokens:
-    """A stand-in grammar: only `allowed` may be sampled, and it is complete after `length` tokens."""
+    """A stand-in grammar: only `allowed` may be sampled, and it is complete after `length` tokens. With
+    `alternate`, the tokens must take turns (the allowed one depends on the token before it, as a real grammar's
+    next mask does): a mask filled before the last token was accepted lets a wrong one through."""
 
-    def __init__(self, allowed: list[int], length: int) -> None:
-        self.allowed, self.length, self.seen = allowed, length, 0
+    def __init__(self, allowed: list[int], length: int, *, alternate: bool = False) -> None:
+        self.allowed, self.length, self.seen, self.alternate = allowed, length, 0, alternate
+
+    def _now(self) -> list[int]:
+        return [self.allowed[self.seen % len(self.allowed)]] if self.alternate else self.allowed
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         bitmask[row] = 0
-        for token in self.allowed:
+        for token in self._now():
             bitmask[row, token // 32] |= 1 << (token % 32)
 
     def accept(self, token: int) -> None:
-        assert token in self.allowed
+        assert token in self._now(), (token, self.seen)
         self.seen += 1
 
     @property
@@ -212,3 +217,28 @@ def test_a_grammar_masks_its_own_row_only(model: LlamaForCausalLM) -> None:
     assert free == reference(model, [1, 2, 3, 4, 5], 20) and free_end.reason == "length"
     assert set(constrained) <= {"D", "N"} and len(constrained) == 9  # 299 % 26 == 13: N
     assert (constrained_end.reason, constrained_end.completion_tokens) == ("stop", 9)
+
+
+def test_a_grammar_sees_each_token_before_its_next_mask_when_steps_run_ahead(model: LlamaForCausalLM) -> None:
+    """Steps of unconstrained and constrained rows alike are queued one ahead of the host; a grammar still takes
+    step k's token before step k+1's mask is filled, and takes it once."""
+    engine = tiny_engine(model)
+    engine.start()
+
+    async def run() -> str:
+        request = GenerationRequest("alt", [7, 8, 9], 20, SamplingParams(temperature=0.0))
+        request.constraint = OnlyTokens([3, 299], length=12, alternate=True)
+        stream = engine.submit(request, asyncio.get_running_loop())
+        text = ""
+        while not isinstance(event := await stream.next(), Finished):
+            assert isinstance(event, TextDelta), event
+            text += event.text
+        assert (event.reason, event.completion_tokens) == ("stop", 12)
+        return text
+
+    try:
+        text = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert text == "DN" * 6
+    assert engine.stats.decode_steps >= 11

@@ -1,6 +1,6 @@
 """What the grammars accept, on SmolLM2's real tokenizer, without a model: objects that list their properties are
-closed to others unless the schema opens them, and `tool_choice: auto` with a `response_format` takes either one
-tool call or an answer in the schema."""
+closed to others unless the schema opens them, `tool_choice: auto` with a `response_format` takes either one
+tool call or an answer in the schema, and the masks come out the same whichever way they are applied."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from workers.grammar import GrammarCompiler, MatcherConstraint, ToolSpec, _closed
+from workers.grammar import GrammarCompiler, GrammarMasks, MatcherConstraint, ToolSpec, _closed
 
 WEATHER = ToolSpec("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
@@ -82,3 +83,24 @@ def test_auto_tools_with_a_schema_take_a_call_or_an_answer(
         assert accepts(compiler.call_or_json([WEATHER], PERSON), tokenizer, text), text
     for text in ("Marie Curie", '{"city": "Paris"}', call.replace("get_weather", "get_time")):
         assert not accepts(compiler.call_or_json([WEATHER], PERSON), tokenizer, text), text
+
+
+def test_both_ways_of_applying_a_mask_agree(compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase) -> None:
+    """numpy on float32 CPU logits; the device path (packed words unpacked with torch, what a GPU runs) on bf16."""
+    vocab = len(tokenizer) + 5  # an embedding padded past the tokenizer's vocabulary
+    padded = GrammarCompiler(tokenizer, vocab)
+    masks = GrammarMasks(3, vocab, torch.device("cpu"))
+    rows = [padded.json_schema(PERSON), padded.tool_call([WEATHER])]
+    masks.fill(rows)
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.zeros(3, vocab, dtype=dtype)
+        masks.apply(logits, [2, 0])
+        results.append(torch.isfinite(logits))
+    numpy_way, torch_way = results
+    assert torch.equal(numpy_way, torch_way)
+    assert torch_way[1].all(), "row 1 is not constrained"
+    allowed = torch_way[2].nonzero().flatten().tolist()
+    assert tokenizer.decode(allowed[:1]).startswith("{") and len(allowed) < 50, "JSON opens with {"
+    assert not torch_way[[0, 2], len(tokenizer) :].any(), "no token past the tokenizer's vocabulary"
+    assert torch_way[0].sum() < 10, "a tool call opens with <tool_call>"
