@@ -46,7 +46,10 @@ class Admission:
 
 
 def needs_guard(config: Config) -> bool:
-    """Does any tier or rule ask for guardrails? Only then is NeMo loaded."""
+    """Does any tier or rule ask for guardrails (or `guardrails.scope: all`)? Only then is NeMo loaded, and then
+    every request is screened by the LLM-free input rails."""
+    if config.guardrails.scope == "all":
+        return True
     return any(t.guardrails for t in config.tiers.values()) or any(r.guardrails for r in config.rules)
 
 
@@ -132,16 +135,17 @@ class RoutingService:
         caller = await self.authenticate(headers.get("authorization"))
         request = parse_chat_request(body)
         self.check_limits(request)
-        decision = self.restrict(await self.decide(request, headers, caller.group if caller else None), caller)
+        decision = self.restrict(await self.decide(request, headers, caller), caller)
         self.dispatcher.require_capable(request, decision)  # a 400 before anything is sent, not a silent ignore
         return caller, request, decision
 
     async def decide(
-        self, request: ChatCompletionRequest, headers: Mapping[str, str], key_group: str | None = None
+        self, request: ChatCompletionRequest, headers: Mapping[str, str], caller: Caller | None = None
     ) -> RouteDecision:
         conversation = Conversation.from_request(request, self.config.classifier.max_chars)
         verdict = await self.classifier.ascore(conversation)
-        decision = self.rules.decide(RouteInput(request, conversation, verdict, headers, key_group))
+        group, may_force = (caller.group, caller.force_tiers) if caller is not None else (None, True)
+        decision = self.rules.decide(RouteInput(request, conversation, verdict, headers, group, may_force))
         decision.reasons.append(f"prompt: ~{conversation.prompt_tokens} tokens over {len(request.messages)} messages")
         decision.prompt_tokens = conversation.prompt_tokens
         return decision
@@ -229,9 +233,8 @@ class RoutingService:
         self.dispatcher.config = config
 
     def _guarded(self, decision: RouteDecision) -> GuardedDispatch | None:
-        if not decision.guardrails:
-            return None
-        if self.guarded is None:  # start-up loads the guard whenever a tier or rule asks for it
+        """Every request goes through the guard once one is loaded: its hops decide which rails apply."""
+        if self.guarded is None and decision.guardrails:  # start-up loads the guard whenever one is asked for
             raise RuntimeError("a guarded route was decided but no guard is loaded")
         return self.guarded
 

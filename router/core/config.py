@@ -70,6 +70,9 @@ class ApiKey(Strict, frozen=True):
     """Rules can match it (`when: {key_group: [...]}`)."""
     tiers: list[str] | None = None
     """Tiers this key may use (None: all); a decision is moved along its chain to an allowed tier."""
+    force_tiers: bool = False
+    """May this key choose its tier: `model` naming a tier, or a rule matching request `headers` (x-tier)?
+    Without it such a request is a 403, and header rules do not match for it."""
     rpm: Annotated[int, Meta(ge=0)] = 0
     """Requests per minute (0: no limit)."""
     tpm: Annotated[int, Meta(ge=0)] = 0
@@ -227,7 +230,7 @@ class RedisConfig(Strict, frozen=True):
 
 
 class GuardrailsConfig(Strict, frozen=True):
-    """The guard stage (router.guard): NeMo Guardrails around dispatch, for requests the rules mark."""
+    """The guard stage (router.guard): NeMo Guardrails on each hop of a request's chain (see `scope`)."""
 
     path: str = "guardrails"
     """The NeMo Guardrails config directory (config.yml, rails.co, prompts.yml), relative to this file."""
@@ -235,8 +238,19 @@ class GuardrailsConfig(Strict, frozen=True):
     on_error: Literal["block", "allow"] = "block"
     """What a rail that raises or times out means: `block` fails closed."""
     timeout_s: Seconds = 5.0
+    scope: Literal["guarded-tiers", "all"] = "guarded-tiers"
+    """Which hops get the full rails (every input rail, the output rails): those to tiers with `guardrails: true`
+    (and every hop of a request whose rule says `guardrails: true`), or every hop. Whatever the scope, the
+    LLM-free input rails screen every request once a guard is loaded, so a flagged request is never served by an
+    unguarded tier because it looked simple."""
     speculative: bool = True
-    """Start generating while input rails run; nothing is released before they pass."""
+    """Start generating on a local tier while input rails run; nothing is released before they pass."""
+    speculative_remote: bool = False
+    """The same for remote tiers. Off: nothing is sent to a remote tier before the input rails pass, so a
+    blocked prompt never reaches a third party."""
+    max_scan_chars: Annotated[int, Meta(ge=1024)] = 65_536
+    """The input rails read at most this many characters of each piece of client text: its start and its end
+    (an instruction hidden after padding sits at the end)."""
     stream_chunk_chars: Annotated[int, Meta(ge=1)] = 64
     """Streams: output rails re-check the text each time this many new characters have arrived."""
     hold_back_chars: Annotated[int, Meta(ge=0)] = 0

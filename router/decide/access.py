@@ -28,6 +28,7 @@ class StoredKey(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     group: str | None = None
     tiers: list[str] | None = None
+    force_tiers: bool = False
     rpm: int = 0
     tpm: int = 0
 
@@ -39,6 +40,8 @@ class Caller:
     tiers: frozenset[str] | None = None
     rpm: int = 0
     tpm: int = 0
+    force_tiers: bool = False
+    """May choose its tier (`model` naming one, header rules): `auth.keys[].force_tiers`."""
 
     def allowed(self, chain: list[str]) -> list[str]:
         """The chain with the tiers this key may not use taken out (403 if none is left)."""
@@ -59,7 +62,7 @@ def hash_key(key: str) -> str:
 
 def _caller(key: ApiKey | StoredKey) -> Caller:
     tiers = frozenset(key.tiers) if key.tiers is not None else None
-    return Caller(key.name, key.group, tiers, key.rpm, key.tpm)
+    return Caller(key.name, key.group, tiers, key.rpm, key.tpm, key.force_tiers)
 
 
 class KeyStore:

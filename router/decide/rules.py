@@ -30,6 +30,9 @@ class RouteInput:
     headers: Mapping[str, str]
     """Request headers, names lower-cased."""
     key_group: str | None = None
+    may_force: bool = True
+    """May the caller choose its tier (no auth, or a key with `force_tiers`)? If not, `model` naming a tier is a
+    403, and rules that match on request headers (a client-chosen tier) do not match."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class _CompiledRule:
         if self.models is not None and given.request.model not in self.models:
             return False
         if when.key_group is not None and given.key_group not in when.key_group:
+            return False
+        if self.headers and not given.may_force:
             return False
         for name, pattern in self.headers:
             value = given.headers.get(name)
@@ -96,6 +101,12 @@ class RuleSet:
         if model in tiers and model not in self._aliases:
             if not self._config.routing.allow_forced_tier:
                 raise PermissionDenied(f"forcing a tier is disabled on this router; use model '{AUTO}'", param="model")
+            if not given.may_force:
+                raise PermissionDenied(
+                    f"this API key may not choose its tier (auth.keys[].force_tiers); use model '{AUTO}'",
+                    param="model",
+                    code="tier_not_allowed",
+                )
             tier = tiers[model]
             reasons = [f"model '{model}' forces tier '{model}'", *verdict.reasons]
             return RouteDecision(model, verdict.score, "forced", reasons, tier.guardrails, list(tier.fallback))

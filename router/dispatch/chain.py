@@ -36,6 +36,7 @@ from router.dispatch.backends import ContextLengthExceeded, TierBackend, Upstrea
 from router.dispatch.continuation import ContinuingStream
 from router.dispatch.counters import Counters
 from router.dispatch.fleet import Endpoint, Fleet, Telemetry
+from router.dispatch.gate import HopGate
 from router.dispatch.outcome import Route, RoutedStream
 from router.dispatch.preflight import CONTEXT_LENGTH, Plan, Target, plan
 from router.dispatch.resilience import ResilientCaller
@@ -98,21 +99,24 @@ class Dispatcher:
             body = msgspec.json.encode(merged)
         return body
 
-    async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> tuple[UpstreamReply, Route]:
-        reply, route = await self._along(request, [decision.tier, *decision.fallback], decision.prompt_tokens)
+    async def complete(
+        self, request: ChatCompletionRequest, decision: RouteDecision, gate: HopGate | None = None
+    ) -> tuple[UpstreamReply, Route]:
+        chain = [decision.tier, *decision.fallback]
+        reply, route = await self._along(request, chain, decision.prompt_tokens, gate=gate)
         assert isinstance(reply, UpstreamReply)
         return reply, route
 
     async def open_stream(
-        self, request: ChatCompletionRequest, decision: RouteDecision
+        self, request: ChatCompletionRequest, decision: RouteDecision, gate: HopGate | None = None
     ) -> tuple[ContinuingStream, Route]:
         chain = [decision.tier, *decision.fallback]
-        opened, route = await self._open(request, chain, decision.prompt_tokens)
+        opened, route = await self._open(request, chain, decision.prompt_tokens, gate=gate)
         rest = chain[chain.index(route.tier) + 1 :]
 
         async def reopen(continued: ChatCompletionRequest, tiers: list[str]) -> tuple[RoutedStream, Route]:
             sent = sum(estimate_tokens(m.text()) for m in continued.messages[len(request.messages) :])
-            return await self._open(continued, tiers, decision.prompt_tokens + sent, continuing=True)
+            return await self._open(continued, tiers, decision.prompt_tokens + sent, continuing=True, gate=gate)
 
         stream = ContinuingStream(request, opened, route, rest, reopen, self.config.routing.mid_stream, self._continued)
         return stream, route
@@ -126,9 +130,15 @@ class Dispatcher:
         }
 
     async def _open(
-        self, request: ChatCompletionRequest, chain: list[str], prompt_tokens: int, *, continuing: bool = False
+        self,
+        request: ChatCompletionRequest,
+        chain: list[str],
+        prompt_tokens: int,
+        *,
+        continuing: bool = False,
+        gate: HopGate | None = None,
     ) -> tuple[RoutedStream, Route]:
-        stream, route = await self._along(request, chain, prompt_tokens, stream=True, continuing=continuing)
+        stream, route = await self._along(request, chain, prompt_tokens, stream=True, continuing=continuing, gate=gate)
         assert isinstance(stream, RoutedStream)
         return stream, route
 
@@ -140,7 +150,10 @@ class Dispatcher:
         *,
         stream: bool = False,
         continuing: bool = False,
+        gate: HopGate | None = None,
     ) -> tuple[UpstreamReply | RoutedStream, Route]:
+        """Walk the chain. `gate`: asked before each hop (the guard's input rails); a continuation waits for
+        the rails to clear the tier before sending, since what it generates goes straight to the client."""
         deadline = self._clock() + self.config.routing.fallback_deadline_s
         needs = needed_capabilities(request)
         first_reason: str | None = None
@@ -170,6 +183,8 @@ class Dispatcher:
                 if lacks or refused == CONTEXT_LENGTH:
                     unfit.append(f"tier '{tier}': {checked.detail}")
                 continue
+            if gate is not None:
+                await (gate.cleared(tier) if continuing else gate.before_send(tier))
             payload = self.payload(request, tier, continuing=continuing)  # the same for every worker of the tier
             for target in checked.targets:
                 try:

@@ -164,12 +164,28 @@ class ContinuingStream:
         source, reason = self.route.tier, failure.reason or failure.code or type(failure).__name__
         self.on_continue(source, route.tier, reason)
         log.warning("stream on tier %s failed mid-way (%s); continued on %s", source, failure, route.tier)
-        yield f": x-router-fallback {source}->{route.tier} ({reason}), mid-stream\n\n".encode()
+        yield continued_comment(source, route.tier, reason)
         original = transcript.first or {}
         async for complete in complete_frames(stream.chunks()):
             rewritten = _rewrite(complete, original, drop_role=bool(transcript.text))
             if rewritten is not None:
                 yield rewritten
+
+
+CONTINUED = b": x-router-fallback "
+
+
+def continued_comment(source: str, target: str, reason: str) -> bytes:
+    """The SSE comment a continued stream carries where the next tier takes over."""
+    return f"{CONTINUED.decode()}{source}->{target} ({reason}), mid-stream\n\n".encode()
+
+
+def continued_to(frame: bytes) -> str | None:
+    """The tier a continuation comment names as taking over (None for any other frame)."""
+    if not frame.startswith(CONTINUED):
+        return None
+    hop = frame[len(CONTINUED) :].split(b" ", 1)[0]
+    return hop.partition(b"->")[2].decode("utf-8", "replace") or None
 
 
 def _rewrite(complete: bytes, original: dict[str, Any], *, drop_role: bool) -> bytes | None:

@@ -31,8 +31,9 @@ class Outcome:
     """None until a tier took the request (a block before generation, or every tier failed)."""
     failed_on: str | None = None
     """The tier whose failure ended the request, when no tier served it."""
-    guard: Literal["passed", "blocked"] | None = None
-    """None when the request was not guarded."""
+    guard: Literal["passed", "screened", "blocked"] | None = None
+    """None when no guard is loaded; `screened` when only the LLM-free input rails ran (an unguarded tier's hop),
+    `passed` when every rail of the hop did."""
     guard_rail: str | None = None
     status: int = 200
     stream: bool = False

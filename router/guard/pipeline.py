@@ -1,8 +1,12 @@
-"""Guarded dispatch: input rails concurrently with the start of generation, output rails on the answer.
+"""Guarded dispatch: the rails of every hop a request takes, around the dispatcher's chain walk.
 
-Speculative start: the dispatcher starts generating (with its fallback chain, so a request that falls
-back to the remote API stays guarded there) while the input rails run. Nothing from the upstream is
-released before they pass; a block cancels the generation by closing its connection.
+Every request (once a guard is loaded) gets an `InputGate`: the LLM-free input rails screen all its client text
+(router/guard/texts.py) from the start, and hops to guarded tiers (router/guard/gate.GuardPolicy) get the rest of
+the input rails too. The dispatcher asks the gate before each hop: a local tier may start generating while the
+rails run (speculative start), a remote one is sent nothing before they pass (unless `speculative_remote`).
+Nothing from any tier is released before the gate clears it; a block stops the generation (its connection is
+closed) and answers the refusal. Output rails run on answers from guarded tiers, and on a stream from the point
+where it is continued onto one.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import msgspec
 
 from router.dispatch.chain import Dispatcher
 from router.dispatch.continuation import ContinuingStream
+from router.dispatch.gate import HopRefused
 from router.dispatch.outcome import Answer, Outcome, Route, RoutedStream, StreamAnswer
+from router.guard.gate import GuardPolicy, InputGate
 from router.guard.rails import Guard, GuardVerdict
 from router.guard.stream import GuardedStream, choices_text, refusal_usage
+from router.guard.texts import client_texts
 from router.wire.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -32,27 +39,15 @@ from router.wire.protocol import (
 from router.wire.sse import DONE, chunk_frame
 
 T = TypeVar("T")
-SEND_STEPS = 3
-"""Event-loop turns given to a speculative generation: enough to acquire a pooled connection and write."""
 
 
-def user_text(request: ChatCompletionRequest) -> str:
-    """What the input rails read: every user message's text, in order (history can carry injections too)."""
-    parts: list[str] = []
-    for message in request.messages:
-        if message.role != "user":
-            continue
-        if isinstance(message.content, str):
-            parts.append(message.content)
-        elif message.content:
-            parts.extend(p.text for p in message.content if isinstance(p.text, str))
-    return "\n".join(parts)
-
-
-def guarded_outcome(decision: RouteDecision, route: Route | None, verdict: GuardVerdict) -> Outcome:
+def guarded_outcome(
+    decision: RouteDecision, route: Route | None, verdict: GuardVerdict, *, full: bool = True
+) -> Outcome:
+    """`full`: every rail of the hop ran (`passed`); else only the screen did (`screened`)."""
     if verdict.blocked:
         return Outcome(decision, route, guard="blocked", guard_rail=verdict.rail)
-    return Outcome(decision, route, guard="passed")
+    return Outcome(decision, route, guard="passed" if full else "screened")
 
 
 class GuardedDispatch:
@@ -60,57 +55,80 @@ class GuardedDispatch:
         self.guard = guard
         self.dispatcher = dispatcher
 
+    def _gate(self, request: ChatCompletionRequest, decision: RouteDecision) -> InputGate:
+        policy = GuardPolicy(self.dispatcher.config, decision)
+        return InputGate(self.guard, [piece.text for piece in client_texts(request)], policy)
+
     async def complete(self, request: ChatCompletionRequest, decision: RouteDecision) -> Answer:
-        text = user_text(request)
-        verdict, generation = await self._input_then(text, self.dispatcher.complete(request, decision))
+        gate = self._gate(request, decision)
+        try:
+            reply, route = await self._generate(gate, self.dispatcher.complete(request, decision, gate))
+            verdict = await gate.verdict(route.tier)
+        except HopRefused as refused:
+            return self._refusal(request, decision, _blocked(decision, refused))
+        finally:
+            await gate.close()
         if verdict.blocked:
-            return self._refusal(request, decision, guarded_outcome(decision, None, verdict))
-        assert generation is not None
-        reply, route = await generation
-        output = _completion_text(reply.body)
-        out = await self.guard.check_output(text, output)
+            return self._refusal(request, decision, guarded_outcome(decision, route, verdict))
+        guarded = gate.policy.guarded(route.tier)
+        if not guarded:
+            return Answer(reply.body, guarded_outcome(decision, route, verdict, full=False))
+        out = await self.guard.check_output("\n\n".join(gate.texts), _completion_text(reply.body))
         if out.blocked:
             return self._refusal(request, decision, guarded_outcome(decision, route, out))
         return Answer(reply.body, guarded_outcome(decision, route, out))
 
     async def stream(self, request: ChatCompletionRequest, decision: RouteDecision) -> StreamAnswer:
-        text = user_text(request)
-        verdict, opening = await self._input_then(text, self.dispatcher.open_stream(request, decision))
+        gate = self._gate(request, decision)
+        try:
+            upstream, route = await self._generate(gate, self.dispatcher.open_stream(request, decision, gate))
+            try:
+                verdict = await gate.verdict(route.tier)
+            except BaseException:
+                await upstream.aclose()
+                raise
+        except HopRefused as refused:
+            return StreamAnswer(self._refusal_stream(request, decision), _blocked(decision, refused))
+        finally:
+            await gate.close()
         if verdict.blocked:
-            refusal = self._refusal_stream(request, decision)
-            return StreamAnswer(refusal, guarded_outcome(decision, None, verdict))
-        assert opening is not None
-        upstream, route = await opening
+            await upstream.aclose()
+            return StreamAnswer(self._refusal_stream(request, decision), guarded_outcome(decision, route, verdict))
+        policy = gate.policy
+        outcome = guarded_outcome(decision, route, verdict, full=policy.guarded(route.tier))
+        rest = [decision.tier, *decision.fallback]
+        rest = rest[rest.index(route.tier) + 1 :] if route.tier in rest else []
+        if not policy.any_guarded([route.tier, *rest]):
+            return StreamAnswer(upstream.chunks(), outcome)
         usage_prompt_tokens = decision.prompt_tokens if request.include_usage() else None
-        guarded = GuardedStream(self.guard, text, request.model, usage_prompt_tokens)
+        guarded = GuardedStream(
+            self.guard,
+            "\n\n".join(gate.texts),
+            request.model,
+            usage_prompt_tokens,
+            armed=policy.guarded(route.tier),
+            arms=policy.guarded,
+            outcome=outcome,
+        )
         frames = guarded.frames(upstream.chunks())
         # Pull up to the first checked release, so a block found there is still in the headers.
         first = await anext(frames, None)
-        verdict = guarded.verdict or GuardVerdict(False)
-        return StreamAnswer(_prepend(first, frames), guarded_outcome(decision, route, verdict))
+        if guarded.verdict is not None:
+            outcome.guard, outcome.guard_rail = "blocked", guarded.verdict.rail
+        return StreamAnswer(_prepend(first, frames), outcome)
 
-    async def _input_then(self, text: str, generation: Awaitable[T]) -> tuple[GuardVerdict, asyncio.Task[T] | None]:
-        """Run the input rails, with the generation started alongside when speculative start is on."""
-        if not self.guard.settings.speculative:
-            verdict = await self.guard.check_input(text)
-            if verdict.blocked:
-                _discard(generation)
-                return verdict, None
-            return verdict, asyncio.ensure_future(generation)
-        task = asyncio.ensure_future(generation)
-        # Let the generation send its request before the rails take the event loop: NeMo's runtime is
-        # CPU-bound between awaits, so without this the request would leave only after the rails.
-        for _ in range(SEND_STEPS):
-            await asyncio.sleep(0)
-        try:
-            verdict = await self.guard.check_input(text)
-        except BaseException:
-            await _cancel(task)
-            raise
-        if verdict.blocked:
-            await _cancel(task)
-            return verdict, None
-        return verdict, task
+    async def _generate(self, gate: InputGate, generation: Awaitable[T]) -> T:
+        """Run the chain walk; if the screen blocks while it runs, stop it at once (its stream is closed)."""
+        task: asyncio.Task[T] = asyncio.ensure_future(generation)
+        while not task.done():
+            await asyncio.wait({task, gate.screening}, return_when=asyncio.FIRST_COMPLETED)
+            blocked = gate.screened_block()
+            if blocked is not None and not task.done():
+                await _cancel(task)
+                raise HopRefused(blocked)
+            if gate.screening.done():
+                break
+        return await task
 
     def _refusal(self, request: ChatCompletionRequest, decision: RouteDecision, outcome: Outcome) -> Answer:
         refusal = self.guard.settings.refusal
@@ -130,6 +148,12 @@ class GuardedDispatch:
         yield DONE
 
 
+def _blocked(decision: RouteDecision, refused: HopRefused) -> Outcome:
+    verdict = refused.verdict
+    assert isinstance(verdict, GuardVerdict)
+    return guarded_outcome(decision, None, verdict)
+
+
 async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancel a speculative generation; an upstream stream it already opened is closed (the worker stops)."""
     task.cancel()
@@ -139,11 +163,6 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
     result = task.result()
     if isinstance(result, tuple) and isinstance(result[0], ContinuingStream | RoutedStream):
         await result[0].aclose()
-
-
-def _discard(awaitable: Awaitable[Any]) -> None:
-    if asyncio.iscoroutine(awaitable):
-        awaitable.close()
 
 
 async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -17,9 +17,11 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from router.core.config import Config, ConfigError, GuardrailsConfig
 from router.guard.compiled import CompiledRail, Direction, compile_flow
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ERROR_RAIL = "guardrails error"
+OUTPUT_OVERLAP = 4096
+"""A stream's output rails re-read this much already-checked text with each new piece: a secret or a card number
+split across pieces is still seen whole (no pattern match is longer)."""
 OUTPUT_GROUPS = ("secrets", "pii")
 CHECK_RAILS = {
     "injection": "check prompt injection",
@@ -83,6 +88,8 @@ class Guard:
             "output": list(rails.config.rails.output.flows),
         }
         """The flows NeMo's runtime runs (everything not compiled)."""
+        self._limiter = anyio.CapacityLimiter(2)
+        """Checks running at once, in worker threads (the machine's cores, not the event loop)."""
 
     @classmethod
     def load(cls, config: Config) -> Guard:
@@ -131,43 +138,72 @@ class Guard:
     def bind(self, backends: Mapping[str, TierBackend]) -> None:
         self.llm.bind(backends[self.settings.self_check_tier])
 
-    async def check_input(self, user_text: str) -> GuardVerdict:
-        if not user_text.strip():
-            return PASSED
-        return await self._check("input", user_text, [{"role": "user", "content": user_text}])
+    async def check_input(self, texts: str | Sequence[str]) -> GuardVerdict:
+        """Every input rail: the compiled (LLM-free) ones over each piece of client text, then the flows NeMo's
+        runtime runs (e.g. `self check input`) over all of it joined."""
+        pieces = [texts] if isinstance(texts, str) else list(texts)
+        verdict = await self.screen(pieces)
+        if verdict.blocked or not self.interpreted["input"]:
+            return verdict
+        rest = await self.check_rest(pieces)
+        return GuardVerdict(rest.blocked, rest.rail, verdict.seconds + rest.seconds)
 
-    async def check_output(self, user_text: str, output: str) -> GuardVerdict:
+    async def check_rest(self, texts: Sequence[str]) -> GuardVerdict:
+        """The input flows NeMo's runtime runs (none by default), over all the client text joined."""
+        if not self.interpreted["input"]:
+            return PASSED
+        joined = "\n\n".join(texts)
+        return await self._check("input", lambda: self._run_interpreted("input", [{"role": "user", "content": joined}]))
+
+    async def screen(self, texts: Sequence[str]) -> GuardVerdict:
+        """The compiled input rails alone (LLM-free: what every request gets, whatever its tier)."""
+        if not any(text.strip() for text in texts):
+            return PASSED
+        checks = [check for rail in self.compiled["input"] for check in rail.checks]
+        if not checks:
+            return PASSED
+        return await self._check("input", lambda: self._in_thread(checks, texts))
+
+    async def check_output(self, user_text: str, output: str, *, start: int = 0) -> GuardVerdict:
+        """The output rails on an answer. `start`: what a stream has already had checked; the compiled rails read
+        only from there (less the longest match they could still complete), so a stream costs linear time."""
         if not output.strip():
             return PASSED
+        checks = [check for rail in self.compiled["output"] for check in rail.checks]
+        tail = output[max(0, start - OUTPUT_OVERLAP) :]
         messages = [{"role": "user", "content": user_text}, {"role": "assistant", "content": output}]
-        return await self._check("output", output, messages)
+
+        async def run() -> str | None:
+            rail = await self._in_thread(checks, [tail]) if checks else None
+            if rail is None and self.interpreted["output"]:
+                rail = await self._run_interpreted("output", messages)
+            return rail
+
+        if not checks and not self.interpreted["output"]:
+            return PASSED
+        return await self._check("output", run)
 
     def hold_from(self, output: str) -> int:
         """Where output that a pattern rail could still block begins (streams keep it back)."""
         return min(self.patterns[g].hold_from(output) for g in OUTPUT_GROUPS)
 
-    async def _check(self, kind: Direction, text: str, messages: list[dict[str, Any]]) -> GuardVerdict:
-        """Compiled rails first (cheapest), then NeMo's runtime for the rest; the first block wins."""
-        if not self.compiled[kind] and not self.interpreted[kind]:
-            return PASSED
+    async def _check(self, kind: Direction, run: Callable[[], Awaitable[str | None]]) -> GuardVerdict:
+        """Run rails within `timeout_s`; a failure blocks (or passes, with `on_error: allow`)."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                rail = await self._run_compiled(kind, text)
-                if rail is None and self.interpreted[kind]:
-                    rail = await self._run_interpreted(kind, messages)
+                rail = await run()
         except Exception as exc:  # fail closed (or open, if configured) on any rail failure
             log.warning("%s rails failed (%s: %s); on_error=%s", kind, type(exc).__name__, exc, self.settings.on_error)
             blocked = self.settings.on_error == "block"
             return GuardVerdict(blocked, ERROR_RAIL if blocked else None, time.perf_counter() - started)
         return GuardVerdict(rail is not None, rail, time.perf_counter() - started)
 
-    async def _run_compiled(self, kind: Direction, text: str) -> str | None:
-        for rail in self.compiled[kind]:
-            hit = await self.first_hit(rail.checks, text)
-            if hit is not None:
-                return CHECK_RAILS[hit]
-        return None
+    async def _in_thread(self, checks: Sequence[str], texts: Sequence[str]) -> str | None:
+        """`scan` in a worker thread: the event loop never runs a rail (a crafted prompt costs the regexes
+        milliseconds, the encoder more)."""
+        hit = await anyio.to_thread.run_sync(self.scan, checks, texts, limiter=self._limiter)
+        return CHECK_RAILS[hit] if hit is not None else None
 
     async def _run_interpreted(self, kind: Direction, messages: list[dict[str, Any]]) -> str | None:
         from nemoguardrails.rails.llm.options import RailStatus, RailType
@@ -180,19 +216,26 @@ class Guard:
             return None
         return CHECK_RAILS[hits[-1]] if hits else (result.rail or f"{kind} rails")
 
+    def scan(self, checks: Sequence[str], texts: Sequence[str]) -> str | None:
+        """The first of `checks` that flags any of `texts`, cheapest first as listed. Blocking: run it in a
+        thread. Each text is read up to `max_scan_chars`, its start and its end."""
+        pieces = [_bounded(text, self.settings.max_scan_chars) for text in texts if text.strip()]
+        for check in checks:
+            for text in pieces:
+                if check == "similarity":
+                    assert self.similarity is not None, "validated at load"
+                    hit = self.similarity.blocks_text(text)
+                else:
+                    hit = self.patterns[check].first_match(text) is not None
+                if hit:
+                    return check
+        return None
+
     async def first_hit(self, checks: Sequence[str], text: str) -> str | None:
-        """The first of `checks` that flags `text`, cheapest first as listed (the action's logic)."""
+        """The first of `checks` that flags `text` (the action's logic), off the event loop."""
         if not text.strip():
             return None
-        for check in checks:
-            if check == "similarity":
-                assert self.similarity is not None, "validated at load"
-                hit = await self.similarity.check(text)
-            else:
-                hit = self.patterns[check].first_match(text) is not None
-            if hit:
-                return check
-        return None
+        return await anyio.to_thread.run_sync(self.scan, checks, [text], limiter=self._limiter)
 
     async def _llm_free_checks(self, checks: str = "", text: str | None = None) -> bool:
         hit = await self.first_hit(_split(checks), text or "")
@@ -201,6 +244,14 @@ class Guard:
             if hits is not None:
                 hits.append(hit)
         return hit is not None
+
+
+def _bounded(text: str, limit: int) -> str:
+    """At most `limit` characters: the start and the end, where a hidden instruction after padding sits."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n{text[-half:]}"
 
 
 def _compile(rails_config: Any) -> list[CompiledRail]:

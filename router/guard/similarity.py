@@ -7,10 +7,9 @@ CPU cores), run in a worker thread so the event loop never waits on it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import anyio
 
 from router.decide.classify.embedding import MiniLMEncoder
 from router.guard.data import SimilaritySettings
@@ -35,7 +34,7 @@ class DisallowedSimilarity:
         self._encoder: MiniLMEncoder | None = None
         self._disallowed: np.ndarray | None = None
         self._allowed: np.ndarray | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._lock = threading.Lock()
 
     def load(self) -> None:
         """Load the encoder and embed the curated lines (blocking: about a second)."""
@@ -56,8 +55,10 @@ class DisallowedSimilarity:
         s = self.settings
         return score.disallowed >= s.threshold and score.disallowed >= score.allowed + s.margin
 
-    async def check(self, text: str) -> bool:
+    def blocks_text(self, text: str) -> bool:
+        """Blocking (an encoder pass): the guard calls it from a worker thread; one pass at a time."""
         if not text.strip():
             return False
-        score = await anyio.to_thread.run_sync(self.score, text, limiter=self._limiter)
+        with self._lock:
+            score = self.score(text)
         return self.blocks(score)

@@ -60,7 +60,7 @@ def config(tmp_path: Path, standins: dict[str, ServerThread], redis_port: int, *
     for tier in raw["tiers"].values():
         tier["guardrails"] = False
     raw["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "prefix": "limits-test:"}
-    raw["auth"] = {"enabled": True, "keys": [{"name": "shared", "sha256": hash_key(KEY), **key}]}
+    raw["auth"] = {"enabled": True, "keys": [{"name": "shared", "sha256": hash_key(KEY), "force_tiers": True, **key}]}
     return write_config(tmp_path / "router.yaml", raw)
 
 

@@ -18,6 +18,7 @@ from tests.servers import ServerThread, redis_server
 
 HI = [{"role": "user", "content": "hi"}]
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
+EVE = "sk-eve-0123456789abcdef"
 
 
 def keyed(standins: dict[str, ServerThread], **auth: Any) -> dict[str, Any]:
@@ -27,8 +28,15 @@ def keyed(standins: dict[str, ServerThread], **auth: Any) -> dict[str, Any]:
     raw["auth"] = {
         "enabled": True,
         "keys": [
-            {"name": "alice", "sha256": hash_key(ALICE), "group": "team-a", "tiers": ["small", "remote"]},
-            {"name": "bob", "sha256": hash_key(BOB)},
+            {
+                "name": "alice",
+                "sha256": hash_key(ALICE),
+                "group": "team-a",
+                "tiers": ["small", "remote"],
+                "force_tiers": True,
+            },
+            {"name": "bob", "sha256": hash_key(BOB), "force_tiers": True},
+            {"name": "eve", "sha256": hash_key(EVE)},
         ],
         **auth,
     }
@@ -80,12 +88,32 @@ def test_a_key_uses_only_its_tiers_and_its_group_in_rules(
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "tier_not_allowed"
 
 
+def test_choosing_a_tier_is_a_permission_of_the_key(
+    start_router: RouterFactory, standins: dict[str, ServerThread]
+) -> None:
+    """Without `force_tiers`, `model` naming a tier is a 403 and a header rule (x-tier) does not match: the key's
+    requests are routed by the rules on their content, so a client cannot pick the unguarded tier."""
+    router = start_router(keyed(standins))
+    forced = chat(router, EVE, model="small")
+    assert forced.status_code == 403 and forced.json()["error"]["code"] == "tier_not_allowed"
+    assert "force_tiers" in forced.json()["error"]["message"]
+    complex_prompt = [{"role": "user", "content": "Prove that there are infinitely many primes, step by step."}]
+    headers = {"authorization": f"Bearer {EVE}", "x-tier": "small"}
+    body = {"messages": complex_prompt}
+    routed = httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert routed.status_code == 200 and routed.headers["x-router-rule"] != "header-override"
+    headers["authorization"] = f"Bearer {BOB}"
+    chosen = httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert chosen.headers["x-router-rule"] == "header-override" and chosen.headers["x-router-tier"] == "small"
+    assert chat(router, EVE).status_code == 200, "model auto needs no permission"
+
+
 def test_keys_can_live_in_redis(start_router: RouterFactory, standins: dict[str, ServerThread]) -> None:
     with redis_server() as url:
 
         async def store_key() -> None:
             store = RedisStore.from_url(url, "auth-test:")
-            record = msgspec.json.encode({"name": "carol", "group": "ops", "tiers": ["remote"]})
+            record = msgspec.json.encode({"name": "carol", "group": "ops", "tiers": ["remote"], "force_tiers": True})
             await store.put("keys:" + hash_key("sk-carol-xyz"), record)
             await store.close()
 
