@@ -248,7 +248,7 @@ class GuardrailsConfig(Strict, frozen=True):
     speculative_remote: bool = False
     """The same for remote tiers. Off: nothing is sent to a remote tier before the input rails pass, so a
     blocked prompt never reaches a third party."""
-    max_scan_chars: Annotated[int, Meta(ge=1024)] = 65_536
+    max_scan_chars: Annotated[int, Meta(ge=1024)] = 16_384
     """The input rails read at most this many characters of each piece of client text: its start and its end
     (an instruction hidden after padding sits at the end)."""
     stream_chunk_chars: Annotated[int, Meta(ge=1)] = 64

@@ -18,7 +18,13 @@ def estimate_tokens(text: str) -> int:
     """
     if not text:
         return 0
-    return max(len(text) // 4, (len(text.split()) * 4) // 3) + 1
+    return max(len(text) // 4, (_words(text) * 4) // 3) + 1
+
+
+def _words(text: str) -> int:
+    """About how many words: the separators counted (C-speed `str.count`), not `split()`'s list of every word,
+    which costs milliseconds on a 400,000-character prompt, on the event loop."""
+    return sum(text.count(separator) for separator in (" ", "\n", "\t")) + 1
 
 
 @dataclass(frozen=True, slots=True)

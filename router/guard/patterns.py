@@ -49,8 +49,10 @@ class PatternSet:
         return len(self._rules)
 
     def first_match(self, text: str) -> str | None:
+        """The first rule that matches `text`. `concurrent=True`: the match releases the GIL, so a long scan in a
+        worker thread never holds up the event loop's thread."""
         for rule in self._rules:
-            for match in rule.pattern.finditer(text):
+            for match in rule.pattern.finditer(text, concurrent=True):
                 if rule.validate != "luhn" or luhn_ok(match.group()):
                     return rule.name
         return None
@@ -60,7 +62,7 @@ class PatternSet:
         hold = len(text)
         window = max(0, len(text) - 4096)  # a match still open at the end started in the last few KB
         for rule in self._rules:
-            for match in rule.pattern.finditer(text, window, partial=True):
+            for match in rule.pattern.finditer(text, window, partial=True, concurrent=True):
                 if match.partial:
                     hold = min(hold, match.start())
         return hold

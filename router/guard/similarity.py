@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+READ_CHARS = 4096
+"""The encoder reads 256 word pieces at most: tokenising more than this of a long text is wasted work."""
+
+
 @dataclass(frozen=True, slots=True)
 class SimilarityScore:
     disallowed: float
@@ -45,7 +49,7 @@ class DisallowedSimilarity:
 
     def score(self, text: str) -> SimilarityScore:
         assert self._encoder is not None and self._disallowed is not None, "load() first"
-        vector = self._encoder.encode([text])[0][0]
+        vector = self._encoder.encode([text[:READ_CHARS]])[0][0]
         near = self._disallowed @ vector
         best = int(near.argmax())
         allowed = float((self._allowed @ vector).max()) if self._allowed is not None else 0.0
