@@ -4,7 +4,9 @@ Against the same stand-in upstream (a separate process answering like a local 7B
 100 ms, then a word every 7 ms), each router variant runs as its own `tiered-router serve` process:
 unguarded, guarded with the shipped LLM-free rails, and guarded with `self check input` added (its
 calls answered by a small-tier stand-in after 20 ms). For each: non-streamed latency and streamed time
-to first token, p50/p90 over sequential requests, and model calls per request counted at the stand-ins.
+to first token, p50/p90 over sequential requests, and model calls per request counted at the stand-ins. Then
+the same for requests to the unguarded `small` tier (its stand-in answers after 20 ms): no guard loaded,
+`guardrails.scope: guarded-tiers` (every request screened by the LLM-free input rails) and `scope: all`.
 Then, in this process: each rail's own cost, and the naive setup (NeMo generating through its own LLM
 call with dialog rails and self-checks on) against the same stand-in.
 
@@ -58,10 +60,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def drive(router: str, n: int) -> dict[str, float]:
+def drive(router: str, n: int, model: str = "large") -> dict[str, float]:
     total, ttft = [], []
     with httpx.Client(timeout=30) as client:
-        body = {"model": "large", "messages": MESSAGES}
+        body = {"model": model, "messages": MESSAGES}
         for _ in range(3):
             client.post(f"{router}/v1/chat/completions", json=body).raise_for_status()
         for _ in range(n):
@@ -93,7 +95,13 @@ def drive(router: str, n: int) -> dict[str, float]:
 
 
 def router_config(
-    directory: Path, large: str, small: str, guarded: bool, guard_path: Path, compiled: bool = True
+    directory: Path,
+    large: str,
+    small: str,
+    guarded: bool,
+    guard_path: Path,
+    compiled: bool = True,
+    scope: str = "guarded-tiers",
 ) -> Path:
     raw: dict[str, Any] = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())
     raw["tiers"]["large"]["base_url"] = f"{large}/v1"
@@ -102,8 +110,9 @@ def router_config(
     raw["tiers"]["remote"]["guardrails"] = guarded
     raw["guardrails"]["path"] = str(guard_path)
     raw["guardrails"]["compile_flows"] = compiled
+    raw["guardrails"]["scope"] = scope
     raw.pop("workers", None)
-    path = directory / f"router-{guarded}-{guard_path.name}-{compiled}.yaml"
+    path = directory / f"router-{guarded}-{guard_path.name}-{compiled}-{scope}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -124,22 +133,26 @@ def through_router(n: int, work: Path) -> list[dict[str, Any]]:
     config = self_check / "config.yml"
     config.write_text(config.read_text().replace("# - self check input", "- self check input"))
     shipped = ROOT / "config" / "guardrails"
+    # (label, tier asked for, guarded tiers?, rails, compiled flows?, scope)
     variants = [
-        ("unguarded", False, shipped, True),
-        ("guarded: LLM-free rails (default: compiled flows)", True, shipped, True),
-        ("guarded: LLM-free rails, interpreted by NeMo (compile_flows: false)", True, shipped, False),
-        ("guarded: + self check input", True, self_check, True),
+        ("unguarded", "large", False, shipped, True, "guarded-tiers"),
+        ("guarded: LLM-free rails (default: compiled flows)", "large", True, shipped, True, "guarded-tiers"),
+        ("guarded: LLM-free rails, interpreted by NeMo (compile_flows: false)", "large", True, shipped, False, ""),
+        ("guarded: + self check input", "large", True, self_check, True, "guarded-tiers"),
+        ("small, no guard loaded (nothing guarded)", "small", False, shipped, True, "guarded-tiers"),
+        ("small, scope guarded-tiers (screened)", "small", True, shipped, True, "guarded-tiers"),
+        ("small, scope all (every rail on small)", "small", True, shipped, True, "all"),
     ]
     rows = []
     try:
-        for label, guarded, path, compiled in variants:
+        for label, model, guarded, path, compiled, scope in variants:
             port = free_port()
-            config_path = router_config(work, large, small, guarded, path, compiled)
+            config_path = router_config(work, large, small, guarded, path, compiled, scope or "guarded-tiers")
             args = ["serve", "--config", str(config_path), "--port", str(port)]
             router = start(args, f"http://127.0.0.1:{port}/health")
             try:
                 before = calls(large), calls(small)
-                result = drive(f"http://127.0.0.1:{port}", n)
+                result = drive(f"http://127.0.0.1:{port}", n, model)
                 requests = 2 * n + 3  # 3 warm-up requests, n plain, n streamed
                 result["large_calls_per_request"] = (calls(large) - before[0]) / requests
                 result["small_calls_per_request"] = (calls(small) - before[1]) / requests
