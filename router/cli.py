@@ -9,15 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router.core.config import ConfigError, load_config
+from router.core.config import ConfigError, ServerConfig, load_config
 from router.core.logs import configure as configure_logging
 
 DEFAULT_CONFIG = "config/router.yaml"
-
-
-GRACEFUL_S = 30
-"""On SIGTERM, requests in flight get 30 s to finish; then the lifespan's shutdown runs regardless (a worker
-deregisters, resources close) instead of waiting forever on a connection."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,28 +40,22 @@ def _serve(args: argparse.Namespace) -> int:
     guard = Guard.load(config) if needs_guard(config) else None
     print(f"tiered-router: serving on http://{host}:{port}/v1 (config {args.config})", flush=True)
     app = create_app(config, guard=guard)
-    return _run(app, host, port, args.log_level)
+    return _run(app, host, port, args.log_level, config.server)
 
 
-def _run(app: Any, host: str, port: int, log_level: str) -> int:
-    """Serve an ASGI app (the router or a worker) until stopped, with the bounded graceful shutdown."""
+def _run(app: Any, host: str, port: int, log_level: str, server: ServerConfig | None = None) -> int:
+    """Serve an ASGI app (the router or a worker) until stopped, with the bounded graceful shutdown and the
+    per-connection limits of `server` (router.api.serving)."""
     import uvicorn
 
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=GRACEFUL_S,
-    )
+    from router.api.serving import uvicorn_config
+
+    uvicorn.Server(uvicorn_config(app, host, port, server, log_level=log_level)).run()
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
     from workers.app import create_worker_app
-
 
     config = load_config(args.config)
     worker = config.worker(args.tier)
@@ -74,7 +63,7 @@ def _worker(args: argparse.Namespace) -> int:
     port = worker.port if args.port is None else args.port
     print(f"tiered-router worker '{args.tier}' ({worker.model}) on http://{host}:{port}/v1", flush=True)
     app = create_worker_app(config, args.tier, host=host, port=port)
-    return _run(app, host, port, args.log_level)
+    return _run(app, host, port, args.log_level, config.server)
 
 
 def _standin(args: argparse.Namespace) -> int:

@@ -254,6 +254,10 @@ class RoutingService:
         upstream, route = await self.dispatcher.open_stream(request, decision)
         return StreamAnswer(upstream.chunks(), Outcome(decision, route))
 
+    def refused(self, status: int) -> None:
+        """Record a request refused at the door (router.api.entry: no JSON, a bad key, throttled): it ends here."""
+        self._finish(Outcome(status=status), None, None)
+
     def _finish(self, outcome: Outcome, admission: Admission | None, prompt: str | None) -> None:
         """Record one finished request (an error too): metrics, the status window, the access log, the refund."""
         self.observer.record(outcome)

@@ -17,6 +17,9 @@ from typing import Any
 import redis
 import uvicorn
 
+from router.api.serving import uvicorn_config
+from router.core.serving import ServerConfig
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -26,21 +29,14 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """Serve an ASGI app on 127.0.0.1 with uvicorn in a background thread, lifespan included."""
+    """Serve an ASGI app on 127.0.0.1 with uvicorn in a background thread, lifespan included, with the same
+    per-connection limits as the CLI (`server`, the defaults unless given)."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, server: ServerConfig | None = None) -> None:
         self.port = port or free_port()
         # A bounded graceful shutdown, as the CLI has: an idle connection the server still counts cannot hold the
         # lifespan's shutdown (and with it a worker's deregistration) past a few seconds.
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
+        config = uvicorn_config(app, "127.0.0.1", self.port, server, log_level="warning", graceful_s=5)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -13,6 +13,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.types import Scope
 
 from router.api.endpoints import (
     chat_completions,
@@ -26,6 +27,7 @@ from router.api.endpoints import (
     status_data,
     status_page,
 )
+from router.api.entry import FailedKeys, entry_checks
 from router.api.framing import decoded_bodies
 from router.api.translated import completions, embeddings, responses
 from router.core.config import Config, worker_token
@@ -150,7 +152,11 @@ def create_app(
             openapi_schema,
         ],
         lifespan=[lifespan],
-        middleware=[with_request_id, decoded_bodies(config.server.max_body_bytes)],
+        middleware=[
+            with_request_id,
+            entry_checks(_running, FailedKeys(config.auth.failed_keys_per_minute)),
+            decoded_bodies(config.server.max_body_bytes),
+        ],
         before_send=[send_request_id],
         dependencies={
             "service": Provide(_service, sync_to_thread=False),
@@ -174,6 +180,12 @@ def cors_config(origins: list[str]) -> CORSConfig | None:
     if not origins:
         return None
     return CORSConfig(allow_origins=list(origins), allow_methods=["GET", "POST"], expose_headers=EXPOSED_HEADERS)
+
+
+def _running(scope: Scope) -> RoutingService | None:
+    """The running pipeline (None before start-up finished)."""
+    service: RoutingService | None = scope["app"].state.get("service")
+    return service
 
 
 def _service(state: State) -> RoutingService:

@@ -134,7 +134,7 @@ def refuse_stream_over_http10(scope: Scope, body: bytes) -> None:
         return
     try:
         streaming = msgspec.json.decode(body, type=_StreamFlag).stream
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return  # not a valid request: the pipeline answers it with the 400 that names the problem
     if streaming:
         raise HttpVersionNotSupported(

@@ -24,6 +24,7 @@ from router.core.schema import Seconds as Seconds
 from router.core.schema import Strict as Strict
 from router.core.schema import Unit as Unit
 from router.core.schema import decode_struct as decode_struct
+from router.core.serving import ServerConfig as ServerConfig
 from router.core.workers import WorkerConfig, var_dir
 
 ENV_PREFIX = "TIERED_ROUTER__"
@@ -31,13 +32,6 @@ CLASSIFIER_KINDS = ("heuristic", "embedding")
 Capability = Literal["tools", "response_format", "logprobs", "penalties", "logit_bias", "n"]
 """What a tier may honour beyond plain chat (router.decide.capabilities maps request parameters onto these)."""
 CAPABILITIES: tuple[Capability, ...] = get_args(Capability)
-
-
-class ServerConfig(Strict, frozen=True):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
-    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
-    cors_origins: list[str] = []  # origins browsers may call the API from ("*": any); empty: CORS off
 
 
 class LimitsConfig(Strict, frozen=True):
@@ -90,6 +84,11 @@ class AuthConfig(Strict, frozen=True):
     """The environment variable holding a token the router sends to workers and workers require."""
     fail_open: bool = False
     """When the rate limiter's store (Redis) is down: let requests through (true) or answer 503 (false)."""
+    failed_keys_per_minute: Annotated[int, Meta(ge=1)] = 20
+    """Invalid or missing keys accepted from one client address per minute; beyond, its requests get 429 (with
+    Retry-After) before any key is looked at, until the minute has passed."""
+    max_streams_per_key: Annotated[int, Meta(ge=1)] = 64
+    """Streams one key may hold open at once (each holds a connection to a tier); beyond, 429."""
 
 
 class Timeouts(Strict, frozen=True):

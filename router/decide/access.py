@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 
 import msgspec
@@ -56,6 +57,20 @@ class Caller:
         return allowed
 
 
+BEARER = re.compile(r"Bearer ([\x21-\x7e]+)", re.IGNORECASE)
+"""RFC 6750's form: the scheme, one space, the token in visible ASCII; nothing around it is trimmed away."""
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The key in an `Authorization` header, parsed strictly (401 for anything else)."""
+    if not authorization:
+        raise Unauthorized("no API key: send it as 'Authorization: Bearer <key>'")
+    match = BEARER.fullmatch(authorization)
+    if match is None:
+        raise Unauthorized("the Authorization header is not 'Bearer <key>' (one space, the key in visible ASCII)")
+    return match.group(1)
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -72,10 +87,7 @@ class KeyStore:
         self._store = store if settings.redis_keys and store is not None and store.backend == "redis" else None
 
     async def authenticate(self, authorization: str | None) -> Caller:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("no API key: send it as 'Authorization: Bearer <key>'")
-        digest = hash_key(token.strip())
+        digest = hash_key(bearer_token(authorization))
         found: ApiKey | None = None
         for key in self._static:  # every digest is compared, so the time does not depend on which matched
             if hmac.compare_digest(key.sha256, digest):

@@ -36,3 +36,5 @@ def parse_body(body: bytes, decode: Callable[[bytes], T], what: str) -> T:
         raise InvalidRequest(f"{reason}" + (f" at '{param}'" if param else ""), param=param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec walks nested JSON recursively, even what it keeps as Raw
+        raise InvalidRequest("the request body nests JSON too deeply") from exc

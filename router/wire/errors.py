@@ -10,6 +10,7 @@ error type. One handler (router.wire.handlers) renders them all in the OpenAI er
     ├── MethodNotAllowed                 405  invalid_request_error      method_not_allowed, with Allow
     ├── PayloadTooLarge                  413  invalid_request_error      request_too_large (the body limit)
     ├── UnsupportedEncoding              415  invalid_request_error      unsupported_content_encoding
+    ├── UnsupportedMediaType             415  invalid_request_error      unsupported_media_type (a POST not JSON)
     ├── RateLimited                      429  rate_limit_error           rate_limit_exceeded, with Retry-After
     ├── LimiterUnavailable               503  server_error               rate_limiter_unavailable (Redis down)
     ├── KeyStoreUnavailable              503  server_error               auth_unavailable (Redis down)
@@ -123,6 +124,17 @@ class UnsupportedEncoding(RouterError):
 
     def headers(self) -> dict[str, str]:
         return {"accept-encoding": ", ".join(self.accepted)}
+
+
+class UnsupportedMediaType(RouterError):
+    """A POST whose body is not declared `application/json` (a cross-site form post, say)."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="content-type")
 
 
 class HttpVersionNotSupported(RouterError):

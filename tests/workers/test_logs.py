@@ -49,7 +49,8 @@ def test_one_request_id_from_router_to_worker_and_no_prompt_in_logs(
     assert response.status_code == 200 and response.headers["x-request-id"] == "req-42.a"
     generated = httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=60)
     assert len(generated.headers["x-request-id"]) == 32  # none given: the router makes one
-    bad = httpx.post(f"{router.url}/v1/chat/completions", content=b"{", headers={"x-request-id": "bad id; drop table"})
+    headers = {"x-request-id": "bad id; drop table", "content-type": "application/json"}
+    bad = httpx.post(f"{router.url}/v1/chat/completions", content=b"{", headers=headers)
     assert bad.status_code == 400 and len(bad.headers["x-request-id"]) == 32  # not a sane token: replaced
 
     logged = entries(log_lines)

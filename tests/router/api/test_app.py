@@ -196,7 +196,8 @@ def test_bad_input_gets_openai_style_4xx(
 def test_oversized_body_gets_413(start_router: RouterFactory) -> None:
     router = start_router()
     body = b'{"messages": [{"role": "user", "content": "' + b"a" * (10 * 1024 * 1024) + b'"}]}'
-    response = httpx.post(f"{router.url}/v1/chat/completions", content=body, timeout=30)
+    headers = {"content-type": "application/json"}
+    response = httpx.post(f"{router.url}/v1/chat/completions", content=body, headers=headers, timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
 

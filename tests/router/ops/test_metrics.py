@@ -46,7 +46,9 @@ def test_metrics_count_requests_latency_scores_fallbacks_blocks_and_tokens(
             assert fell_back.headers["x-router-fallback"] == "large->remote"
             blocked = client.post(chat, json={"model": "large", "messages": INJECTION})
             assert blocked.headers["x-router-guardrail"] == "blocked"
-            assert client.post(chat, content=b"{not json").status_code == 400
+            assert (
+                client.post(chat, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+            )
 
         samples = scrape(router.url)
         assert value(samples, "tiered_router_requests_total", tier="small", status="200") == 2
