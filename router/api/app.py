@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
@@ -29,6 +30,7 @@ from router.api.endpoints import (
 )
 from router.api.entry import FailedKeys, entry_checks
 from router.api.framing import decoded_bodies
+from router.api.ops_access import OpsAccess
 from router.api.translated import completions, embeddings, responses
 from router.core.config import Config, worker_token
 from router.core.logs import send_request_id, with_request_id
@@ -95,6 +97,7 @@ def create_app(
             discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)
             app.state.service = service
+            app.state.ops = OpsAccess(config, os.environ if environ is None else environ)
             app.state.translator = TranslatingService(service)
             app.state.embedder = embedder = EmbeddingService(
                 service.authenticate, lambda: service.config.embeddings, backends
@@ -162,6 +165,7 @@ def create_app(
             "service": Provide(_service, sync_to_thread=False),
             "translator": Provide(_translator, sync_to_thread=False),
             "embedder": Provide(_embedder, sync_to_thread=False),
+            "ops": Provide(_ops, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
         request_max_body_size=config.server.max_body_bytes,
@@ -196,6 +200,11 @@ def _service(state: State) -> RoutingService:
 def _translator(state: State) -> TranslatingService:
     translator: TranslatingService = state.translator
     return translator
+
+
+def _ops(state: State) -> OpsAccess:
+    ops: OpsAccess = state.ops
+    return ops
 
 
 def _embedder(state: State) -> EmbeddingService:

@@ -13,6 +13,7 @@ from litestar.response import Stream
 
 from router.api.framing import refuse_stream_over_http10
 from router.api.openapi import openapi_document
+from router.api.ops_access import OpsAccess
 from router.dispatch.outcome import Answer, Outcome, StreamAnswer
 from router.pipeline import RoutingService
 from router.wire.errors import UnknownModel
@@ -73,23 +74,36 @@ async def health() -> dict[str, str]:
 
 
 @get("/ready")
-async def ready(service: NamedDependency[RoutingService]) -> Response[bytes]:
-    report = await service.status.readiness()
+async def ready(
+    request: Request[Any, Any, State], service: NamedDependency[RoutingService], ops: NamedDependency[OpsAccess]
+) -> Response[bytes]:
+    """Ready or not for anyone (probes, load balancers); the detail for the operator (router.api.ops_access)."""
+    if ops.allowed(request.headers.get("authorization")):
+        report = await service.status.readiness()
+    else:
+        report = await service.status.summary()
     return Response(encode(report), media_type=JSON, status_code=200 if report["ready"] else 503)
 
 
 @get("/metrics")
-async def metrics(service: NamedDependency[RoutingService]) -> Response[bytes]:
+async def metrics(
+    request: Request[Any, Any, State], service: NamedDependency[RoutingService], ops: NamedDependency[OpsAccess]
+) -> Response[bytes]:
+    ops.require(request.headers.get("authorization"))
     return Response(service.observer.render(), media_type=PROMETHEUS)
 
 
 @get("/status")
 async def status_page() -> Response[bytes]:
+    """The page itself holds no data; it asks `/status.json` (with the admin key it is given, if one is needed)."""
     return Response(STATUS_PAGE, media_type="text/html; charset=utf-8")
 
 
 @get("/status.json")
-async def status_data(service: NamedDependency[RoutingService]) -> Response[bytes]:
+async def status_data(
+    request: Request[Any, Any, State], service: NamedDependency[RoutingService], ops: NamedDependency[OpsAccess]
+) -> Response[bytes]:
+    ops.require(request.headers.get("authorization"))
     return Response(encode(await service.status.status()), media_type=JSON, headers={"cache-control": "no-store"})
 
 

@@ -71,6 +71,8 @@ class StandinDied(Exception):
 class Standin:
     settings: StandinSettings = field(default_factory=StandinSettings)
     received: deque[dict[str, Any]] = field(default_factory=deque)
+    model_lists: int = 0
+    """`GET /models` answered (what a readiness probe asks; `GET /_standin/stats`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -83,7 +85,10 @@ class Standin:
         elif path.endswith("/embeddings") and method == "POST":
             await self._embeddings(scope, await _read_body(receive), send)
         elif path.endswith("/models"):
+            self.model_lists += 1
             await _send_json(send, 200, encode(ModelList([ModelCard(id=self.settings.name)])))
+        elif path == "/_standin/stats":
+            await _send_json(send, 200, encode({"model_lists": self.model_lists}))
         elif path == "/_standin/script" and method == "POST":
             steps = msgspec.json.decode(await _read_body(receive), type=list[str])
             self.settings.script.extend(steps)

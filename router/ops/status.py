@@ -40,10 +40,26 @@ class StatusReporter:
         self.observer = observer
         self._config = config
         """The running config, the rules' threshold and the reloader's state (they change on reload)."""
-        self._ready_cache: tuple[float, dict[str, object]] | None = None
+        self._probed: tuple[float, list[tuple[bool, str]]] | None = None
+        self._probing = asyncio.Lock()
+
+    async def probes(self) -> list[tuple[bool, str]]:
+        """Each tier's probe, redone at most every READY_CACHE_S however often `/ready` is asked, one round at a
+        time: a remote tier is sent its key no more often than that, whoever polls."""
+        async with self._probing:
+            now = time.monotonic()
+            if self._probed is None or now - self._probed[0] > READY_CACHE_S:
+                self._probed = (now, list(await asyncio.gather(*(b.probe() for b in self.backends.values()))))
+            return self._probed[1]
+
+    async def summary(self) -> dict[str, object]:
+        """What anyone may read of readiness: ready or not, per tier too; no URL, name, key or config text."""
+        probes = await self.probes()
+        tiers = {name: {"ready": ok} for name, (ok, _) in zip(self.backends, probes, strict=True)}
+        return {"ready": any(ok for ok, _ in probes), "tiers": tiers}
 
     async def readiness(self) -> dict[str, object]:
-        probes = await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        probes = await self.probes()
         tiers = {
             name: {"ready": ok, "detail": detail, "kind": b.config.kind, "url": b.config.base_url}
             for (name, b), (ok, detail) in zip(self.backends.items(), probes, strict=True)
@@ -102,10 +118,7 @@ class StatusReporter:
 
     async def status(self) -> dict[str, object]:
         """What `/status` draws: tiers with their workers, the routing mix, latency and recent events."""
-        now = time.monotonic()
-        if self._ready_cache is None or now - self._ready_cache[0] > READY_CACHE_S:
-            self._ready_cache = (now, await self.readiness())
-        ready = self._ready_cache[1]
+        ready = await self.readiness()
         workers = self._workers()
         tiers = [
             {
