@@ -57,8 +57,11 @@ class EmbeddingService:
         config: Callable[[], EmbeddingsConfig] = EmbeddingsConfig,
         backends: Mapping[str, TierBackend] | None = None,
         load: Callable[[], TextEncoder] = load_minilm,
+        admit: Callable[[Caller | None, int], Awaitable[object]] | None = None,
     ) -> None:
         self._authenticate = authenticate
+        self._admit = admit
+        """Counts a request and its input's estimated tokens against the key's limits (the pipeline's)."""
         self._config = config
         """Read on each request, so a reloaded config (`embeddings.aliases`, `embeddings.tiers`) applies at once."""
         self._backends = backends or {}
@@ -69,6 +72,8 @@ class EmbeddingService:
 
     async def embeddings(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         caller = await self._authenticate(headers.get("authorization"))
+        if self._admit is not None:
+            await self._admit(caller, len(body) // 4)  # the body bounds what the input can hold
         config = self._config()
         model = parse_body(body, _MODEL_DECODER.decode, "embeddings request").model
         tier = config.tiers.get(model)

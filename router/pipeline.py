@@ -16,7 +16,7 @@ from router.core.config import Config
 from router.core.state import StateStore, StateUnavailable
 from router.decide.access import Caller, KeyStore
 from router.decide.classify.base import ComplexityClassifier
-from router.decide.conversation import Conversation
+from router.decide.conversation import Conversation, extra_chars
 from router.decide.rules import RouteInput, RuleSet
 from router.dispatch.backends import TierBackend
 from router.dispatch.chain import Dispatcher
@@ -41,7 +41,7 @@ class Admission:
     """What a request was counted for against its key's tokens-per-minute limit."""
 
     key: str
-    window: int
+    tpm: int
     tokens: int
 
 
@@ -161,10 +161,11 @@ class RoutingService:
             raise InvalidRequest(
                 f"{len(request.messages)} messages; at most {limits.max_messages} are accepted", param="messages"
             )
-        chars = sum(len(m.text()) for m in request.messages)
+        chars = sum(len(m.text()) for m in request.messages) + extra_chars(request)
         if chars > limits.max_content_chars:
             raise InvalidRequest(
-                f"the messages hold {chars} characters; at most {limits.max_content_chars} are accepted",
+                f"the messages, tools and other prompt fields hold {chars} characters; at most "
+                f"{limits.max_content_chars} are accepted",
                 param="messages",
             )
         wanted = request.token_limit()
@@ -186,12 +187,16 @@ class RoutingService:
     ) -> Admission | None:
         """Count the request against the key's per-minute limits, shared by every replica through Redis.
 
-        Tokens are counted at their worst (prompt estimate + max_tokens); what the request did not use is
-        given back when it ends (`observed`).
-        """
+        Tokens are reserved at the request's worst known case (the prompt estimate, every field that reaches the
+        prompt counted, plus max_tokens or the default); when it ends, what it really used is charged instead,
+        above the reservation too (`_settle`)."""
+        tokens = decision.prompt_tokens + (request.token_limit() or DEFAULT_MAX_TOKENS)
+        return await self.admit_cost(caller, tokens)
+
+    async def admit_cost(self, caller: Caller | None, tokens: int) -> Admission | None:
+        """Take one request and `tokens` from the key's buckets (429 with Retry-After if they do not hold them)."""
         if caller is None or not (caller.rpm or caller.tpm):
             return None
-        tokens = decision.prompt_tokens + (request.token_limit() or DEFAULT_MAX_TOKENS)
         if caller.tpm and tokens > caller.tpm:
             raise InvalidRequest(
                 f"this request may use {tokens} tokens, more than the key's limit of {caller.tpm} per minute",
@@ -199,7 +204,7 @@ class RoutingService:
             )
         key = f"key:{caller.name}"
         try:
-            wait, window = await self.store.rate_admit(key, (caller.rpm, caller.tpm), (1, tokens), 60.0)
+            wait = await self.store.rate_admit(key, (caller.rpm, caller.tpm), (1, tokens))
         except StateUnavailable as exc:
             if self.config.auth.fail_open:
                 log.warning("rate limiter unavailable, letting the request through (auth.fail_open): %s", exc)
@@ -207,21 +212,22 @@ class RoutingService:
             raise LimiterUnavailable("the rate limiter is unavailable; try again shortly") from exc
         if wait > 0:
             self.dispatcher.counters.inc("rate_limited", key=caller.name)
-            raise RateLimited(f"rate limit reached for key '{caller.name}'; retry after the current minute", wait)
-        return Admission(key, window, tokens) if caller.tpm else None
+            raise RateLimited(f"rate limit reached for key '{caller.name}'; retry in {wait:.1f} s", wait)
+        return Admission(key, caller.tpm, tokens) if caller.tpm else None
 
-    def _refund(self, admission: Admission, used: int) -> None:
-        unused = admission.tokens - used
-        if unused <= 0:
+    def _settle(self, admission: Admission, used: int) -> None:
+        """Charge what the request used instead of what was reserved: the difference, either way."""
+        difference = used - admission.tokens
+        if difference == 0:
             return
 
-        async def refund() -> None:
+        async def settle() -> None:
             try:
-                await self.store.rate_refund(admission.key, admission.window, unused)
+                await self.store.rate_adjust(admission.key, admission.tpm, difference)
             except StateUnavailable as exc:
-                log.warning("unused tokens not given back to the rate limiter: %s", exc)
+                log.warning("the rate limiter was not told what a request used: %s", exc)
 
-        task = asyncio.get_running_loop().create_task(refund())
+        task = asyncio.get_running_loop().create_task(settle())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -259,10 +265,10 @@ class RoutingService:
         self._finish(Outcome(status=status), None, None)
 
     def _finish(self, outcome: Outcome, admission: Admission | None, prompt: str | None) -> None:
-        """Record one finished request (an error too): metrics, the status window, the access log, the refund."""
+        """Record one finished request (an error too): metrics, the status window, the access log, its tokens."""
         self.observer.record(outcome)
         if admission is not None:
-            self._refund(admission, outcome.tokens_in + outcome.tokens_out)
+            self._settle(admission, outcome.tokens_in + outcome.tokens_out)
         fields: dict[str, object] = {
             "status": outcome.status,
             "tier": outcome.tier,

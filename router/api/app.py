@@ -100,7 +100,7 @@ def create_app(
             app.state.ops = OpsAccess(config, os.environ if environ is None else environ)
             app.state.translator = TranslatingService(service)
             app.state.embedder = embedder = EmbeddingService(
-                service.authenticate, lambda: service.config.embeddings, backends
+                service.authenticate, lambda: service.config.embeddings, backends, admit=service.admit_cost
             )
             flusher = asyncio.create_task(service.flush_forever(), name="flush-counts")
             if config.source:

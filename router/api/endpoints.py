@@ -46,7 +46,8 @@ def reply(answer: Answer | StreamAnswer) -> Response[bytes] | Stream:
 
 @post("/v1/route", status_code=200)
 async def route(request: Request[Any, Any, State], service: NamedDependency[RoutingService]) -> Response[bytes]:
-    _, _, decision = await service.route(await request.body(), request.headers)
+    caller, _, decision = await service.route(await request.body(), request.headers)
+    await service.admit_cost(caller, 0)  # a decision costs the key one request of its per-minute limit
     return Response(encode(decision), media_type=JSON, headers=Outcome(decision).headers())
 
 

@@ -15,29 +15,44 @@ from contextlib import asynccontextmanager
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-ADMIT_LUA = """
-local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
-local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-local cost_r, cost_t, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-if (rpm > 0 and requests + cost_r > rpm) or (tpm > 0 and tokens + cost_t > tpm) then
-  return 0
+BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level(key, capacity)
+  local saved = redis.call('HMGET', key, 'level', 'at')
+  local lvl, at = tonumber(saved[1]), tonumber(saved[2])
+  if lvl == nil then return capacity end
+  return math.min(capacity, lvl + math.max(0, now - at) * capacity / 60)
 end
-redis.call('INCRBY', KEYS[1], cost_r)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('INCRBY', KEYS[2], cost_t)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return 1
-"""
-"""Check both per-window limits and count the request in one atomic step (every replica shares it)."""
-REFUND_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('DECRBY', KEYS[1], ARGV[1]) < 0 then
-    redis.call('SET', KEYS[1], 0, 'KEEPTTL')
-  end
+local function store(key, lvl)
+  redis.call('HSET', key, 'level', tostring(lvl), 'at', tostring(now))
+  redis.call('EXPIRE', key, 120)
 end
-return 1
+local mode = ARGV[1]
+if mode == 'adjust' then
+  local capacity, charge = tonumber(ARGV[2]), tonumber(ARGV[3])
+  store(KEYS[1], math.min(capacity, level(KEYS[1], capacity) - charge))
+  return '0'
+end
+local rpm, tpm, cost_r, cost_t = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local wait, lr, lt = 0, 0, 0
+if rpm > 0 then
+  lr = level(KEYS[1], rpm)
+  if lr < cost_r then wait = math.max(wait, (cost_r - lr) * 60 / rpm) end
+end
+if tpm > 0 then
+  lt = level(KEYS[2], tpm)
+  if lt < cost_t then wait = math.max(wait, (cost_t - lt) * 60 / tpm) end
+end
+if wait > 0 then return tostring(wait) end
+if rpm > 0 then store(KEYS[1], lr - cost_r) end
+if tpm > 0 then store(KEYS[2], lt - cost_t) end
+return '0'
 """
+"""Token buckets, a key's requests and tokens, each refilled at its per-minute limit and holding at most that
+much: `admit` takes a request's cost from both or neither (and says how long until it fits), `adjust` charges what
+a request used beyond its reservation, or gives back what it did not (the level may go below zero: the key then
+waits). One atomic step in Redis, on Redis's clock, so every replica shares the same buckets."""
 
 
 class StateUnavailable(Exception):
@@ -73,17 +88,14 @@ class StateStore(ABC):
         """True if the store answers now; never raises."""
 
     @abstractmethod
-    async def rate_admit(
-        self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float
-    ) -> tuple[float, int]:
-        """Count `cost` (requests, tokens) against `limits` per fixed window (0: no limit), atomically.
-
-        Returns (0.0, window) when admitted and counted, else (seconds until the window ends, window).
-        """
+    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int]) -> float:
+        """Take `cost` (requests, tokens) from the key's buckets, each refilled at its limit per minute and holding
+        at most one minute's worth (0: no limit), atomically. Returns 0.0 when admitted, else the seconds until the
+        cost would fit (nothing is taken then)."""
 
     @abstractmethod
-    async def rate_refund(self, key: str, window: int, tokens: int) -> None:
-        """Give back tokens counted in `window` that the request did not use (never below zero)."""
+    async def rate_adjust(self, key: str, tpm: int, tokens: int) -> None:
+        """Charge `tokens` more to the key's token bucket (negative: give them back, up to its capacity)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -97,8 +109,8 @@ class MemoryStore(StateStore):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._records: dict[str, tuple[bytes, float | None]] = {}
         self._counts: dict[str, dict[str, int]] = {}
-        self._windows: dict[str, tuple[int, int]] = {}
-        self._window = -1
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """A rate bucket's level and when it was last updated."""
         self._now = clock
 
     async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
@@ -136,25 +148,36 @@ class MemoryStore(StateStore):
     async def ping(self) -> bool:
         return True
 
-    async def rate_admit(
-        self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float
-    ) -> tuple[float, int]:
+    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int]) -> float:
         now = self._now()
-        window = int(now // window_s)
-        slot = f"rl:{key}:{window}"
-        used = self._windows.get(slot, (0, 0))
-        if any(limit and used[i] + cost[i] > limit for i, limit in enumerate(limits)):
-            return (window + 1) * window_s - now, window
-        if window != self._window:  # a new minute: the old windows' counts are dropped
-            self._windows, self._window = {}, window
-        self._windows[slot] = (used[0] + cost[0], used[1] + cost[1])
-        return 0.0, window
+        levels = [self._level(f"{key}:{kind}", limit, now) for kind, limit in zip("rt", limits, strict=True)]
+        wait = max(
+            [
+                (need - level) * 60 / limit
+                for need, level, limit in zip(cost, levels, limits, strict=True)
+                if limit and level < need
+            ],
+            default=0.0,
+        )
+        if wait > 0:
+            return wait
+        for kind, limit, level, need in zip("rt", limits, levels, cost, strict=True):
+            if limit:
+                self._buckets[f"{key}:{kind}"] = (level - need, now)
+        return 0.0
 
-    async def rate_refund(self, key: str, window: int, tokens: int) -> None:
-        slot = f"rl:{key}:{window}"
-        if slot in self._windows:
-            requests, used = self._windows[slot]
-            self._windows[slot] = (requests, max(0, used - tokens))
+    async def rate_adjust(self, key: str, tpm: int, tokens: int) -> None:
+        if not tpm:
+            return
+        now = self._now()
+        self._buckets[f"{key}:t"] = (min(tpm, self._level(f"{key}:t", tpm, now) - tokens), now)
+
+    def _level(self, bucket: str, capacity: int, now: float) -> float:
+        saved = self._buckets.get(bucket)
+        if saved is None:
+            return float(capacity)
+        level, at = saved
+        return min(capacity, level + max(0.0, now - at) * capacity / 60)
 
 
 class RedisStore(StateStore):
@@ -165,8 +188,7 @@ class RedisStore(StateStore):
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
-        self._admit = client.register_script(ADMIT_LUA)
-        self._refund = client.register_script(REFUND_LUA)
+        self._bucket = client.register_script(BUCKET_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float = 0.5) -> RedisStore:
@@ -216,20 +238,17 @@ class RedisStore(StateStore):
         except (RedisError, OSError):
             return False
 
-    async def rate_admit(
-        self, key: str, limits: tuple[int, int], cost: tuple[int, int], window_s: float
-    ) -> tuple[float, int]:
-        now = time.time()  # the window is wall-clock aligned, so every replica counts into the same one
-        window = int(now // window_s)
-        base = f"{self._prefix}rl:{key}:{window}"
-        ttl_ms = int(window_s * 2000)
+    async def rate_admit(self, key: str, limits: tuple[int, int], cost: tuple[int, int]) -> float:
+        base = f"{self._prefix}rl:{key}"
         async with _translated():
-            admitted = await self._admit(keys=[base + ":r", base + ":t"], args=[*limits, *cost, ttl_ms])
-        return (0.0 if admitted == 1 else (window + 1) * window_s - now), window
+            wait = await self._bucket(keys=[base + ":r", base + ":t"], args=["admit", *limits, *cost])
+        return float(wait)
 
-    async def rate_refund(self, key: str, window: int, tokens: int) -> None:
+    async def rate_adjust(self, key: str, tpm: int, tokens: int) -> None:
+        if not tpm:
+            return
         async with _translated():
-            await self._refund(keys=[f"{self._prefix}rl:{key}:{window}:t"], args=[tokens])
+            await self._bucket(keys=[f"{self._prefix}rl:{key}:t"], args=["adjust", tpm, tokens])
 
     async def close(self) -> None:
         await self._redis.aclose()

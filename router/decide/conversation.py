@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from msgspec import Raw
+
 from router.wire.protocol import ChatCompletionRequest
 
 PER_MESSAGE_TOKENS = 4
@@ -27,6 +29,28 @@ def _words(text: str) -> int:
     return sum(text.count(separator) for separator in (" ", "\n", "\t")) + 1
 
 
+def extra_chars(request: ChatCompletionRequest) -> int:
+    """Characters that reach the model (or its context) outside the messages' text: tool definitions, tool-call
+    arguments, names, non-text parts (an inline image's data), response_format, metadata. A client can put
+    megabytes there; each is counted where the text is (limits, the token estimate, rate limits, pre-flight)."""
+    total = 0
+    for raw in (request.tools, request.tool_choice, request.response_format, request.metadata, request.logit_bias):
+        if isinstance(raw, Raw):
+            total += len(raw)
+    for message in request.messages:
+        if isinstance(message.name, str):
+            total += len(message.name)
+        for raw in (message.tool_calls, message.function_call):
+            if isinstance(raw, Raw):
+                total += len(raw)
+        if isinstance(message.content, list):
+            for part in message.content:
+                for value in (part.image_url, part.input_audio, part.file):
+                    if isinstance(value, Raw):
+                        total += len(value)
+    return total
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """Everything the classifiers look at, built once per request."""
@@ -39,6 +63,7 @@ class Conversation:
     user_turns: int
     system_chars: int
     total_chars: int
+    """The messages' text and every other field that reaches the prompt (`extra_chars`)."""
     truncation: str | None = None
     """Why and how `text` was cut, for the decision's reasons; None if read whole."""
     roles: tuple[str, ...] = field(default=())
@@ -47,7 +72,8 @@ class Conversation:
     def from_request(cls, request: ChatCompletionRequest, max_chars: int) -> Conversation:
         texts = [m.text() for m in request.messages]
         full = "\n".join(texts)
-        tokens = estimate_tokens(full) + PER_MESSAGE_TOKENS * len(texts)
+        extra = extra_chars(request)
+        tokens = estimate_tokens(full) + PER_MESSAGE_TOKENS * len(texts) + (extra // 3 if extra else 0)
         roles = tuple(m.role for m in request.messages)
         text, truncation = full, None
         if len(full) > max_chars:
@@ -65,7 +91,7 @@ class Conversation:
             turns=sum(1 for r in roles if r in ("user", "assistant")),
             user_turns=roles.count("user"),
             system_chars=sum(len(t) for t, r in zip(texts, roles, strict=True) if r in ("system", "developer")),
-            total_chars=len(full),
+            total_chars=len(full) + extra,
             truncation=truncation,
             roles=roles,
         )

@@ -57,20 +57,50 @@ def test_counters_add_up(make_store: Callable[[], StateStore]) -> None:
     run(make_store, body)
 
 
-def test_rate_windows_admit_refuse_and_refund(make_store: Callable[[], StateStore]) -> None:
+def test_rate_buckets_admit_refuse_and_charge_what_was_used(make_store: Callable[[], StateStore]) -> None:
     async def body(store: StateStore) -> None:
-        window_s = 3600.0  # one window for the whole test, whatever the clock says
-        admitted = [await store.rate_admit("k", (3, 1000), (1, 400), window_s) for _ in range(3)]
-        assert [wait for wait, _ in admitted[:2]] == [0.0, 0.0]
-        wait, window = admitted[2]
-        assert 0 < wait <= window_s, "1,200 tokens do not fit in 1,000: refused, nothing counted"
-        await store.rate_refund("k", window, 390)  # the second request used only 10 of its 400
-        assert (await store.rate_admit("k", (3, 1000), (1, 400), window_s))[0] == 0.0
-        assert (await store.rate_admit("k", (3, 1000), (1, 1), window_s))[0] > 0, "the request limit (3) holds"
-        await store.rate_refund("k", window, 10_000)  # never below zero
-        assert (await store.rate_admit("other", (0, 0), (1, 10**9), window_s))[0] == 0.0  # 0 means no limit
+        limits = (3, 1000)  # 3 requests and 1,000 tokens a minute; refills of 0.05 and 17 a second are noise here
+        assert [await store.rate_admit("k", limits, (1, 400)) for _ in range(2)] == [0.0, 0.0]
+        wait = await store.rate_admit("k", limits, (1, 400))
+        assert 10 < wait < 13, "1,200 tokens do not fit in 1,000: about 200 tokens' refill (12 s) away"
+        await store.rate_adjust("k", 1000, -390)  # the second request used only 10 of its 400
+        assert await store.rate_admit("k", limits, (1, 400)) == 0.0
+        assert await store.rate_admit("k", limits, (1, 1)) > 15, "the request limit (3) holds: 20 s to the next"
+        await store.rate_adjust("k", 1000, 5000)  # a request used 5,000 more than it reserved: charged
+        assert await store.rate_admit("k", (0, 1000), (1, 1)) > 250, "the key now waits for its overdraft"
+        await store.rate_adjust("other", 1000, -(10**6))  # giving back never fills a bucket past its capacity
+        assert await store.rate_admit("other", (0, 1000), (1, 1001)) > 0
+        assert await store.rate_admit("free", (0, 0), (1, 10**9)) == 0.0  # 0 means no limit
 
     run(make_store, body)
+
+
+def test_no_burst_of_twice_the_limit_at_a_minute_boundary(redis_url: str) -> None:
+    """Fixed windows let 2x rpm through across a minute's end; a bucket holds at most one minute's worth."""
+
+    async def main() -> list[float]:
+        store = create_store(redis_url, "burst:")
+        try:
+            return list(await asyncio.gather(*(store.rate_admit("k", (30, 0), (1, 0)) for _ in range(60))))
+        finally:
+            await store.close()
+
+    waits = asyncio.run(main())
+    assert 30 <= waits.count(0.0) <= 31, waits.count(0.0)
+
+
+def test_a_bucket_refills_at_its_rate() -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    async def body() -> None:
+        assert [await store.rate_admit("k", (30, 0), (1, 0)) for _ in range(30)] == [0.0] * 30
+        assert await store.rate_admit("k", (30, 0), (1, 0)) == pytest.approx(2.0)
+        now[0] += 2.0  # 30 a minute: one more every 2 s
+        assert await store.rate_admit("k", (30, 0), (1, 0)) == 0.0
+        assert await store.rate_admit("k", (30, 0), (1, 0)) > 0
+
+    asyncio.run(body())
 
 
 def test_two_clients_share_redis_state(redis_url: str) -> None:
