@@ -71,6 +71,8 @@ class RoutingService:
         self.backends = dict(backends)
         self.fleet = fleet
         self.dispatcher = Dispatcher(config, self.backends, fleet)
+        if fleet is not None:
+            fleet.counters = self.dispatcher.counters
         self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers)
         self.keys = KeyStore(config.auth, store) if config.auth.enabled else None
         self._background: set[asyncio.Task[None]] = set()

@@ -22,9 +22,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _QUESTION = '{{"role": "user", "content": "What is the capital of France?"}}'
 _EXAMPLE = (
     "  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
-    f"    -d '{{{{\"model\": \"auto\", \"temperature\": 0, \"messages\": [{_QUESTION}]}}}}'\n"
+    f'    -d \'{{{{"model": "auto", "temperature": 0, "messages": [{_QUESTION}]}}}}\'\n'
     "  curl -s {url}/v1/route \\\n"
-    "    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Prove that sqrt(2) is irrational.\"}}]}}'\n"
+    '    -d \'{{"messages": [{{"role": "user", "content": "Prove that sqrt(2) is irrational."}}]}}\'\n'
 )
 
 

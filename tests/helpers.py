@@ -31,6 +31,8 @@ def router_yaml(small: str, large: str, remote: str, **overrides: Any) -> dict[s
     for name, url in (("small", small), ("large", large), ("remote", remote)):
         raw["tiers"][name]["base_url"] = url
     raw["tiers"]["remote"]["api_key_env"] = "TEST_REMOTE_KEY"
+    for worker_tier in ("small", "large"):  # workers on loopback found through Redis, at ports of their own
+        raw["tiers"][worker_tier]["discover_from"] = ["127.0.0.1"]
     raw.setdefault("guardrails", {})["path"] = raw_guard_path()
     for key, value in overrides.items():
         raw[key] = value

@@ -9,6 +9,7 @@ the file, the key and the reason.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -138,6 +139,11 @@ class TierConfig(Strict, frozen=True):
     `logprobs` (with `top_logprobs`), `penalties` (presence, frequency), `logit_bias` and `n` (> 1). A request
     needing one it lacks skips the tier (to the next of its chain that has it; none: a 400 naming the
     parameter). Unset: a remote tier honours all of them, a worker tier none (our workers do not yet)."""
+    discover_from: list[str] = []
+    """Where workers found through Redis heartbeats may be: hosts, IP addresses or CIDR ranges (`10.0.0.0/8`,
+    `worker-large`) their URL's host must match. Empty: only the static `base_url` itself is taken from a
+    heartbeat (its telemetry is used); any other URL is ignored and counted, since anyone who can write to Redis
+    could otherwise point the tier's traffic at a server of theirs."""
     context_window: Annotated[int, Meta(ge=1)] | None = None
     """Tokens of prompt and generation together. A worker tier's own telemetry (its `max_seq_len`) wins over
     this; a remote tier has only this. A request (prompt estimate + max_tokens) beyond it skips the tier;
@@ -359,6 +365,11 @@ def validate(config: Config) -> None:
         if not tier.base_url.startswith(("http://", "https://")):
             raise ConfigError(src, f"tiers.{name}.base_url", f"must be an http(s) URL, got {tier.base_url!r}")
         _check_chain(src, f"tiers.{name}.fallback", tier.fallback, tiers, own=name)
+        for i, allowed in enumerate(tier.discover_from):
+            if not _host_pattern(allowed):
+                raise ConfigError(
+                    src, f"tiers.{name}.discover_from[{i}]", f"not a host, IP address or CIDR: {allowed!r}"
+                )
         if tier.capabilities is not None and len(set(tier.capabilities)) != len(tier.capabilities):
             raise ConfigError(src, f"tiers.{name}.capabilities", "a capability appears twice")
     if config.classifier.kind not in CLASSIFIER_KINDS:
@@ -433,6 +444,14 @@ def apply_calibration(config: Config) -> Config:
         )
     classifier = msgspec.structs.replace(config.classifier, threshold=calibration.threshold)
     return msgspec.structs.replace(config, classifier=classifier)
+
+
+def _host_pattern(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return True
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", text) is not None
 
 
 def _check_chain(src: str, key: str, chain: list[str], tiers: set[str], *, own: str) -> None:

@@ -25,7 +25,6 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fro
     pass
 
 
-
 def decode_struct(raw: Any, kind: type[T], path: Path | str, prefix: str = "") -> T:
     try:
         return msgspec.convert(raw, kind)

@@ -14,6 +14,7 @@ worker on one stale reading.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import time
@@ -27,6 +28,7 @@ import msgspec
 from router.core.config import Config
 from router.core.heartbeat import WORKERS_PREFIX, Heartbeat
 from router.core.state import StateStore, StateUnavailable
+from router.dispatch.counters import Counters
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,12 @@ class Fleet:
     _tickets: itertools.count[int] = field(default_factory=itertools.count)
     redis_ok: bool | None = None
     """None until Redis was asked (or without Redis), then whether the last scan worked."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Heartbeats ignored since start, by reason: `malformed`, `foreign` (no such worker tier), `url_not_allowed`."""
+    _first_read: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per record: the `at` it carried and the time it counts as taken."""
+    counters: Counters | None = None
+    """The dispatcher's, once it exists: rejections are exported as `tiered_router_discovery_rejected_total`."""
 
     @property
     def worker_tiers(self) -> list[str]:
@@ -166,19 +174,37 @@ class Fleet:
         self.redis_ok = True
         now = self.clock()
         found: dict[str, list[Endpoint]] = {}
+        seen: dict[str, tuple[float, float]] = {}
         for key, value in records.items():
             try:
                 beat = msgspec.json.decode(value, type=Heartbeat)
-            except msgspec.DecodeError:
-                log.warning("worker discovery: unreadable record %s", key)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self._reject(key, "malformed")
                 continue
-            if beat.tier not in self.config.tiers:
+            tier = self.config.tiers.get(beat.tier)
+            if tier is None or tier.kind != "worker" or not key.startswith(f"{WORKERS_PREFIX}{beat.tier}:"):
+                self._reject(key, "foreign")
                 continue
+            if not allowed_url(beat.url, tier.base_url, tier.discover_from):
+                self._reject(key, "url_not_allowed")
+                continue
+            # A heartbeat from the future would stay "fresh" for ever: it counts as taken when this router first
+            # read it (the same record read again is no newer), never later than the router's clock.
+            first = self._first_read.get(key)
+            at = first[1] if first is not None and first[0] == beat.at else min(beat.at, now)
+            seen[key] = (beat.at, at)
             telemetry = None
             if beat.memory is not None:
-                telemetry = Telemetry.parse({**beat.memory, "at": beat.at}, now)
+                telemetry = Telemetry.parse({**beat.memory, "at": at}, now)
             found.setdefault(beat.tier, []).append(Endpoint(beat.tier, beat.url, "redis", telemetry, beat.ready))
-        self._discovered = found
+        self._discovered, self._first_read = found, seen
+
+    def _reject(self, key: str, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if self.counters is not None:
+            self.counters.inc("discovery_rejected", reason=reason)
+        if self.rejected[reason] in (1, 10, 100) or self.rejected[reason] % 1000 == 0:
+            log.warning("worker discovery: ignored %s (%s; %d so far)", key, reason, self.rejected[reason])
 
     async def _poll(self, tier: str) -> None:
         assert self.client is not None
@@ -198,6 +224,32 @@ class Fleet:
     def _fresh(self, endpoint: Endpoint) -> bool:
         telemetry = endpoint.telemetry
         return telemetry is not None and self.clock() - telemetry.taken_at <= self.config.discovery.stale_after_s
+
+
+def allowed_url(url: str, static: str, allowed: list[str]) -> bool:
+    """May a heartbeat's URL serve a tier whose static URL is `static` and whose `discover_from` is `allowed`?"""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return False
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return False
+    if not allowed:
+        return url.rstrip("/") == static.rstrip("/")
+    host = parsed.host
+    for entry in allowed:
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if host.lower() == entry.lower():
+                return True
+            continue
+        try:
+            if ipaddress.ip_address(host) in network:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -77,6 +77,7 @@ class StatusReporter:
             "state": {"backend": self.store.backend, "ready": store_ok, "routed": routed},
             "classifier": self.classifier_name,
             "workers": self._workers(),
+            "discovery": {"rejected": dict(self.fleet.rejected) if self.fleet is not None else {}},
             "counters": self.dispatcher.stats(),
             "config": self._config_state(),
         }

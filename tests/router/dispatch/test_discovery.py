@@ -29,7 +29,9 @@ def test_several_workers_per_tier_are_found_and_ranked(shipped_config: Config) -
             await store.put("workers:large:127.0.0.1:9101", heartbeat(9101, free=10**6, queue=2), ttl_s=5)
             await store.put("workers:large:127.0.0.1:9102", heartbeat(9102, free=10**9, queue=0), ttl_s=5)
             await store.put("workers:large:127.0.0.1:9103", heartbeat(9103, free=10**3, queue=0), ttl_s=5)
-            fleet = Fleet(shipped_config, store, None)
+            tiers = dict(shipped_config.tiers)
+            tiers["large"] = msgspec.structs.replace(tiers["large"], discover_from=["127.0.0.1"])
+            fleet = Fleet(msgspec.structs.replace(shipped_config, tiers=tiers), store, None)
             await fleet.refresh()
             assert fleet.redis_ok is True
             endpoints = fleet.endpoints("large")
