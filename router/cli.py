@@ -102,6 +102,22 @@ def _train(args: argparse.Namespace) -> int:
     return run_training(args)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    if args.kind == "route":
+        from router.decide.classify.evaluate import run_eval as run_route_eval
+
+        return run_route_eval(args)
+    from router.guard.evaluate import run_eval as run_guard_eval
+
+    return run_guard_eval(args)
+
+
+def _train_guard(args: argparse.Namespace) -> int:
+    from router.guard.training import run_training as run_guard_training
+
+    return run_guard_training(args)
+
+
 def _make_checkpoint(args: argparse.Namespace) -> int:
     from workers.checkpoints import build_shaped_checkpoint
 
@@ -205,6 +221,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--heldout-every", type=int, default=5, help="hold out one example in N for the accuracy report")
     train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="score the routing classifier or the guardrails on labelled JSONL ({prompt|messages, label})"
+    )
+    evaluate.add_argument("kind", choices=["route", "guard"], help="route: simple/complex; guard: attack/benign")
+    evaluate.add_argument("file", type=Path, help="labelled JSONL, one {'prompt'|'messages', 'label'} per line")
+    evaluate.add_argument("--config", default=DEFAULT_CONFIG, help=f"router YAML (default {DEFAULT_CONFIG})")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    evaluate.set_defaults(run=_eval)
+
+    train_guard = sub.add_parser("train-guard", help="retrain the guardrails' attack classifier on labelled prompts")
+    train_guard.add_argument("--data", type=Path, default=None, help="labelled JSONL (default: router/data/guard)")
+    train_guard.add_argument("--output", type=Path, default=None, help="weights file (default: the shipped one)")
+    train_guard.set_defaults(run=_train_guard)
     return parser
 
 
