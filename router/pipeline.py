@@ -81,6 +81,8 @@ class RoutingService:
         self.guarded = GuardedDispatch(guard, self.dispatcher) if guard is not None else None
         self.store = store
         self._routed: Counter[str] = Counter()
+        self._streams: Counter[str] = Counter()
+        """Open streams per key (this replica): each holds a connection to a tier, so `auth.max_streams_per_key`."""
         self.status = StatusReporter(
             self.backends,
             store,
@@ -97,17 +99,23 @@ class RoutingService:
         outcome = Outcome()
         admission: Admission | None = None
         prompt: str | None = None
+        holder: str | None = None
         try:
             caller, request, decision = await self.route(body, headers)
             outcome.decision, outcome.stream = decision, bool(request.stream)
             outcome.tokens_in, prompt = decision.prompt_tokens, request.last_user_text()
+            if request.stream and caller is not None:
+                holder = self._hold_stream(caller)
             admission = await self.admit(caller, decision, request)
             self.observer.scored(decision.score)
             if request.stream:
                 opened = await self.open_stream(request, decision)
             else:
                 answer = await self.complete(request, decision)
-        except RouterError as exc:
+        except BaseException as exc:
+            self._release_stream(holder)
+            if not isinstance(exc, RouterError):
+                raise
             outcome.status = exc.status_code
             if isinstance(exc, UpstreamError):
                 outcome.failed_on = exc.tier
@@ -123,6 +131,7 @@ class RoutingService:
         opened.outcome.tokens_in, opened.outcome.stream = outcome.tokens_in, True
 
         def done(ttft: float | None, seconds: float, chunks: int) -> None:
+            self._release_stream(holder)
             opened.outcome.ttft, opened.outcome.seconds, opened.outcome.tokens_out = ttft, seconds, chunks
             self._finish(opened.outcome, admission, prompt)
 
@@ -173,6 +182,21 @@ class RoutingService:
         wanted = request.token_limit()
         if wanted is not None and wanted > limits.max_tokens:
             raise InvalidRequest(f"max_tokens is {wanted}; at most {limits.max_tokens} is accepted", param="max_tokens")
+
+    def _hold_stream(self, caller: Caller) -> str:
+        """Count one more open stream for the key; 429 beyond `auth.max_streams_per_key`."""
+        cap = self.config.auth.max_streams_per_key
+        if self._streams[caller.name] >= cap:
+            self.dispatcher.counters.inc("rate_limited", key=caller.name)
+            raise RateLimited(f"this key already holds {cap} open streams, its limit; retry when one ends", 1.0)
+        self._streams[caller.name] += 1
+        return caller.name
+
+    def _release_stream(self, holder: str | None) -> None:
+        if holder is not None:
+            self._streams[holder] -= 1
+            if self._streams[holder] <= 0:
+                del self._streams[holder]
 
     def restrict(self, decision: RouteDecision, caller: Caller | None) -> RouteDecision:
         """Keep only the tiers the key may use in the decision's chain (403 if none)."""

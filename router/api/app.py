@@ -61,6 +61,10 @@ EXPOSED_HEADERS = [
 """Response headers a browser client may read under CORS: what `Outcome.headers` writes, the request id, Retry-After."""
 
 
+PROBE_CONNECTIONS = 16
+"""Connections of the pool that discovery polls workers' /v1/memory through."""
+
+
 def create_app(
     config: Config,
     *,
@@ -74,8 +78,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        max_connections = max(t.max_connections for t in config.tiers.values())
-        client = http_client or create_client(max_connections)
+        # One pool per tier (its max_connections), so streams held on one tier cannot starve another; discovery
+        # polls through a small pool of its own.
+        clients = {name: http_client or create_client(t.max_connections) for name, t in config.tiers.items()}
+        probe_client = http_client or create_client(PROBE_CONNECTIONS)
         state_store = store or create_store(config.redis.url, config.redis.prefix)
         scorer = classifier or build_classifier(config)
         flusher: asyncio.Task[None] | None = None
@@ -86,13 +92,16 @@ def create_app(
         try:
             await scorer.start()
             token = worker_token(config)
-            backends = {name: TierBackend(name, tier, client, environ, token) for name, tier in config.tiers.items()}
+            backends = {
+                name: TierBackend(name, tier, clients[name], environ, token) for name, tier in config.tiers.items()
+            }
             rails = guard
             if rails is None and needs_guard(config):
                 rails = await anyio.to_thread.run_sync(Guard.load, config)
             if rails is not None:
                 rails.bind(backends)
-            fleet = Fleet(config, state_store, client, headers={"authorization": f"Bearer {token}"} if token else {})
+            probe_headers = {"authorization": f"Bearer {token}"} if token else {}
+            fleet = Fleet(config, state_store, probe_client, headers=probe_headers)
             await fleet.refresh()  # the first reading before the first request
             discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)
@@ -136,7 +145,8 @@ def create_app(
             if store is None:
                 await state_store.close()
             if http_client is None:
-                await client.aclose()
+                for owned in (*clients.values(), probe_client):
+                    await owned.aclose()
 
     return Litestar(
         route_handlers=[

@@ -97,6 +97,9 @@ class Timeouts(Strict, frozen=True):
     first_byte: Seconds = 60.0
     between_chunks: Seconds = 60.0
     total: Seconds = 600.0
+    pool: Seconds = 1.0
+    """How long a request waits for a free connection of the tier's pool (`max_connections`) before the tier counts
+    as unavailable and the chain moves on (never past the fallback deadline)."""
 
 
 class RetryConfig(Strict, frozen=True):

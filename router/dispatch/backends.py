@@ -110,8 +110,8 @@ class TierBackend:
                 self.missing_key = config.api_key_env
         self._headers = httpx.Headers(headers)
         t = config.timeouts
-        self._complete_timeout = httpx.Timeout(t.total, connect=t.connect).as_dict()
-        self._stream_timeout = httpx.Timeout(t.between_chunks, connect=t.connect).as_dict()
+        self._complete_timeout = httpx.Timeout(t.total, connect=t.connect, pool=t.pool).as_dict()
+        self._stream_timeout = httpx.Timeout(t.between_chunks, connect=t.connect, pool=t.pool).as_dict()
 
     def __repr__(self) -> str:  # never shows headers, so never the key
         return f"TierBackend({self.name!r}, {self.config.base_url!r})"
@@ -121,9 +121,10 @@ class TierBackend:
         config = msgspec.structs.replace(self.config, base_url=base_url)
         return TierBackend(self.name, config, self._client, self._environ, self._worker_token)
 
-    async def complete(self, payload: bytes) -> UpstreamReply:
+    async def complete(self, payload: bytes, wait_s: float | None = None) -> UpstreamReply:
+        """`wait_s`: how long to wait for a free connection of the tier's pool (the chain's fallback deadline)."""
         self._require_key()
-        request = self._request(payload, self._complete_timeout)
+        request = self._request(payload, _waiting(self._complete_timeout, wait_s))
         with self.translating():
             response = await self._client.send(request)
         self._raise_for_status(response.status_code, response.content, response.headers)
@@ -138,10 +139,10 @@ class TierBackend:
         self._raise_for_status(response.status_code, response.content, response.headers)
         return UpstreamReply(response.status_code, response.content, _passed_headers(response.headers))
 
-    async def open_stream(self, payload: bytes) -> UpstreamStream:
+    async def open_stream(self, payload: bytes, wait_s: float | None = None) -> UpstreamStream:
         """Send the request and wait for the upstream's status line; errors before any byte raise here."""
         self._require_key()
-        request = self._request(payload, self._stream_timeout)
+        request = self._request(payload, _waiting(self._stream_timeout, wait_s))
         with self.translating():
             try:
                 with anyio.fail_after(self.config.timeouts.first_byte):
@@ -185,6 +186,9 @@ class TierBackend:
             yield
         except UpstreamError:
             raise
+        except httpx.PoolTimeout as exc:
+            message = f"all {self.config.max_connections} connections to the tier are in use"
+            raise UpstreamUnavailable(self.name, message, reason="pool_exhausted") from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(self.name, f"no answer in time ({type(exc).__name__})", reason="timeout") from exc
         except httpx.ConnectError as exc:
@@ -222,8 +226,16 @@ class TierBackend:
         raise error
 
 
+def _waiting(timeout: dict[str, float | None], wait_s: float | None) -> dict[str, float | None]:
+    if wait_s is None:
+        return timeout
+    pool = timeout.get("pool")
+    return {**timeout, "pool": wait_s if pool is None else min(pool, wait_s)}
+
+
 def create_client(max_connections: int) -> httpx.AsyncClient:
-    """The one pooled client every backend shares; per-request timeouts come from each tier.
+    """A pooled client: one per tier (`tiers.<name>.max_connections`), so held streams to one tier cannot take
+    the connections another needs; per-request timeouts come from the tier.
 
     Plain-HTTP upstreams (the workers) go through `FastHTTPTransport`; https ones through httpx's own.
     """

@@ -8,7 +8,9 @@ For each tier of the chain (the decided tier, then its fallbacks):
 3. the request goes to the best worker of the tier (least loaded first, unknown telemetry last), through
    the tier's retry policy, circuit breaker and concurrency limit (router.dispatch.resilience);
 4. a refusal before the first byte (503 `vram_exhausted` or `queue_full`, 400 `context_length_exceeded`,
-   connection refused, first-byte timeout, the worker dying, any 5xx) moves on: the next worker, then the next tier.
+   connection refused, first-byte timeout, the worker dying, a full connection pool, any 5xx) moves on: the next
+   worker, then the next tier; but once two tiers answered 500, the request itself is the likely cause and it is
+   sent no further.
 
 When every tier was skipped or refused for the request's own reasons (a capability, the context window), the
 client gets a 400 (`unsupported_parameter` naming the parameter, or `context_length_exceeded`), not a retryable
@@ -56,6 +58,10 @@ WORKER_CONTINUATION = {"continue_final_message": True, "add_generation_prompt": 
 
 UNSUPPORTED_PARAMETER = "unsupported_parameter"
 """OpenAI's error code for a parameter the model cannot honour."""
+
+
+PAYLOAD_500_TIERS = 2
+"""A request that two tiers answered with a 500 is not sent to more: what they share is the request itself."""
 
 
 def reason_of(error: UpstreamError) -> str:
@@ -161,7 +167,12 @@ class Dispatcher:
         failures: list[str] = []
         unfit: list[str] = []  # failures that are the request's own: a capability lacking, a window too small
         walked = True
+        crashed: set[str] = set()  # tiers that answered 500: after two, the payload is the likely cause
         for tier in chain:
+            if len(crashed) >= PAYLOAD_500_TIERS:
+                log.warning("tiers %s answered 500 to this request: not sent further along the chain", sorted(crashed))
+                walked = False
+                break
             if self._clock() >= deadline:
                 last_error = UpstreamTimeout(tier, "the fallback deadline passed before any tier answered")
                 walked = False
@@ -200,6 +211,8 @@ class Dispatcher:
                     if isinstance(exc, ContextLengthExceeded):
                         unfit.append(exc.message)
                         break  # the tier's other workers share its window
+                    if exc.status == 500:
+                        crashed.add(tier)
                     continue
                 route = Route(tier) if tier == chain[0] else Route(tier, chain[0], first_reason)
                 self.counters.inc("served", tier=tier)
@@ -264,9 +277,9 @@ class Dispatcher:
 
         try:
             if stream:
-                upstream = await caller.call(lambda: backend.open_stream(payload), deadline)
+                upstream = await caller.call(lambda: backend.open_stream(payload, self._left(deadline)), deadline)
             else:
-                reply = await caller.call(lambda: backend.complete(payload), deadline)
+                reply = await caller.call(lambda: backend.complete(payload, self._left(deadline)), deadline)
         except BaseException:
             end()
             raise
@@ -274,6 +287,9 @@ class Dispatcher:
             return RoutedStream(upstream, end)
         end()
         return reply
+
+    def _left(self, deadline: float) -> float:
+        return max(0.001, deadline - self._clock())
 
     def _backend(self, tier: str, base_url: str) -> TierBackend:
         backend = self.backends[tier]
