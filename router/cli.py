@@ -103,19 +103,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if args.kind == "route":
-        from router.decide.classify.evaluate import run_eval as run_route_eval
+    from router.devtools.evaluate import run_guard_eval, run_route_eval
 
-        return run_route_eval(args)
-    from router.guard.evaluate import run_eval as run_guard_eval
-
-    return run_guard_eval(args)
-
-
-def _train_guard(args: argparse.Namespace) -> int:
-    from router.guard.training import run_training as run_guard_training
-
-    return run_guard_training(args)
+    try:
+        return run_route_eval(args) if args.kind == "route" else run_guard_eval(args)
+    except (OSError, ValueError) as exc:  # a missing or malformed data file
+        print(f"tiered-router eval: {exc}", file=sys.stderr)
+        return 2
 
 
 def _make_checkpoint(args: argparse.Namespace) -> int:
@@ -231,10 +225,6 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     evaluate.set_defaults(run=_eval)
 
-    train_guard = sub.add_parser("train-guard", help="retrain the guardrails' attack classifier on labelled prompts")
-    train_guard.add_argument("--data", type=Path, default=None, help="labelled JSONL (default: router/data/guard)")
-    train_guard.add_argument("--output", type=Path, default=None, help="weights file (default: the shipped one)")
-    train_guard.set_defaults(run=_train_guard)
     return parser
 
 
