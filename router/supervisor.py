@@ -23,7 +23,7 @@ _QUESTION = '{{"role": "user", "content": "What is the capital of France?"}}'
 _EXAMPLE = (
     "  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
     f'    -d \'{{{{"model": "auto", "temperature": 0, "messages": [{_QUESTION}]}}}}\'\n'
-    "  curl -s {url}/v1/route \\\n"
+    "  curl -s {url}/v1/route -H 'content-type: application/json' \\\n"
     '    -d \'{{"messages": [{{"role": "user", "content": "Prove that sqrt(2) is irrational."}}]}}\'\n'
 )
 
