@@ -36,6 +36,14 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    auth = config.auth
+    if auth.enabled and not auth.keys and not (auth.redis_keys and config.redis.url):
+        raise ConfigError(
+            config.source,
+            "auth.enabled",
+            "auth is on but no key could ever be valid: list keys under auth.keys (`tiered-router hash-key`), "
+            "or set redis.url and make them with `tiered-router add-key`",
+        )
     # Loaded before serving, so a broken guardrails config stops start-up with a message, not a traceback.
     guard = Guard.load(config) if needs_guard(config) else None
     print(f"tiered-router: serving on http://{host}:{port}/v1 (config {args.config})", flush=True)
@@ -112,6 +120,18 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
 
 
+def _add_key(args: argparse.Namespace) -> int:
+    from router.ops.keys import run_add_key
+
+    return run_add_key(args)
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    from router.ops.keys import run_revoke_key
+
+    return run_revoke_key(args)
+
+
 def _make_checkpoint(args: argparse.Namespace) -> int:
     from workers.checkpoints import build_shaped_checkpoint
 
@@ -178,6 +198,21 @@ def _parser() -> argparse.ArgumentParser:
     hashed = sub.add_parser("hash-key", help="print an API key's SHA-256, for auth.keys[].sha256 (or Redis)")
     hashed.add_argument("key", nargs="?", default=None, help="the key (default: read a line from stdin)")
     hashed.set_defaults(run=_hash_key)
+
+    add_key = sub.add_parser("add-key", help="make a new API key, store its SHA-256 in Redis, print the key once")
+    add_key.add_argument("--name", required=True, help="who the key is for (logs and limits name it)")
+    add_key.add_argument("--config", default=DEFAULT_CONFIG, help="router YAML: its redis.url and prefix")
+    add_key.add_argument("--group", default=None, help="a group, for rules matching key_group")
+    add_key.add_argument("--tiers", default=None, help="comma-separated tiers the key may use (default: all)")
+    add_key.add_argument("--force-tiers", action="store_true", help="the key may choose its tier (model: <tier>)")
+    add_key.add_argument("--rpm", type=int, default=0, help="requests per minute (0: no limit)")
+    add_key.add_argument("--tpm", type=int, default=0, help="tokens per minute (0: no limit)")
+    add_key.set_defaults(run=_add_key)
+
+    revoke = sub.add_parser("revoke-key", help="delete a key from Redis (by its sha256, or the key on stdin)")
+    revoke.add_argument("--config", default=DEFAULT_CONFIG)
+    revoke.add_argument("--sha256", default=None, help="the key's digest (default: read the key from stdin)")
+    revoke.set_defaults(run=_revoke_key)
 
     calibrate = sub.add_parser(
         "calibrate", help="find the score threshold that sends a target share of traffic to the small tier"

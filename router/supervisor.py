@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -55,6 +56,25 @@ def wait_ready(url: str, deadline: float) -> bool:
     return False
 
 
+def access_note(config: Config, config_path: str) -> str:
+    """Who can use the stack just started, and an example request that works on it."""
+    url = f"http://{config.server.host}:{config.server.port}"
+    if not config.auth.enabled:
+        where = "this machine only" if config.server.host in LOCAL_HOSTS else "anyone who can reach it"
+        return f"auth is off: open to {where} ({config.server.host}).\n\ntry:\n{_EXAMPLE.format(url=url)}"
+    example = _EXAMPLE.format(url=url).replace(
+        "-H 'content-type: application/json'", "-H 'content-type: application/json' -H \"authorization: Bearer $KEY\""
+    )
+    if config.redis.url and config.auth.redis_keys:
+        make = (
+            "Make one (stored in Redis, shown once):\n"
+            f"  KEY=$(tiered-router add-key --name me --config {config_path})"
+        )
+    else:
+        make = "Use one listed under auth.keys (their SHA-256: `tiered-router hash-key`) as $KEY."
+    return f"auth is on: every /v1 call needs an API key. {make}\n\nthen try:\n{example}"
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -62,6 +82,14 @@ def _interrupt(signum: int, frame: object) -> None:
 def run_stack(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     env = {**os.environ, "NEMO_GUARDRAILS_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    token_env, admin_env = config.auth.worker_token_env, config.server.admin_key_env
+    if token_env and not env.get(token_env):
+        # One stack, one machine: a token made now, known only to the processes started here.
+        env[token_env] = secrets.token_urlsafe(32)
+        print(f"{token_env} is not set: made a worker token for this stack's processes", flush=True)
+    if admin_env and not env.get(admin_env):
+        env[admin_env] = secrets.token_urlsafe(32)
+        print(f"{admin_env} is not set: this stack's admin key (/metrics, /status) is {env[admin_env]}", flush=True)
     procs: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -79,7 +107,8 @@ def run_stack(args: argparse.Namespace) -> int:
         if not wait_ready(url + "/health", time.monotonic() + args.start_timeout):
             print("the router did not start", file=sys.stderr)
             return 1
-        print(f"\ntiered-router is up: {url}/v1  (status: {url}/ready)\n\ntry:\n{_EXAMPLE.format(url=url)}", flush=True)
+        note = access_note(config, args.config)
+        print(f"\ntiered-router is up: {url}/v1  (status: {url}/ready)\n\n{note}", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return 1

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,18 +59,21 @@ class ServerThread:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port; yields its URL."""
+def redis_server(
+    args: Sequence[str] = ("--save", "", "--appendonly", "no"), user: str | None = None, password: str | None = None
+) -> Iterator[str]:
+    """A private redis-server on a free port, started with `args` (its options); yields its URL (with `user` and
+    `password` in it when given)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (Debian package redis-server)")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
+    client = redis.Redis(port=port, username=user, password=password)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -81,7 +84,8 @@ def redis_server() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        credentials = f"{user or ''}:{password}@" if password else ""
+        yield f"redis://{credentials}127.0.0.1:{port}/0"
     finally:
         client.close()
         proc.terminate()
