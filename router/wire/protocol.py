@@ -71,7 +71,7 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
     temperature: Temperature | UnsetType | None = UNSET
     top_p: TopP | UnsetType | None = UNSET
     stop: str | StopList | UnsetType | None = UNSET
-    seed: int | UnsetType | None = UNSET
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | UnsetType | None = UNSET
     n: Choices | UnsetType | None = UNSET
     """How many completions (1-4); the workers run each as its own sequence of the batch."""
     user: str | UnsetType = UNSET

@@ -178,6 +178,20 @@ def test_first_chunk_arrives_before_upstream_finishes(start_router: RouterFactor
         (b'{"messages": [{"role": "user", "content": "hi"}], "n": 5}', 400, "n"),
         (b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None),
         (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}', 404, "model"),
+        # Numbers no upstream can take, also in the fields passed through verbatim (issue 17 point 6).
+        (b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 40 + b"}", 400, "seed"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}', 400, "temperature"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 1e999}}', 400, "logit_bias"),
+        (
+            b'{"messages": [{"role": "user", "content": "hi"}], "metadata": {"a": ' + b"9" * 5000 + b"}}",
+            400,
+            "metadata",
+        ),
+        (
+            b'{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": ' + b"1" * 30 + b"}]}]}",
+            400,
+            "messages[0].tool_calls",
+        ),
     ],
 )
 def test_bad_input_gets_openai_style_4xx(
