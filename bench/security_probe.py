@@ -307,6 +307,7 @@ class Probe:
             self.unauthenticated_bodies,
             self.slow_and_huge_headers,
             self.failed_key_throttle,
+            self.forwarded_for,
             self.reload_error_text,
             self.seed_crash,
         ]
@@ -839,6 +840,37 @@ class Probe:
             f"{dict(counts)} in {elapsed:.1f} s, first 429 at #{first_429}, Retry-After {retry_after}; "
             f"valid key same address {valid_same_ip}, other address {valid_other_ip}",
             ok,
+        )
+
+    def forwarded_for(self) -> None:
+        """uvicorn trusts X-Forwarded-For from `forwarded_allow_ips` (default 127.0.0.1): the failed-key throttle then
+        counts the address the header names."""
+
+        def wrong_keys(c: httpx.Client, forwarded: Callable[[int], str], n: int = 40) -> Counter[int]:
+            counts: Counter[int] = Counter()
+            for i in range(n):
+                headers = {
+                    "authorization": f"Bearer sk-tr-{secrets.token_urlsafe(32)}",
+                    "x-forwarded-for": forwarded(i),
+                }
+                body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+                counts[c.post(f"{self.router}/v1/chat/completions", json=body, headers=headers).status_code] += 1
+            return counts
+
+        victim = src(21)
+        with client(22) as c:
+            untrusted = wrong_keys(c, lambda i: f"10.9.0.{i + 1}")
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1"), timeout=15) as c:
+            trusted = wrong_keys(c, lambda i: f"10.8.0.{i + 1}")
+            spoofed = wrong_keys(c, lambda i: victim, FAILED_KEYS_PER_MINUTE)
+        with client(21) as c:
+            victim_status = self.chat(c, "hi").status_code
+        check(
+            "X-Forwarded-For and the failed-key throttle (40 wrong keys, a new XFF each)",
+            "ignored from an untrusted peer (429 after 20); from 127.0.0.1 (uvicorn's default trusted proxy): reported",
+            f"from {src(22)}: {dict(untrusted)}; from 127.0.0.1: {dict(trusted)}; 20 wrong keys from 127.0.0.1 "
+            f"with XFF {victim}: {dict(spoofed)}, then a valid key from {victim} itself: {victim_status}",
+            untrusted.get(429, 0) == 40 - FAILED_KEYS_PER_MINUTE,
         )
 
     def reload_error_text(self) -> None:
