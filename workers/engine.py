@@ -289,6 +289,11 @@ class Engine:
         if self._column < n:
             self._shift(n - self._column)
         row, start = len(self._rows), self._column - n
+        try:  # a request's own settings must fail that request only, never the engine loop
+            generator = generator_for(request.sampling, self.runner.device)
+        except (ValueError, RuntimeError, OverflowError) as exc:
+            self._end(stream, Failed(EngineError(f"invalid sampling settings: {exc}")))
+            return
         try:
             if self._fault_hook:
                 self._fault_hook("prefill", [request.id])
@@ -314,7 +319,7 @@ class Engine:
         running = _Running(
             stream=stream,
             text=IncrementalText(self.tokenizer, request.stop),
-            generator=generator_for(request.sampling, self.runner.device),
+            generator=generator,
             seq=next(self._seq),
             length=n,
         )

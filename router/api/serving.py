@@ -98,5 +98,8 @@ def uvicorn_config(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=graceful_s,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise; here only from configured proxies.
+        proxy_headers=bool(limits.forwarded_allow_ips),
+        forwarded_allow_ips=",".join(limits.forwarded_allow_ips) or None,
         http=bounded_protocol(limits.header_timeout_s, limits.body_timeout_s, limits.max_header_bytes),
     )

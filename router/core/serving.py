@@ -20,6 +20,10 @@ class ServerConfig(Strict, frozen=True):
     """Its body within this, once the headers have: a connection that trickles it is closed."""
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 65_536
     """Request line and headers together; more: 431, and the connection is closed."""
+    forwarded_allow_ips: list[str] = []
+    """Proxies (IPs, CIDRs, "*") whose X-Forwarded-For / X-Forwarded-Proto are believed, as the client's address
+    for the failed-key throttle and the logs. Empty, the default: the headers are ignored from everyone, so a
+    client cannot choose the address it is throttled as."""
     admin_key_env: str | None = None
     """The environment variable holding the admin key: `/metrics`, `/status`, `/status.json` and the detail of
     `/ready` then need `Authorization: Bearer <admin key>`. Unset: they are open when `auth` is off; with `auth`

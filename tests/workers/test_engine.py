@@ -242,3 +242,30 @@ def test_a_grammar_sees_each_token_before_its_next_mask_when_steps_run_ahead(mod
         engine.stop()
     assert text == "DN" * 6
     assert engine.stats.decode_steps >= 11
+
+
+def test_a_seed_torch_cannot_take_fails_that_request_not_the_engine(model: LlamaForCausalLM) -> None:
+    """Found by bench/security_probe.py: a seed beyond 64 bits crashed the engine loop (the worker then answered
+    503 until restarted, and the request hung). The router refuses such a seed (400); the engine must survive it
+    too, whoever sends it."""
+    engine = tiny_engine(model, queue_size=4)
+    engine.start()
+
+    async def run(request: GenerationRequest) -> Finished | Failed:
+        stream = engine.submit(request, asyncio.get_running_loop())
+        while not isinstance(event := await stream.next(), (Finished, Failed)):
+            pass
+        return event
+
+    async def main() -> tuple[Finished | Failed, Finished | Failed]:
+        bad = GenerationRequest("seed", [1, 2, 3], 5, SamplingParams(temperature=0.7, seed=2**70))
+        good = GenerationRequest("after", [1, 2, 3], 5, SamplingParams(temperature=0.0))
+        failed = await asyncio.wait_for(run(bad), 30)
+        return failed, await asyncio.wait_for(run(good), 30)
+
+    try:
+        failed, served = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert isinstance(failed, Failed) and "invalid sampling settings" in str(failed.error)
+    assert isinstance(served, Finished) and served.completion_tokens == 5

@@ -258,7 +258,9 @@ def test_bad_input_and_not_ready(start_worker: WorkerFactory) -> None:
     huge = "word " * 3000
     too_long = httpx.post(f"{worker.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": huge}]})
     assert too_long.status_code == 400 and "at most" in too_long.json()["error"]["message"]
-    capped = httpx.post(f"{worker.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 100_000})
+    capped = httpx.post(
+        f"{worker.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 100_000}, timeout=60
+    )
     assert capped.status_code == 200 and capped.json()["usage"]["completion_tokens"] <= 16
 
     loading = start_worker("small", wait_ready=False, model="demo:does-not-exist")
