@@ -19,7 +19,8 @@ class ServerConfig(Strict, frozen=True):
     body_timeout_s: Seconds = 60.0
     """Its body within this, once the headers have: a connection that trickles it is closed."""
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 65_536
-    """Request line and headers together; more: 431, and the connection is closed."""
+    """Request line and headers together; more: 431, and the connection is closed. Checked after each socket read,
+    and the read that completes the headers is let through, so up to one read (at most 256 KiB) beyond this."""
     forwarded_allow_ips: list[str] = []
     """Proxies (IPs, CIDRs, "*") whose X-Forwarded-For / X-Forwarded-Proto are believed, as the client's address
     for the failed-key throttle and the logs. Empty, the default: the headers are ignored from everyone, so a
