@@ -24,7 +24,12 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 EXAMPLE_ENV = dict(
     line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines() if line and not line.startswith("#")
 )
-SECRETS = {"REDIS_PASSWORD": "s3cret-redis", "WORKER_TOKEN": "s3cret-token", "ADMIN_KEY": "s3cret-admin"}
+SECRETS = {
+    "REDIS_PASSWORD": "s3cret-redis",
+    "WORKER_REDIS_PASSWORD": "s3cret-worker",
+    "WORKER_TOKEN": "s3cret-token",
+    "ADMIN_KEY": "s3cret-admin",
+}
 DOTENV = {**EXAMPLE_ENV, **SECRETS}
 """What an operator's .env holds: .env.example with its secrets filled in."""
 
@@ -96,6 +101,7 @@ def test_each_profile_is_a_whole_stack_that_starts_in_order(
         loaded = load_config(REPO / config, environ=env)
         worker = loaded.worker(tier)
         assert env[loaded.auth.worker_token_env or ""] == SECRETS["WORKER_TOKEN"], "workers accept only the router"
+        assert loaded.redis.url == "redis://worker:s3cret-worker@redis:6379/0", "workers use their own Redis user"
         assert worker.advertise_url == f"http://worker-{tier}:{ready_port(SERVICES[name])}/v1"
         if profile == "gpu":
             assert worker.model == DOTENV[f"{tier.upper()}_MODEL"] and worker.device == "cuda"
@@ -138,9 +144,10 @@ def redis_args() -> list[str]:
     """compose's redis-server options, as compose passes them with the .env secrets."""
     command = [str(part) for part in SERVICES["redis"]["command"]]
     assert command[0] == "redis-server"
-    return [
-        arg.replace("${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}", SECRETS["REDIS_PASSWORD"]) for arg in command[1:]
-    ]
+    args = command[1:]
+    for name in ("REDIS_PASSWORD", "WORKER_REDIS_PASSWORD"):
+        args = [arg.replace(f"${{{name}:?set {name} in .env}}", SECRETS[name]) for arg in args]
+    return args
 
 
 def test_composes_redis_acl_serves_the_router_and_nothing_else() -> None:
@@ -172,3 +179,10 @@ def test_composes_redis_acl_serves_the_router_and_nothing_else() -> None:
         with pytest.raises(redis.exceptions.NoPermissionError):
             router.flushall()
         router.close()
+        # The workers' user: heartbeats only, so a worker's password cannot make API keys.
+        worker = redis.Redis(port=int(port), username="worker", password=SECRETS["WORKER_REDIS_PASSWORD"])
+        worker.set("tiered-router:workers:small:w:8001", "{}", px=5000)
+        worker.delete("tiered-router:workers:small:w:8001")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            worker.set("tiered-router:keys:" + "0" * 64, '{"name": "minted"}')
+        worker.close()
