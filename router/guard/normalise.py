@@ -54,54 +54,13 @@ _ESCAPED = regex.compile(r"(?:\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|0x[0-9A-Fa-f]{
 _PERCENT = regex.compile(r"(?:%[0-9A-Fa-f]{2}){3,}")
 _LEET_WORD = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
-_ENGLISH = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "to",
-        "of",
-        "and",
-        "or",
-        "how",
-        "is",
-        "are",
-        "in",
-        "on",
-        "you",
-        "me",
-        "my",
-        "i",
-        "your",
-        "for",
-        "that",
-        "this",
-        "it",
-        "what",
-        "with",
-        "from",
-        "do",
-        "can",
-        "make",
-        "give",
-        "tell",
-        "write",
-        "step",
-        "by",
-        "at",
-        "be",
-        "all",
-        "now",
-        "please",
-        "if",
-        "not",
-        "who",
-        "why",
-        "when",
-        "where",
-        "which",
-    ]
-)
+# fmt: off
+_ENGLISH = frozenset((
+    "the", "a", "an", "to", "of", "and", "or", "how", "is", "are", "in", "on", "you", "me", "my", "i", "your",
+    "for", "that", "this", "it", "what", "with", "from", "do", "can", "make", "give", "tell", "write", "step",
+    "by", "at", "be", "all", "now", "please", "if", "not", "who", "why", "when", "where", "which",
+))
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +68,21 @@ class Normalised:
     text: str
     """The normalised text (the original where nothing changed)."""
     variants: tuple[str, ...] = ()
-    """Decoded readings of it (base64, ROT13, ...), normalised too; empty when none look like text."""
+    """Decoded readings of it (base64, ROT13, ...), normalised too; empty when none look like text. An encoded
+    run (base64, hex, escapes) is decoded in place: the reading is the text around it with it decoded."""
+    encoded: bool = False
+    """Part of the text was an encoded run that decodes to text: its readings say what the text says."""
 
     @property
     def candidates(self) -> tuple[str, ...]:
+        """What the pattern rails read: the text and every reading of it."""
         return (self.text, *self.variants)
+
+    @property
+    def for_embedding(self) -> tuple[str, ...]:
+        """What the embedding rails read: with an encoded run, only its readings (the run itself is noise to
+        an encoder: "decode this: V2hhdCBp..." reads as neither attack nor benign)."""
+        return self.variants if self.encoded and self.variants else self.candidates
 
 
 def normalise(text: str) -> str:
@@ -143,13 +112,15 @@ def prepare(text: str) -> Normalised:
     clean = _clean(text)
     normal = _words(clean)
     variants: list[str] = []
-    for variant in _decodings(clean):
+    encoded = False
+    for variant, in_place in _decodings(clean):
         variant = normalise(variant[:MAX_VARIANT_CHARS])
         if variant.strip() and variant != normal and variant not in variants:
             variants.append(variant)
+            encoded = encoded or in_place
         if len(variants) == MAX_VARIANTS:
             break
-    return Normalised(normal, tuple(variants))
+    return Normalised(normal, tuple(variants), encoded)
 
 
 def _fold_word(word: str, latin_text: bool) -> str:
@@ -168,26 +139,26 @@ def _join_letters(match: regex.Match[str]) -> str:
     return word.replace(match.group(1), "")
 
 
-def _decodings(text: str) -> list[str]:
-    """Readings of `text` in which an encoded part is decoded; the first ones are the likeliest."""
-    found: list[str] = []
-    for match in _BASE64.finditer(text):
-        decoded = _from_base64(match.group())
-        if decoded is not None:
-            found.append(decoded)
-    for match in _HEX.finditer(text):
-        found.extend(_printable(_bytes_or_none(lambda m=match: bytes.fromhex(m.group()))))
+def _decodings(text: str) -> list[tuple[str, bool]]:
+    """Readings of `text` in which an encoded part is decoded, the first ones the likeliest; each says whether
+    it decoded an encoded run in place."""
+    found: list[tuple[str, bool]] = []
+    runs: list[tuple[regex.Match[str], str | None]] = [(m, _from_base64(m.group())) for m in _BASE64.finditer(text)]
+    runs += [(m, next(iter(_printable(_from_hex(m.group()))), None)) for m in _HEX.finditer(text)]
     for match in _ESCAPED.finditer(text):
         digits = regex.sub(r"\\x|\\u00|0x|[\s,]", "", match.group())
-        found.extend(_printable(_bytes_or_none(lambda d=digits: bytes.fromhex(d))))
+        runs.append((match, next(iter(_printable(_from_hex(digits))), None)))
+    for match, decoded in runs:
+        if decoded is not None:
+            found.append((f"{text[: match.start()]}{decoded}{text[match.end() :]}", True))
     if _PERCENT.search(text):
-        found.append(urllib.parse.unquote(text))
+        found.append((urllib.parse.unquote(text), True))
     words = _english_words(text)
     for reading in (codecs.encode(text, "rot13"), text[::-1]):
         if _english_words(reading) > max(words, 2):
-            found.append(reading)
+            found.append((reading, False))
     if len(_LEET_WORD.findall(text, overlapped=False)[:2]) == 2:  # one "mp3" or "h264" is not leetspeak
-        found.append(_LEET_WORD.sub(lambda m: m.group().translate(_LEET), text))
+        found.append((_LEET_WORD.sub(lambda m: m.group().translate(_LEET), text), False))
     return found
 
 
@@ -201,6 +172,10 @@ def _from_base64(token: str) -> str | None:
     padded = token + "=" * (-len(token) % 4)
     raw = _bytes_or_none(lambda: base64.b64decode(padded, altchars=b"-_" if "-" in token or "_" in token else None))
     return next(iter(_printable(raw)), None)
+
+
+def _from_hex(digits: str) -> bytes | None:
+    return _bytes_or_none(lambda: bytes.fromhex(digits))
 
 
 def _bytes_or_none(decode: Callable[[], bytes]) -> bytes | None:

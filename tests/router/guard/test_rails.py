@@ -64,9 +64,9 @@ def test_jailbreaks_are_blocked(shipped_guard: Guard, text: str) -> None:
 
 
 @pytest.mark.parametrize("text", DISALLOWED)
-def test_disallowed_requests_are_blocked_by_similarity(shipped_guard: Guard, text: str) -> None:
+def test_disallowed_requests_are_blocked_by_the_embedding_rails(shipped_guard: Guard, text: str) -> None:
     verdict = run(shipped_guard.check_input(text))
-    assert verdict.blocked and verdict.rail == "check disallowed similarity", verdict
+    assert verdict.blocked and verdict.rail in ("check attack classifier", "check disallowed similarity"), verdict
 
 
 def test_ordinary_prompts_pass(shipped_guard: Guard) -> None:
@@ -135,6 +135,8 @@ def _load(tmp_path: Path, directory: Path, **guardrails: object) -> Guard:
         ("patterns.yml", "'(?i)\\b(developer", "'(?i)\\b((developer", "custom_data.patterns.jailbreak[1].regex"),
         ("patterns.yml", "threshold: 0.5 ", "threshold: 1.5 ", "custom_data.similarity.threshold"),
         ("patterns.yml", "disallowed: disallowed.txt", "disallowed: missing.txt", "missing.txt"),
+        ("patterns.yml", "weights: shipped", "weights: nowhere.json", "custom_data.classifier.weights"),
+        ("patterns.yml", "  classifier:\n    weights: shipped", "", "the classifier check needs custom_data"),
     ],
 )
 def test_a_broken_guardrails_config_fails_at_start_up(
