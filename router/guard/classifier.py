@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "guard_classifier.json"
 WINDOW_CHARS = 800
 WINDOW_STRIDE = 600
-MAX_WINDOWS = 12
-"""Full windows per text at most: the first, the last, and evenly spaced ones between (a 16 KB text has 27)."""
+MAX_WINDOWS = 8
+"""Full windows per text at most: the first, the last, and evenly spaced ones between (a 16 KB text has 27, so
+the middle of a text that long is sampled, not read whole: the cost of a maximum-size request stays bounded)."""
 EDGE_CHARS = 300
 """A long text also gets a short window at each end: a sentence after pages of padding is read nearly alone
 (in a full window, mean pooling would let the padding outweigh it)."""
@@ -99,6 +101,27 @@ def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, mo
     return [*(text[start : start + size] for start in starts), head, tail]
 
 
+@dataclass(frozen=True, slots=True)
+class EmbeddedWindows:
+    """The windows of some texts, embedded in one encoder pass: both embedding rails read the same ones."""
+
+    vectors: np.ndarray
+    spans: list[tuple[int, int]]
+    """Rows of `vectors` that belong to each text."""
+
+
+def embed_windows(encoder: MiniLMEncoder, texts: Sequence[str], lock: threading.Lock) -> EmbeddedWindows:
+    spans: list[tuple[int, int]] = []
+    batch: list[str] = []
+    for text in texts:
+        pieces = windows(text)
+        spans.append((len(batch), len(batch) + len(pieces)))
+        batch.extend(pieces)
+    with lock:
+        vectors = encoder.encode(batch)[0]
+    return EmbeddedWindows(vectors, spans)
+
+
 class AttackClassifier:
     def __init__(self, weights: ClassifierWeights, threshold: float | None = None) -> None:
         self.spec = weights
@@ -110,23 +133,22 @@ class AttackClassifier:
         """Load (or share) the encoder; blocking, about a second."""
         self._encoder = encoder or MiniLMEncoder()
 
-    def probabilities(self, texts: Sequence[str]) -> list[float]:
+    def embed(self, texts: Sequence[str]) -> EmbeddedWindows:
+        assert self._encoder is not None, "load() first"
+        return embed_windows(self._encoder, texts, self._lock)
+
+    def probabilities(self, texts: Sequence[str] | EmbeddedWindows) -> list[float]:
         """Each text's attack probability: that of its most attack-like window."""
         import numpy as np
 
-        assert self._encoder is not None, "load() first"
-        spans: list[tuple[int, int]] = []
-        batch: list[str] = []
-        for text in texts:
-            pieces = windows(text, self.spec.window_chars)
-            spans.append((len(batch), len(batch) + len(pieces)))
-            batch.extend(pieces)
-        with self._lock:
-            embeddings = self._encoder.encode(batch)[0]
-        probabilities = 1.0 / (1.0 + np.exp(-logits(self.spec, embeddings)))
-        return [float(probabilities[start:end].max()) for start, end in spans]
+        embedded = texts if isinstance(texts, EmbeddedWindows) else self.embed(texts)
+        probabilities = 1.0 / (1.0 + np.exp(-logits(self.spec, embedded.vectors)))
+        return [float(probabilities[start:end].max()) for start, end in embedded.spans]
 
-    def blocks_texts(self, texts: Sequence[str]) -> bool:
-        """Blocking (an encoder pass): the guard calls it from a worker thread."""
-        texts = [text for text in texts if text.strip()]
-        return bool(texts) and max(self.probabilities(texts)) >= self.threshold
+    def blocks_texts(self, texts: Sequence[str] | EmbeddedWindows) -> bool:
+        """Blocking (an encoder pass unless given the windows embedded): the guard calls it from a worker thread."""
+        if not isinstance(texts, EmbeddedWindows):
+            texts = [text for text in texts if text.strip()]
+            if not texts:
+                return False
+        return max(self.probabilities(texts)) >= self.threshold

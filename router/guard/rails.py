@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from router.core.config import Config, ConfigError, GuardrailsConfig
-from router.guard.classifier import SHIPPED_WEIGHTS, AttackClassifier, load_weights
+from router.guard.classifier import SHIPPED_WEIGHTS, AttackClassifier, EmbeddedWindows, load_weights
 from router.guard.compiled import CompiledRail, Direction, compile_flow
 from router.guard.data import GROUPS, GuardData, load_guard_data
 from router.guard.llm import TierLLM
@@ -254,25 +254,44 @@ class Guard:
         bounded = [_bounded(text, self.settings.max_scan_chars) for text in texts if text.strip()]
         prepared: list[Normalised] | None = None
         shown: list[str] | None = None
+        embedded: EmbeddedWindows | None = None  # both embedding rails read one encoder pass
         for check in checks:
             if check in OUTPUT_GROUPS:
                 shown = shown if shown is not None else [visible(text)[0] for text in bounded]
-                candidates = shown
+                hit = any(self.patterns[check].first_match(text) is not None for text in shown)
+                if hit:
+                    return check
+                continue
+            prepared = prepared if prepared is not None else [prepare(text) for text in bounded]
+            if check in ("classifier", "similarity"):
+                if check == "classifier" and self.classifier is None:
+                    continue  # switched off
+                if embedded is None:
+                    embedded = self._embed([c for p in prepared for c in p.for_embedding if c.strip()])
+                hit = self._embedding_hit(check, embedded)
             else:
-                prepared = prepared if prepared is not None else [prepare(text) for text in bounded]
-                embedding = check in ("classifier", "similarity")
-                candidates = [c for p in prepared for c in (p.for_embedding if embedding else p.candidates)]
-            if self._hits(check, candidates):
+                hit = any(self.patterns[check].first_match(c) is not None for p in prepared for c in p.candidates)
+            if hit:
                 return check
         return None
 
-    def _hits(self, check: str, texts: Sequence[str]) -> bool:
-        if check == "similarity":
-            assert self.similarity is not None, "validated at load"
-            return self.similarity.blocks_texts(texts)
+    def _embed(self, texts: list[str]) -> EmbeddedWindows:
+        if not texts:
+            import numpy as np
+
+            return EmbeddedWindows(np.zeros((0, 0)), [])
+        if self.classifier is not None:
+            return self.classifier.embed(texts)
+        assert self.similarity is not None, "validated at load"
+        return self.similarity.embed(texts)
+
+    def _embedding_hit(self, check: str, embedded: EmbeddedWindows) -> bool:
+        if not embedded.spans:
+            return False
         if check == "classifier":
-            return self.classifier is not None and self.classifier.blocks_texts(texts)
-        return any(self.patterns[check].first_match(text) is not None for text in texts)
+            return self.classifier is not None and self.classifier.blocks_texts(embedded)
+        assert self.similarity is not None, "validated at load"
+        return self.similarity.blocks_texts(embedded)
 
     async def first_hit(self, checks: Sequence[str], text: str) -> str | None:
         """The first of `checks` that flags `text` (the action's logic), off the event loop."""

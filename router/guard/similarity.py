@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from router.decide.classify.embedding import MiniLMEncoder
-from router.guard.classifier import windows
+from router.guard.classifier import EmbeddedWindows, embed_windows
 from router.guard.data import SimilaritySettings
 
 if TYPE_CHECKING:
@@ -45,17 +45,20 @@ class DisallowedSimilarity:
         if self._allowed_text:
             self._allowed = self._encoder.encode(self._allowed_text)[0]
 
+    def embed(self, texts: Sequence[str]) -> EmbeddedWindows:
+        assert self._encoder is not None, "load() first"
+        return embed_windows(self._encoder, texts, self._lock)
+
     def score(self, text: str) -> SimilarityScore:
         """The score of the text's first 256 word pieces (`scores` reads all of a text, in windows)."""
         return self.scores([text])[0]
 
-    def scores(self, texts: Sequence[str]) -> list[SimilarityScore]:
+    def scores(self, texts: Sequence[str] | EmbeddedWindows) -> list[SimilarityScore]:
         """One score per window of every text (router/guard/classifier.windows), all in one encoder pass."""
         assert self._encoder is not None and self._disallowed is not None, "load() first"
-        batch = [piece for text in texts for piece in windows(text)]
-        vectors = self._encoder.encode(batch)[0]
+        embedded = texts if isinstance(texts, EmbeddedWindows) else embed_windows(self._encoder, texts, self._lock)
         found = []
-        for vector in vectors:
+        for vector in embedded.vectors:
             near = self._disallowed @ vector
             best = int(near.argmax())
             allowed = float((self._allowed @ vector).max()) if self._allowed is not None else 0.0
@@ -69,12 +72,11 @@ class DisallowedSimilarity:
     def blocks_text(self, text: str) -> bool:
         return self.blocks_texts([text])
 
-    def blocks_texts(self, texts: Sequence[str]) -> bool:
-        """Whether any window of any of `texts` blocks. Blocking (an encoder pass): the guard calls it from a
-        worker thread; one pass at a time."""
-        texts = [text for text in texts if text.strip()]
-        if not texts:
-            return False
-        with self._lock:
-            scores = self.scores(texts)
-        return any(self.blocks(score) for score in scores)
+    def blocks_texts(self, texts: Sequence[str] | EmbeddedWindows) -> bool:
+        """Whether any window of any of `texts` blocks. Blocking (an encoder pass, unless given the windows
+        embedded): the guard calls it from a worker thread; one pass at a time."""
+        if not isinstance(texts, EmbeddedWindows):
+            texts = [text for text in texts if text.strip()]
+            if not texts:
+                return False
+        return any(self.blocks(score) for score in self.scores(texts))

@@ -35,7 +35,7 @@ ORDINARY = [SHIPPED_WEIGHTS.parent / "labelled_prompts.jsonl", SHIPPED_WEIGHTS.p
 training on the default data, so that everyday formats ("convert 'dog' to hex") are not mistaken for attacks."""
 HELDOUT = SHIPPED_WEIGHTS.parents[2] / "bench" / "data" / "guard_heldout.jsonl"
 LABELS = {"benign": 0, "attack": 1}
-TARGET_FALSE_BLOCKS = 0.03
+TARGET_FALSE_BLOCKS = 0.02
 VALIDATION_EVERY = 5
 HIDDEN = 64
 EPOCHS = 30
