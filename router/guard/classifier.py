@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import msgspec
+import regex
 from msgspec import Meta
 
 from router.core.config import ConfigError
@@ -38,6 +39,24 @@ the middle of a text that long is sampled, not read whole: the cost of a maximum
 EDGE_CHARS = 300
 """A long text also gets a short window at each end: a sentence after pages of padding is read nearly alone
 (in a full window, mean pooling would let the padding outweigh it)."""
+
+
+EDGE_SENTENCE_CHARS = 60
+_SENTENCE_END = regex.compile(r"(?<=[.!?:;])\s+|\n\s*")
+
+
+def _edge(part: str, *, at_start: bool) -> str:
+    """The fewest whole sentences at the start (or end) of `part` that make `EDGE_SENTENCE_CHARS` or more."""
+    bounds = [m.start() if at_start else m.end() for m in _SENTENCE_END.finditer(part)]
+    if at_start:
+        cut = next((b for b in bounds if b >= EDGE_SENTENCE_CHARS), None)
+        if cut is None:
+            cut = part.rfind(" ") if " " in part else len(part)
+        return part[:cut]
+    cut = next((b for b in reversed(bounds) if len(part) - b >= EDGE_SENTENCE_CHARS), None)
+    if cut is None:
+        cut = part.find(" ") + 1
+    return part[cut:]
 
 
 class ClassifierWeights(msgspec.Struct, frozen=True):
@@ -87,7 +106,8 @@ def logits(spec: ClassifierWeights, embeddings: np.ndarray) -> np.ndarray:
 
 def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, most: int = MAX_WINDOWS) -> list[str]:
     """Overlapping windows of `text`, the first at its start and the last at its end (at most `most`), then a
-    short one at each end (`EDGE_CHARS`, cut at a space)."""
+    short one at each end: its first and last whole sentences, `EDGE_SENTENCE_CHARS` or more of them (within
+    `EDGE_CHARS`)."""
     if len(text) <= size:
         return [text]
     last = len(text) - size
@@ -95,9 +115,7 @@ def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, mo
     if len(starts) > most:
         step = (len(starts) - 1) / (most - 1)
         starts = [starts[round(i * step)] for i in range(most)]
-    head, tail = text[:EDGE_CHARS], text[-EDGE_CHARS:]
-    head = head[: head.rfind(" ")] if " " in head else head
-    tail = tail[tail.find(" ") + 1 :] if " " in tail else tail
+    head, tail = _edge(text[:EDGE_CHARS], at_start=True), _edge(text[-EDGE_CHARS:], at_start=False)
     return [*(text[start : start + size] for start in starts), head, tail]
 
 

@@ -52,7 +52,11 @@ _BASE64 = regex.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX = regex.compile(r"\b(?:[0-9A-Fa-f]{2}){8,}\b")
 _ESCAPED = regex.compile(r"(?:\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|0x[0-9A-Fa-f]{2}[\s,]*){4,}")
 _PERCENT = regex.compile(r"(?:%[0-9A-Fa-f]{2}){3,}")
-_LEET_WORD = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
+_LEET_WORD = regex.compile(  # two letters or more and a digit (or @, $): "h0w", "m4k3", not "w0" or "mp3"
+    r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z][\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{3,16}(?![\w@$])"
+)
+_LEET_ANY = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
+"""Once a text reads as leetspeak (two `_LEET_WORD`s), every word mixing letters and digits is read back ("t0")."""
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
 # fmt: off
 _ENGLISH = frozenset((
@@ -158,7 +162,7 @@ def _decodings(text: str) -> list[tuple[str, bool]]:
         if _english_words(reading) > max(words, 2):
             found.append((reading, False))
     if len(_LEET_WORD.findall(text, overlapped=False)[:2]) == 2:  # one "mp3" or "h264" is not leetspeak
-        found.append((_LEET_WORD.sub(lambda m: m.group().translate(_LEET), text), False))
+        found.append((_LEET_ANY.sub(lambda m: m.group().translate(_LEET), text), False))
     return found
 
 
