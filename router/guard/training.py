@@ -137,6 +137,8 @@ def padded_copies(examples: list[Example], seed: int = 16) -> list[Example]:
     rng = random.Random(seed)
     padding = [e.text for e in examples if e.label == 0 and len(e.text) > 200]
     short = [e for e in examples if len(e.text) < 300]
+    if not padding:
+        return []  # no benign text long enough to pad with (a small data set)
     copies = []
     for example in rng.sample(short, min(len(short), 600)):
         filler = ""
@@ -219,9 +221,13 @@ def train(examples: list[Example], encoder: MiniLMEncoder) -> ClassifierWeights:
         threshold=round(threshold, 4),
         train_examples=int((~held).sum()),
         validation_examples=int(held.sum()),
-        validation_attacks_blocked=round(float(blocked[labels == 1].mean()), 4),
-        validation_false_blocks=round(float(blocked[labels == 0].mean()), 4),
+        validation_attacks_blocked=_share(blocked[labels == 1]),
+        validation_false_blocks=_share(blocked[labels == 0]),
     )
+
+
+def _share(flags: np.ndarray) -> float:
+    return round(float(flags.mean()), 4) if len(flags) else 0.0
 
 
 def run_training(args: argparse.Namespace) -> int:
