@@ -120,6 +120,12 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
 
 
+def _train_guard(args: argparse.Namespace) -> int:
+    from router.guard.training import run_training as run_guard_training
+
+    return run_guard_training(args)
+
+
 def _add_key(args: argparse.Namespace) -> int:
     from router.ops.keys import run_add_key
 
@@ -260,6 +266,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     evaluate.set_defaults(run=_eval)
 
+    train_guard = sub.add_parser("train-guard", help="retrain the guardrails' attack classifier on labelled prompts")
+    train_guard.add_argument("--data", type=Path, default=None, help="labelled JSONL (default: router/data/guard)")
+    train_guard.add_argument("--output", type=Path, default=None, help="weights file (default: the shipped one)")
+    train_guard.set_defaults(run=_train_guard)
     return parser
 
 

@@ -10,8 +10,8 @@ from msgspec import Meta
 
 from router.core.config import ConfigError, Strict, Unit, decode_struct
 
-GROUPS = ("injection", "jailbreak", "secrets", "pii")
-"""Pattern groups the rails in rails.co refer to; input rails use the first two, output rails the rest."""
+GROUPS = ("injection", "jailbreak", "evasion", "secrets", "pii")
+"""Pattern groups the rails in rails.co refer to; input rails use the first three, output rails the rest."""
 
 
 class PatternRule(Strict, frozen=True):
@@ -24,6 +24,8 @@ class PatternRule(Strict, frozen=True):
 class PatternGroups(Strict, frozen=True):
     injection: list[PatternRule] = msgspec.field(default_factory=list)
     jailbreak: list[PatternRule] = msgspec.field(default_factory=list)
+    evasion: list[PatternRule] = msgspec.field(default_factory=list)
+    """Asking for the answer in an encoding so that it gets past the output rails ("respond only in base64")."""
     secrets: list[PatternRule] = msgspec.field(default_factory=list)
     pii: list[PatternRule] = msgspec.field(default_factory=list)
 
@@ -39,9 +41,18 @@ class SimilaritySettings(Strict, frozen=True):
     margin: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
 
 
+class ClassifierSettings(Strict, frozen=True):
+    weights: str | bool = "shipped"
+    """`shipped` (router/data/guard_classifier.json), `off` (YAML reads it as false; the `classifier` check then
+    passes everything), or a weights file from `tiered-router train-guard`, relative to the guardrails directory."""
+    threshold: Unit | None = None
+    """Block at or above this attack probability; unset: the threshold stored with the weights."""
+
+
 class GuardData(Strict, frozen=True):
     patterns: PatternGroups = PatternGroups()
     similarity: SimilaritySettings | None = None
+    classifier: ClassifierSettings | None = None
 
 
 def load_guard_data(custom_data: dict[str, Any], directory: Path) -> tuple[GuardData, list[str], list[str]]:

@@ -19,21 +19,26 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from router.core.config import Config, ConfigError, GuardrailsConfig
+from router.guard.classifier import SHIPPED_WEIGHTS, AttackClassifier, EmbeddedWindows, load_weights
 from router.guard.compiled import CompiledRail, Direction, compile_flow
-from router.guard.data import GROUPS, load_guard_data
+from router.guard.data import GROUPS, GuardData, load_guard_data
 from router.guard.llm import TierLLM
+from router.guard.normalise import Normalised, prepare, visible
 from router.guard.patterns import PatternSet
 from router.guard.similarity import DisallowedSimilarity
+from router.guard.texts import client_texts
 
 if TYPE_CHECKING:
     from nemoguardrails import LLMRails
 
     from router.dispatch.backends import TierBackend
+    from router.wire.protocol import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ OUTPUT_GROUPS = ("secrets", "pii")
 CHECK_RAILS = {
     "injection": "check prompt injection",
     "jailbreak": "check jailbreak",
+    "evasion": "check encoding evasion",
+    "classifier": "check attack classifier",
     "similarity": "check disallowed similarity",
     "secrets": "check secrets",
     "pii": "check pii",
@@ -74,8 +81,11 @@ class Guard:
         similarity: DisallowedSimilarity | None,
         llm: TierLLM,
         compiled: list[CompiledRail] | None = None,
+        classifier: AttackClassifier | None = None,
     ) -> None:
         self.settings = settings
+        self.classifier = classifier
+        """None when `custom_data.classifier.weights: off` (the `classifier` check then passes everything)."""
         self.rails = rails
         self.patterns = patterns
         self.similarity = similarity
@@ -112,8 +122,15 @@ class Guard:
         data, disallowed, allowed = load_guard_data(dict(rails_config.custom_data or {}), directory)
         patterns = {g: PatternSet(g, data.patterns.group(g), str(directory)) for g in GROUPS}
         similarity = DisallowedSimilarity(data.similarity, disallowed, allowed) if data.similarity else None
-        if similarity is not None:
-            similarity.load()
+        classifier = _classifier(data, directory)
+        if similarity is not None or classifier is not None:
+            from router.decide.classify.embedding import MiniLMEncoder
+
+            encoder = MiniLMEncoder()  # one encoder, shared by both embedding rails
+            if similarity is not None:
+                similarity.load(encoder)
+            if classifier is not None:
+                classifier.load(encoder)
         llm = TierLLM(settings.self_check_tier)
         own_flows = {flow["id"] for flow in rails_config.flows}  # LLMRails adds NeMo's flows to this list
         compiled = _compile(rails_config) if settings.compile_flows else []
@@ -121,9 +138,9 @@ class Guard:
             rails = LLMRails(rails_config, llm=llm)
         except Exception as exc:
             raise ConfigError(str(directory), "(guardrails config)", f"{type(exc).__name__}: {exc}") from exc
-        _validate_checks(rails, str(directory), similarity is not None)
+        _validate_checks(rails, str(directory), similarity is not None, data.classifier is not None)
         pruned = prune_flows(rails, own_flows) if settings.prune_flows else 0
-        guard = cls(settings, rails, patterns, similarity, llm, compiled)
+        guard = cls(settings, rails, patterns, similarity, llm, compiled, classifier)
         rails.register_action(guard._llm_free_checks, CHECKS_ACTION)
         log.info(
             "guardrails loaded from %s: compiled %s; through NeMo: input %s, output %s (%d unused flows pruned)",
@@ -147,6 +164,12 @@ class Guard:
             return verdict
         rest = await self.check_rest(pieces)
         return GuardVerdict(rest.blocked, rest.rail, verdict.seconds + rest.seconds)
+
+    async def check_request(self, request: ChatCompletionRequest) -> GuardVerdict:
+        """Every input rail over all of a request's client text (every role, `name`, tool-call arguments, a
+        prefill: router/guard/texts.py), as a hop to a guarded tier gets them. `rail` names the rail that blocked
+        (its `CHECK_RAILS` name). What `tiered-router eval guard` and benchmarks call; needs no HTTP."""
+        return await self.check_input([piece.text for piece in client_texts(request)])
 
     async def check_rest(self, texts: Sequence[str]) -> GuardVerdict:
         """The input flows NeMo's runtime runs (none by default), over all the client text joined."""
@@ -184,8 +207,15 @@ class Guard:
         return await self._check("output", run)
 
     def hold_from(self, output: str) -> int:
-        """Where output that a pattern rail could still block begins (streams keep it back)."""
-        return min(self.patterns[g].hold_from(output) for g in OUTPUT_GROUPS)
+        """Where output that a pattern rail could still block begins (streams keep it back). Read as the output
+        rails read it, without zero-width characters; only its last `OUTPUT_OVERLAP` characters, where a match
+        still open at the end can start."""
+        base = max(0, len(output) - OUTPUT_OVERLAP)
+        text, positions = visible(output[base:])
+        hold = min(self.patterns[g].hold_from(text) for g in OUTPUT_GROUPS)
+        if hold >= len(text):
+            return len(output)
+        return base + (positions[hold] if positions is not None else hold)
 
     async def _check(self, kind: Direction, run: Callable[[], Awaitable[str | None]]) -> GuardVerdict:
         """Run rails within `timeout_s`; a failure blocks (or passes, with `on_error: allow`)."""
@@ -218,18 +248,50 @@ class Guard:
 
     def scan(self, checks: Sequence[str], texts: Sequence[str]) -> str | None:
         """The first of `checks` that flags any of `texts`, cheapest first as listed. Blocking: run it in a
-        thread. Each text is read up to `max_scan_chars`, its start and its end."""
-        pieces = [_bounded(text, self.settings.max_scan_chars) for text in texts if text.strip()]
+        thread. Each text is read up to `max_scan_chars`, its start and its end. Input checks read each text
+        normalised, and its decoded variants (router/guard/normalise.py); output checks read it without
+        zero-width and control characters."""
+        bounded = [_bounded(text, self.settings.max_scan_chars) for text in texts if text.strip()]
+        prepared: list[Normalised] | None = None
+        shown: list[str] | None = None
+        embedded: EmbeddedWindows | None = None  # both embedding rails read one encoder pass
         for check in checks:
-            for text in pieces:
-                if check == "similarity":
-                    assert self.similarity is not None, "validated at load"
-                    hit = self.similarity.blocks_text(text)
-                else:
-                    hit = self.patterns[check].first_match(text) is not None
+            if check in OUTPUT_GROUPS:
+                shown = shown if shown is not None else [visible(text)[0] for text in bounded]
+                hit = any(self.patterns[check].first_match(text) is not None for text in shown)
                 if hit:
                     return check
+                continue
+            prepared = prepared if prepared is not None else [prepare(text) for text in bounded]
+            if check in ("classifier", "similarity"):
+                if check == "classifier" and self.classifier is None:
+                    continue  # switched off
+                if embedded is None:
+                    embedded = self._embed([c for p in prepared for c in p.for_embedding if c.strip()])
+                hit = self._embedding_hit(check, embedded)
+            else:
+                hit = any(self.patterns[check].first_match(c) is not None for p in prepared for c in p.candidates)
+            if hit:
+                return check
         return None
+
+    def _embed(self, texts: list[str]) -> EmbeddedWindows:
+        if not texts:
+            import numpy as np
+
+            return EmbeddedWindows(np.zeros((0, 0)), [])
+        if self.classifier is not None:
+            return self.classifier.embed(texts)
+        assert self.similarity is not None, "validated at load"
+        return self.similarity.embed(texts)
+
+    def _embedding_hit(self, check: str, embedded: EmbeddedWindows) -> bool:
+        if not embedded.spans:
+            return False
+        if check == "classifier":
+            return self.classifier is not None and self.classifier.blocks_texts(embedded)
+        assert self.similarity is not None, "validated at load"
+        return self.similarity.blocks_texts(embedded)
 
     async def first_hit(self, checks: Sequence[str], text: str) -> str | None:
         """The first of `checks` that flags `text` (the action's logic), off the event loop."""
@@ -254,6 +316,17 @@ def _bounded(text: str, limit: int) -> str:
     return f"{text[:half]}\n{text[-half:]}"
 
 
+def _classifier(data: GuardData, directory: Path) -> AttackClassifier | None:
+    settings = data.classifier
+    if settings is None or settings.weights in (False, "off"):
+        return None
+    if settings.weights is True or settings.weights == "shipped":
+        path = SHIPPED_WEIGHTS
+    else:
+        path = directory / str(settings.weights)
+    return AttackClassifier(load_weights(path, str(directory)), settings.threshold)
+
+
 def _compile(rails_config: Any) -> list[CompiledRail]:
     """Take the flows of the compilable shape out of NeMo's rail lists; the router runs them directly."""
     flows = {flow["id"]: flow for flow in rails_config.flows}
@@ -276,7 +349,7 @@ def _split(checks: str) -> list[str]:
     return [c.strip() for c in checks.split(",") if c.strip()]
 
 
-def _validate_checks(rails: LLMRails, source: str, has_similarity: bool) -> None:
+def _validate_checks(rails: LLMRails, source: str, has_similarity: bool, has_classifier: bool) -> None:
     """Every `llm_free_checks(checks=...)` in the Colang flows names known checks (a typo fails here)."""
     for flow in rails.runtime.flow_configs.values():
         for element in flow.elements:
@@ -291,6 +364,8 @@ def _validate_checks(rails: LLMRails, source: str, has_similarity: bool) -> None
                 raise ConfigError(source, where, f"unknown checks {unknown} (known: {', '.join(CHECK_RAILS)})")
             if "similarity" in _split(checks) and not has_similarity:
                 raise ConfigError(source, where, "the similarity check needs custom_data.similarity")
+            if "classifier" in _split(checks) and not has_classifier:
+                raise ConfigError(source, where, "the classifier check needs custom_data.classifier")
 
 
 def prune_flows(rails: LLMRails, own_flows: set[str]) -> int:

@@ -8,18 +8,16 @@ CPU cores), run in a worker thread so the event loop never waits on it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from router.decide.classify.embedding import MiniLMEncoder
+from router.guard.classifier import EmbeddedWindows, embed_windows
 from router.guard.data import SimilaritySettings
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-READ_CHARS = 4096
-"""The encoder reads 256 word pieces at most: tokenising more than this of a long text is wasted work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,29 +38,45 @@ class DisallowedSimilarity:
         self._allowed: np.ndarray | None = None
         self._lock = threading.Lock()
 
-    def load(self) -> None:
-        """Load the encoder and embed the curated lines (blocking: about a second)."""
-        self._encoder = MiniLMEncoder()
+    def load(self, encoder: MiniLMEncoder | None = None) -> None:
+        """Load (or share) the encoder and embed the curated lines (blocking: about a second)."""
+        self._encoder = encoder or MiniLMEncoder()
         self._disallowed = self._encoder.encode(self._disallowed_text)[0]
         if self._allowed_text:
             self._allowed = self._encoder.encode(self._allowed_text)[0]
 
+    def embed(self, texts: Sequence[str]) -> EmbeddedWindows:
+        assert self._encoder is not None, "load() first"
+        return embed_windows(self._encoder, texts, self._lock)
+
     def score(self, text: str) -> SimilarityScore:
+        """The score of the text's first 256 word pieces (`scores` reads all of a text, in windows)."""
+        return self.scores([text])[0]
+
+    def scores(self, texts: Sequence[str] | EmbeddedWindows) -> list[SimilarityScore]:
+        """One score per window of every text (router/guard/classifier.windows), all in one encoder pass."""
         assert self._encoder is not None and self._disallowed is not None, "load() first"
-        vector = self._encoder.encode([text[:READ_CHARS]])[0][0]
-        near = self._disallowed @ vector
-        best = int(near.argmax())
-        allowed = float((self._allowed @ vector).max()) if self._allowed is not None else 0.0
-        return SimilarityScore(float(near[best]), allowed, self._disallowed_text[best])
+        embedded = texts if isinstance(texts, EmbeddedWindows) else embed_windows(self._encoder, texts, self._lock)
+        found = []
+        for vector in embedded.vectors:
+            near = self._disallowed @ vector
+            best = int(near.argmax())
+            allowed = float((self._allowed @ vector).max()) if self._allowed is not None else 0.0
+            found.append(SimilarityScore(float(near[best]), allowed, self._disallowed_text[best]))
+        return found
 
     def blocks(self, score: SimilarityScore) -> bool:
         s = self.settings
         return score.disallowed >= s.threshold and score.disallowed >= score.allowed + s.margin
 
     def blocks_text(self, text: str) -> bool:
-        """Blocking (an encoder pass): the guard calls it from a worker thread; one pass at a time."""
-        if not text.strip():
-            return False
-        with self._lock:
-            score = self.score(text)
-        return self.blocks(score)
+        return self.blocks_texts([text])
+
+    def blocks_texts(self, texts: Sequence[str] | EmbeddedWindows) -> bool:
+        """Whether any window of any of `texts` blocks. Blocking (an encoder pass, unless given the windows
+        embedded): the guard calls it from a worker thread; one pass at a time."""
+        if not isinstance(texts, EmbeddedWindows):
+            texts = [text for text in texts if text.strip()]
+            if not texts:
+                return False
+        return any(self.blocks(score) for score in self.scores(texts))

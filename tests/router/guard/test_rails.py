@@ -64,13 +64,15 @@ def test_jailbreaks_are_blocked(shipped_guard: Guard, text: str) -> None:
 
 
 @pytest.mark.parametrize("text", DISALLOWED)
-def test_disallowed_requests_are_blocked_by_similarity(shipped_guard: Guard, text: str) -> None:
+def test_disallowed_requests_are_blocked_by_the_embedding_rails(shipped_guard: Guard, text: str) -> None:
     verdict = run(shipped_guard.check_input(text))
-    assert verdict.blocked and verdict.rail == "check disallowed similarity", verdict
+    assert verdict.blocked and verdict.rail in ("check attack classifier", "check disallowed similarity"), verdict
 
 
 def test_ordinary_prompts_pass(shipped_guard: Guard) -> None:
-    """Every prompt of the project's labelled set (simple and complex) and the near misses pass."""
+    """Every prompt of the project's labelled set (simple and complex) and the near misses pass every rail but
+    the trained classifier, a statistical rail that may block at most 1% of them (its false-block rate on the
+    held-out benchmark is in bench/RESULTS.md; it leans on non-English text)."""
     lines = (REPO / "router" / "data" / "labelled_prompts.jsonl").read_text().splitlines()
     prompts = ["\n".join(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user") for line in lines]
     prompts += NEAR_MISSES
@@ -80,7 +82,9 @@ def test_ordinary_prompts_pass(shipped_guard: Guard) -> None:
         return [(p[:80], v.rail) for p, v in zip(prompts, verdicts, strict=True) if v.blocked]
 
     assert len(prompts) > 600
-    assert run(check_all()) == []
+    blocked = run(check_all())
+    assert [hit for hit in blocked if hit[1] != "check attack classifier"] == []
+    assert len(blocked) <= 0.01 * len(prompts), blocked
 
 
 @pytest.mark.parametrize(
@@ -135,6 +139,8 @@ def _load(tmp_path: Path, directory: Path, **guardrails: object) -> Guard:
         ("patterns.yml", "'(?i)\\b(developer", "'(?i)\\b((developer", "custom_data.patterns.jailbreak[1].regex"),
         ("patterns.yml", "threshold: 0.5 ", "threshold: 1.5 ", "custom_data.similarity.threshold"),
         ("patterns.yml", "disallowed: disallowed.txt", "disallowed: missing.txt", "missing.txt"),
+        ("patterns.yml", "weights: shipped", "weights: nowhere.json", "custom_data.classifier.weights"),
+        ("patterns.yml", "  classifier:\n    weights: shipped", "", "the classifier check needs custom_data"),
     ],
 )
 def test_a_broken_guardrails_config_fails_at_start_up(

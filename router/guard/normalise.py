@@ -1,0 +1,222 @@
+"""Normalised text for the input rails: what a piece of client text says once its disguise is taken off.
+
+`normalise` undoes the tricks that hide a keyword from a regex or an encoder without hiding it from the model
+that reads the prompt: NFKC (full-width letters, the full-width colon of `system：`), zero-width, format and
+control characters (ZWSP, ZWNJ, soft hyphen, NUL), Cyrillic and Greek look-alikes inside Latin words, letters
+split by separators (`i-g-n-o-r-e`, `m.e.t.h`, `r_a_n_s_o_m`), snake_case names and spaced chat-template markers
+(`<| im_start |>`). `decoded_variants` adds what the text would say if a part of it is an encoding the model can
+read back (base64, hex, `\\x` escapes, percent-encoding, ROT13, reversed text, leetspeak): the rails check those
+too. Every step is one linear pass (regexes with bounded repetition), over text already cut to the configured
+scan length.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import unicodedata
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import regex
+
+MAX_VARIANTS = 4
+"""Decoded variants per piece of text at most (each one costs the embedding rails an encoder window)."""
+MAX_VARIANT_CHARS = 4096
+
+_FORMAT_OR_CONTROL = regex.compile(r"[\p{Cf}\p{Cc}--[\n\r\t]]", regex.V1)
+_CONFUSABLE = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "з": "3", "і": "i", "ї": "i", "ј": "j", "к": "k", "м": "m",
+    "н": "h", "о": "o", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "ԁ": "d", "һ": "h",
+    "ӏ": "l", "ԛ": "q", "ԝ": "w", "ь": "b",
+    "А": "A", "В": "B", "Е": "E", "Ё": "E", "І": "I", "Ј": "J", "К": "K", "М": "M", "Н": "H", "О": "O",
+    "Р": "P", "С": "C", "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "Ԁ": "D", "Һ": "H", "Ԛ": "Q", "Ԝ": "W",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
+    "υ": "u", "χ": "x", "ω": "w", "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K",
+    "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+}  # fmt: skip
+_FOLD = str.maketrans(_CONFUSABLE)
+_WORD = regex.compile(r"[\p{L}\p{M}\d]+")
+_LATIN = regex.compile(r"[A-Za-z]")
+_NON_LATIN_LETTER = regex.compile(r"[^\P{L}A-Za-z]")
+# Three or more single letters, each pair split by the same one separator: "i-g-n-o-r-e", "m.e.t.h".
+_SPLIT_LETTERS = regex.compile(r"(?<![A-Za-z0-9])[A-Za-z](?:([-_.*·|/ +~])[A-Za-z])(?:\1[A-Za-z]){1,60}(?![A-Za-z0-9])")
+_SNAKE = regex.compile(r"(?<=[A-Za-z])_+(?=[A-Za-z])(?![A-Za-z_]{0,40}\|>)")  # not inside <|im_start|>
+_TEMPLATE_MARKER = regex.compile(r"<\s*\|\s*([A-Za-z_]{2,30})\s*\|\s*>")
+
+_BASE64 = regex.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX = regex.compile(r"\b(?:[0-9A-Fa-f]{2}){8,}\b")
+_ESCAPED = regex.compile(r"(?:\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|0x[0-9A-Fa-f]{2}[\s,]*){4,}")
+_PERCENT = regex.compile(r"(?:%[0-9A-Fa-f]{2}){3,}")
+_LEET_WORD = regex.compile(  # two letters or more and a digit (or @, $): "h0w", "m4k3", not "w0" or "mp3"
+    r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z][\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{3,16}(?![\w@$])"
+)
+_LEET_ANY = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
+"""Once a text reads as leetspeak (two `_LEET_WORD`s), every word mixing letters and digits is read back ("t0")."""
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
+# fmt: off
+_ENGLISH = frozenset((
+    "the", "a", "an", "to", "of", "and", "or", "how", "is", "are", "in", "on", "you", "me", "my", "i", "your",
+    "for", "that", "this", "it", "what", "with", "from", "do", "can", "make", "give", "tell", "write", "step",
+    "by", "at", "be", "all", "now", "please", "if", "not", "who", "why", "when", "where", "which",
+))
+# fmt: on
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    text: str
+    """The normalised text (the original where nothing changed)."""
+    variants: tuple[str, ...] = ()
+    """Decoded readings of it (base64, ROT13, ...), normalised too; empty when none look like text. An encoded
+    run (base64, hex, escapes) is decoded in place: the reading is the text around it with it decoded."""
+    encoded: bool = False
+    """Part of the text was an encoded run that decodes to text: its readings say what the text says."""
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """What the pattern rails read: the text and every reading of it."""
+        return (self.text, *self.variants)
+
+    @property
+    def for_embedding(self) -> tuple[str, ...]:
+        """What the embedding rails read: with an encoded run, only its readings (the run itself is noise to
+        an encoder: "decode this: V2hhdCBp..." reads as neither attack nor benign)."""
+        return self.variants if self.encoded and self.variants else self.candidates
+
+
+def normalise(text: str) -> str:
+    """`text` with its disguise taken off (see the module docstring). Idempotent."""
+    return _words(_clean(text))
+
+
+def _clean(text: str) -> str:
+    """NFKC, no format or control characters, look-alikes folded: what every later step reads."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    text = _FORMAT_OR_CONTROL.sub("", text)  # NUL and the other C0 controls are ASCII too
+    if not text.isascii():
+        latin = len(_LATIN.findall(text)) >= len(_NON_LATIN_LETTER.findall(text))
+        text = _WORD.sub(lambda match: _fold_word(match.group(), latin), text)
+    return text
+
+
+def _words(text: str) -> str:
+    text = _TEMPLATE_MARKER.sub(r"<|\1|>", text)
+    text = _SPLIT_LETTERS.sub(_join_letters, text)
+    return str(_SNAKE.sub(" ", text))
+
+
+def prepare(text: str) -> Normalised:
+    """The normalised text and its decoded variants: what the input rails read."""
+    clean = _clean(text)
+    normal = _words(clean)
+    variants: list[str] = []
+    encoded = False
+    for variant, in_place in _decodings(clean):
+        variant = normalise(variant[:MAX_VARIANT_CHARS])
+        if variant.strip() and variant != normal and variant not in variants:
+            variants.append(variant)
+            encoded = encoded or in_place
+        if len(variants) == MAX_VARIANTS:
+            break
+    return Normalised(normal, tuple(variants), encoded)
+
+
+def _fold_word(word: str, latin_text: bool) -> str:
+    """Fold look-alikes in a word that mixes scripts ("mоlоtоv"), or in a word made only of look-alikes ("оn")
+    in mostly Latin text; a word of another script in text of that script stays as it is."""
+    if not _NON_LATIN_LETTER.search(word):
+        return word
+    folded = word.translate(_FOLD)
+    if _LATIN.search(word) or (latin_text and not _NON_LATIN_LETTER.search(folded)):
+        return folded
+    return word  # a word of another script (Russian, Greek): left as it is
+
+
+def _join_letters(match: regex.Match[str]) -> str:
+    word: str = match.group()
+    return word.replace(match.group(1), "")
+
+
+def _decodings(text: str) -> list[tuple[str, bool]]:
+    """Readings of `text` in which an encoded part is decoded, the first ones the likeliest; each says whether
+    it decoded an encoded run in place."""
+    found: list[tuple[str, bool]] = []
+    runs: list[tuple[regex.Match[str], str | None]] = [(m, _from_base64(m.group())) for m in _BASE64.finditer(text)]
+    runs += [(m, next(iter(_printable(_from_hex(m.group()))), None)) for m in _HEX.finditer(text)]
+    for match in _ESCAPED.finditer(text):
+        digits = regex.sub(r"\\x|\\u00|0x|[\s,]", "", match.group())
+        runs.append((match, next(iter(_printable(_from_hex(digits))), None)))
+    for match, decoded in runs:
+        if decoded is not None:
+            found.append((f"{text[: match.start()]}{decoded}{text[match.end() :]}", True))
+    if _PERCENT.search(text):
+        found.append((urllib.parse.unquote(text), True))
+    words = _english_words(text)
+    for reading in (codecs.encode(text, "rot13"), text[::-1]):
+        if _english_words(reading) > max(words, 2):
+            found.append((reading, False))
+    if len(_LEET_WORD.findall(text, overlapped=False)[:2]) == 2:  # one "mp3" or "h264" is not leetspeak
+        found.append((_LEET_ANY.sub(lambda m: m.group().translate(_LEET), text), False))
+    return found
+
+
+def _english_words(text: str) -> int:
+    return sum(1 for word in regex.findall(r"[a-z]+", text[:MAX_VARIANT_CHARS].lower()) if word in _ENGLISH)
+
+
+def _from_base64(token: str) -> str | None:
+    if len(token) % 4 == 1:
+        return None
+    padded = token + "=" * (-len(token) % 4)
+    raw = _bytes_or_none(lambda: base64.b64decode(padded, altchars=b"-_" if "-" in token or "_" in token else None))
+    return next(iter(_printable(raw)), None)
+
+
+def _from_hex(digits: str) -> bytes | None:
+    return _bytes_or_none(lambda: bytes.fromhex(digits))
+
+
+def _bytes_or_none(decode: Callable[[], bytes]) -> bytes | None:
+    try:
+        return decode()
+    except (ValueError, binascii.Error):
+        return None
+
+
+def _printable(raw: bytes | None) -> list[str]:
+    """The bytes as text when they read as text (letters and spaces, hardly any control bytes)."""
+    if not raw:
+        return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    letters = sum(c.isalpha() for c in text)
+    control = sum(not c.isprintable() and c not in "\n\r\t" for c in text)
+    if letters < 0.6 * len(text.replace(" ", "")) or control or " " not in text.strip():
+        return []
+    return [text]
+
+
+def visible(text: str) -> tuple[str, list[int] | None]:
+    """`text` without zero-width, format and control characters (what output rails read: a key split by a
+    zero-width space is still the key), and where each kept character was in `text` (None when none were
+    dropped). One pass; no other change, so positions map back one to one."""
+    if _FORMAT_OR_CONTROL.search(text) is None:
+        return text, None
+    kept: list[str] = []
+    positions: list[int] = []
+    start = 0
+    for match in _FORMAT_OR_CONTROL.finditer(text):
+        kept.append(text[start : match.start()])
+        positions.extend(range(start, match.start()))
+        start = match.end()
+    kept.append(text[start:])
+    positions.extend(range(start, len(text)))
+    return "".join(kept), positions
