@@ -37,7 +37,8 @@ def test_calibrate_command_and_router_uses_it(tmp_path: Path) -> None:
         main(["calibrate", "--config", str(config_path), "--prompts", str(DEFAULT_DATA), "--small-share", "0.7"]) == 0
     )
     written = yaml.safe_load((tmp_path / "calibration.yaml").read_text())
-    assert written["classifier"] == "heuristic" and written["prompts"] > 600
+    # The shipped config's classifier (static, the default) is the one calibrated.
+    assert written["classifier"] == raw["classifier"]["kind"] == "static" and written["prompts"] > 600
     assert abs(written["achieved_share"] - 0.7) < 0.01
     raw["classifier"]["calibration"] = "calibration.yaml"
     config_path.write_text(yaml.safe_dump(raw))
@@ -45,7 +46,7 @@ def test_calibrate_command_and_router_uses_it(tmp_path: Path) -> None:
 
     raw["classifier"]["kind"] = "embedding"
     config_path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="calibrated for the 'heuristic' classifier"):
+    with pytest.raises(ConfigError, match="calibrated for the 'static' classifier"):
         load_config(config_path, environ={})
     assert (
         main(
