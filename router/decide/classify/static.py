@@ -31,14 +31,18 @@ if TYPE_CHECKING:
 DATA = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_TABLE = DATA / "static_tokens.npz"
 DEFAULT_HEAD = DATA / "static_classifier.json"
-FEATURES = "static-minilm: pooled last user message, pooled earlier turns, surface features (all; last), has-earlier"
+FEATURES = (
+    "static-minilm: pooled last user message (alone; as a follow-up), pooled earlier turns, "
+    "surface features (all; last), has-earlier"
+)
 EARLIER_CHARS = 8000
 """Only the most recent earlier context is pooled: it is what a follow-up refers to."""
 
 
 class StaticHead(msgspec.Struct):
     weights: list[float]
-    """Over `StaticFeaturizer.row`: dims (last user message), dims (earlier turns), the surface features of the
+    """Over `StaticFeaturizer.row`: dims (the last user message), dims (the same, only when there are earlier
+    turns: how a follow-up's words weigh can differ), dims (earlier turns), the surface features of the
     conversation, those of the last user message alone, and a has-earlier flag."""
     bias: float
     features: str
@@ -130,8 +134,17 @@ class StaticFeaturizer:
 
         last, earlier = segments(conversation)
         surface = np.asarray(extract(conversation).values + extract(alone(last)).values, dtype=np.float32)
-        flag = np.asarray([1.0 if earlier.strip() else 0.0], dtype=np.float32)
-        return np.concatenate([self.table.pool(self.ids(last)), self.table.pool(self.ids(earlier)), surface, flag])
+        has_earlier = 1.0 if earlier.strip() else 0.0
+        pooled_last = self.table.pool(self.ids(last))
+        return np.concatenate(
+            [
+                pooled_last,
+                pooled_last * has_earlier,
+                self.table.pool(self.ids(earlier)),
+                surface,
+                np.asarray([has_earlier], dtype=np.float32),
+            ]
+        )
 
 
 def alone(message: str) -> Conversation:
@@ -148,7 +161,7 @@ def alone(message: str) -> Conversation:
 
 
 def row_width(dims: int) -> int:
-    return 2 * dims + 2 * len(FEATURE_NAMES) + 1
+    return 3 * dims + 2 * len(FEATURE_NAMES) + 1
 
 
 @dataclass(frozen=True)

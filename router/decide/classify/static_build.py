@@ -7,7 +7,7 @@ Training data: router/data/labelled_prompts.jsonl and router/data/routing/*.json
 (exactly, after `static.normalise`, or as a near-duplicate) with the held-out benchmark set
 bench/data/route_heldout.jsonl is dropped before anything else happens, so the benchmark stays unseen.
 The L2 strength is chosen on a validation split of the training data (one in five, by a hash of the
-text); the head is then refitted on all of it with that strength.
+opening user message); the head is then refitted on all of it with that strength.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class HeldoutFilter:
 
 
 def training_examples(items: list[LabelledExample], held: HeldoutFilter, max_chars: int = 32_000) -> list[Example]:
-    """Held-out overlaps dropped, exact duplicates merged (first label wins), validation split by hash."""
+    """Held-out overlaps dropped, exact duplicates merged (the first kept), validation split by hash."""
     seen: set[tuple[str, ...]] = set()
     examples = []
     for item in items:
@@ -109,7 +109,9 @@ def training_examples(items: list[LabelledExample], held: HeldoutFilter, max_cha
             continue
         seen.add(key)
         conversation = Conversation.from_request(ChatCompletionRequest(messages=item.messages), max_chars)
-        digest = int.from_bytes(hashlib.sha256(conversation.text.encode()).digest()[:4], "big")
+        # Split by the opening message, so conversations that share one are all trained on or all validated.
+        opening = normalise(users[0] if users else conversation.text)
+        digest = int.from_bytes(hashlib.sha256(opening.encode()).digest()[:4], "big")
         examples.append(Example(conversation, LABELS[item.label], users, digest % VALIDATION_EVERY == 0))
     return examples
 
