@@ -32,7 +32,7 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_TABLE = DATA / "static_tokens.npz"
 DEFAULT_HEAD = DATA / "static_classifier.json"
 FEATURES = (
-    "static-minilm: pooled last user message (alone; as a follow-up), pooled earlier turns, "
+    "static-minilm: last user message (mean, max, min; mean as a follow-up), earlier turns (mean), "
     "surface features (all; last), has-earlier"
 )
 EARLIER_CHARS = 8000
@@ -41,9 +41,10 @@ EARLIER_CHARS = 8000
 
 class StaticHead(msgspec.Struct):
     weights: list[float]
-    """Over `StaticFeaturizer.row`: dims (the last user message), dims (the same, only when there are earlier
-    turns: how a follow-up's words weigh can differ), dims (earlier turns), the surface features of the
-    conversation, those of the last user message alone, and a has-earlier flag."""
+    """Over `StaticFeaturizer.row`: the last user message's mean (dims), per-dimension max and min (2 × dims), its
+    mean again only when there are earlier turns (dims: how a follow-up's words weigh can differ), the earlier
+    turns' mean (dims), the surface features of the conversation, those of the last user message alone, and a
+    has-earlier flag."""
     bias: float
     features: str
     dims: int
@@ -51,10 +52,12 @@ class StaticHead(msgspec.Struct):
     table_sha256: str
     """The token table these weights were trained on; a head never runs on another table."""
     l2: float
-    """Chosen on a validation split of the training data (never on bench/data)."""
-    validation_accuracy: float
-    train_examples: int
-    validation_examples: int
+    """Chosen by cross-validation on the training data (never on bench/data)."""
+    cv_accuracy: float
+    """Mean accuracy over the cross-validation folds at that strength."""
+    cv_folds: int
+    examples: int
+    """Conversations trained on (the final fit uses all of them)."""
     trained_on: list[str]
     """`fingerprint` of every user message trained on, so anyone can check a test set is disjoint."""
 
@@ -107,6 +110,17 @@ class StaticTable:
     def dims(self) -> int:
         return int(self.rows.shape[1])
 
+    def extremes(self, ids: list[int]) -> np.ndarray:
+        """Each dimension's largest and smallest value over the pieces (a rare, telling word shows here even in a
+        long message, where the mean dilutes it); zeros for no pieces."""
+        import numpy as np
+
+        if not ids:
+            return np.zeros(2 * self.dims, dtype=np.float32)
+        index = np.asarray(ids, dtype=np.intp)
+        vectors = self.rows[index].astype(np.float32) * self.scale[index][:, None]
+        return np.concatenate([vectors.max(axis=0), vectors.min(axis=0)])
+
     def pool(self, ids: list[int]) -> np.ndarray:
         """The L2-normalised mean of the pieces' vectors; zeros for no pieces."""
         import numpy as np
@@ -135,10 +149,12 @@ class StaticFeaturizer:
         last, earlier = segments(conversation)
         surface = np.asarray(extract(conversation).values + extract(alone(last)).values, dtype=np.float32)
         has_earlier = 1.0 if earlier.strip() else 0.0
-        pooled_last = self.table.pool(self.ids(last))
+        last_ids = self.ids(last)
+        pooled_last = self.table.pool(last_ids)
         return np.concatenate(
             [
                 pooled_last,
+                self.table.extremes(last_ids),
                 pooled_last * has_earlier,
                 self.table.pool(self.ids(earlier)),
                 surface,
@@ -161,7 +177,7 @@ def alone(message: str) -> Conversation:
 
 
 def row_width(dims: int) -> int:
-    return 3 * dims + 2 * len(FEATURE_NAMES) + 1
+    return 5 * dims + 2 * len(FEATURE_NAMES) + 1
 
 
 @dataclass(frozen=True)

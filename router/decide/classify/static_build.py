@@ -6,8 +6,8 @@ Training data: router/data/labelled_prompts.jsonl and router/data/routing/*.json
 `{"messages": [...], "label": "simple"|"complex"}` per line. Any example that shares a user message
 (exactly, after `static.normalise`, or as a near-duplicate) with the held-out benchmark set
 bench/data/route_heldout.jsonl is dropped before anything else happens, so the benchmark stays unseen.
-The L2 strength is chosen on a validation split of the training data (one in five, by a hash of the
-opening user message); the head is then refitted on all of it with that strength.
+The L2 strength is chosen by 5-fold cross-validation on the training data (folds by a hash of the opening
+user message, so conversations that share one stay together); the head is then refitted on all of it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ DATA = DEFAULT_HEAD.parent
 DEFAULT_SOURCES = (DATA / "labelled_prompts.jsonl", DATA / "routing")
 DEFAULT_HELDOUT = Path(__file__).resolve().parents[3] / "bench" / "data" / "route_heldout.jsonl"
 L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
-VALIDATION_EVERY = 5
+FOLDS = 5
 NEAR_DUPLICATE = 0.8
 """Word-set Jaccard similarity at which a training message counts as a copy of a held-out one."""
 
@@ -51,7 +51,8 @@ class Example:
     conversation: Conversation
     label: int
     user_messages: tuple[str, ...]
-    validation: bool
+    fold: int
+    """Which cross-validation fold it is scored in."""
 
 
 def jsonl_files(paths: Iterable[Path]) -> list[Path]:
@@ -97,7 +98,7 @@ class HeldoutFilter:
 
 
 def training_examples(items: list[LabelledExample], held: HeldoutFilter, max_chars: int = 32_000) -> list[Example]:
-    """Held-out overlaps dropped, exact duplicates merged (the first kept), validation split by hash."""
+    """Held-out overlaps dropped, exact duplicates merged (the first kept), a fold assigned by hash."""
     seen: set[tuple[str, ...]] = set()
     examples = []
     for item in items:
@@ -109,10 +110,10 @@ def training_examples(items: list[LabelledExample], held: HeldoutFilter, max_cha
             continue
         seen.add(key)
         conversation = Conversation.from_request(ChatCompletionRequest(messages=item.messages), max_chars)
-        # Split by the opening message, so conversations that share one are all trained on or all validated.
+        # Folds by the opening message: conversations that share one are trained on or validated together.
         opening = normalise(users[0] if users else conversation.text)
         digest = int.from_bytes(hashlib.sha256(opening.encode()).digest()[:4], "big")
-        examples.append(Example(conversation, LABELS[item.label], users, digest % VALIDATION_EVERY == 0))
+        examples.append(Example(conversation, LABELS[item.label], users, digest % FOLDS))
     return examples
 
 
@@ -126,23 +127,31 @@ def fit_standardised(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarra
     return raw, bias - float(raw @ mean)
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, validation: np.ndarray) -> tuple[float, float]:
-    """The L2 strength with the best validation accuracy (ties: the stronger one), and that accuracy."""
+def cross_validated(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float:
+    """Mean accuracy over the folds, each scored by a model fitted on the others."""
+    scores = []
+    for fold in np.unique(folds):
+        held = folds == fold
+        weights, bias = fit_standardised(x[~held], y[~held], l2)
+        scores.append(accuracy(weights, bias, x[held], y[held]))
+    return float(np.mean(scores))
+
+
+def choose_l2(x: np.ndarray, y: np.ndarray, folds: np.ndarray, grid: Sequence[float]) -> tuple[float, float]:
+    """The L2 strength with the best cross-validated accuracy (ties: the stronger one), and that accuracy."""
     best = (-1.0, 0.0)
-    for l2 in L2_GRID:
-        weights, bias = fit_standardised(x[~validation], y[~validation], l2)
-        score = accuracy(weights, bias, x[validation], y[validation])
-        print(f"  l2={l2:<5} validation accuracy {score:.4f}", flush=True)
+    for l2 in sorted(grid):
+        score = cross_validated(x, y, folds, l2)
+        print(f"  l2={l2:<5} cross-validated accuracy {score:.4f}", flush=True)
         if score >= best[0]:
             best = (score, l2)
     return best[1], best[0]
 
 
-def train_head(examples: list[Example], featurizer: StaticFeaturizer) -> StaticHead:
+def train_head(examples: list[Example], featurizer: StaticFeaturizer, grid: Sequence[float] = L2_GRID) -> StaticHead:
     x = np.vstack([featurizer.row(e.conversation) for e in examples]).astype(np.float64)
     y = np.asarray([e.label for e in examples])
-    validation = np.asarray([e.validation for e in examples])
-    l2, score = choose_l2(x, y, validation)
+    l2, score = choose_l2(x, y, np.asarray([e.fold for e in examples]), grid)
     weights, bias = fit_standardised(x, y, l2)
     return StaticHead(
         weights=[round(float(v), 6) for v in weights],
@@ -152,9 +161,9 @@ def train_head(examples: list[Example], featurizer: StaticFeaturizer) -> StaticH
         surface_features=list(FEATURE_NAMES),
         table_sha256=featurizer.table.sha256,
         l2=l2,
-        validation_accuracy=round(score, 4),
-        train_examples=int((~validation).sum()),
-        validation_examples=int(validation.sum()),
+        cv_accuracy=round(score, 4),
+        cv_folds=FOLDS,
+        examples=len(examples),
         trained_on=sorted({fingerprint(t) for e in examples for t in e.user_messages}),
     )
 
@@ -183,14 +192,14 @@ def run_static_training(args: argparse.Namespace) -> int:
         print(f"warning: {heldout} not found; nothing is excluded as held out", file=sys.stderr)
     examples = training_examples(items, held)
     print(
-        f"{len(items)} labelled conversations; {len(examples)} kept after dropping held-out overlaps and duplicates "
-        f"({sum(e.validation for e in examples)} for validation)",
+        f"{len(items)} labelled conversations; {len(examples)} kept after dropping held-out overlaps and duplicates",
         flush=True,
     )
-    head = train_head(examples, StaticFeaturizer(StaticTable.load(table_path)))
+    grid: Sequence[float] = getattr(args, "l2_grid", None) or L2_GRID
+    head = train_head(examples, StaticFeaturizer(StaticTable.load(table_path)), grid)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(msgspec.json.format(msgspec.json.encode(head), indent=1) + b"\n")
-    print(f"wrote {output}: l2 {head.l2}, validation accuracy {head.validation_accuracy:.4f}")
+    print(f"wrote {output}: l2 {head.l2}, {FOLDS}-fold cross-validated accuracy {head.cv_accuracy:.4f}")
     return 0
 
 
@@ -201,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help=f"head JSON (default {DEFAULT_HEAD})")
     parser.add_argument("--table", type=Path, default=None, help=f"token table (default {DEFAULT_TABLE})")
     parser.add_argument("--heldout", type=Path, default=None, help=f"never trained on (default {DEFAULT_HELDOUT})")
+    parser.add_argument(
+        "--l2", type=float, action="append", dest="l2_grid", help=f"an L2 strength to try (default: {L2_GRID})"
+    )
     return run_static_training(parser.parse_args(argv))
 
 
