@@ -11,6 +11,7 @@ millisecond for a typical prompt, so it is scored inline like the heuristic.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ FEATURES = (
 )
 EARLIER_CHARS = 8000
 """Only the most recent earlier context is pooled: it is what a follow-up refers to."""
+LAST_CHARS = 16_000
+"""The last user message is read up to here (the surface features read the whole conversation): a 400,000-character
+message would otherwise cost ~100 ms to tokenise and ~150 MB for its pieces' vectors."""
 
 
 class StaticHead(msgspec.Struct):
@@ -72,9 +76,9 @@ def fingerprint(text: str) -> str:
 
 
 def segments(conversation: Conversation) -> tuple[str, str]:
-    """The last user message and the earlier turns (their most recent `EARLIER_CHARS`)."""
+    """The last user message (its first `LAST_CHARS`) and the earlier turns (their most recent `EARLIER_CHARS`)."""
     earlier = conversation.text[: max(0, len(conversation.text) - len(conversation.last_user))]
-    return conversation.last_user, earlier[-EARLIER_CHARS:]
+    return conversation.last_user[:LAST_CHARS], earlier[-EARLIER_CHARS:]
 
 
 def load_tokenizer() -> Tokenizer:
@@ -102,7 +106,7 @@ class StaticTable:
         import numpy as np
 
         raw = path.read_bytes()
-        with np.load(path) as npz:
+        with np.load(io.BytesIO(raw)) as npz:
             rows, scale = npz["rows"], npz["scale"]
         return cls(rows, scale, hashlib.sha256(raw).hexdigest())
 
