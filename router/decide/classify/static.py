@@ -237,15 +237,30 @@ class StaticClassifier(ComplexityClassifier):
 
         self.load()
         assert self._loaded is not None
-        logit = float(np.dot(self._loaded.weights, self._loaded.featurizer.row(conversation)) + self._loaded.bias)
+        contributions = self._loaded.weights * self._loaded.featurizer.row(conversation)
+        logit = float(contributions.sum()) + self._loaded.bias
         score = 1.0 / (1.0 + float(np.exp(-np.clip(logit, -60.0, 60.0))))
         reasons = [
             f"static: logistic model over distilled MiniLM token vectors + {len(FEATURE_NAMES)} surface features "
-            f"(logit {logit:+.2f})"
+            f"(logit {logit:+.2f})",
+            *explain(contributions, self._head.dims),
         ]
         if conversation.truncation:
             reasons.append(conversation.truncation)
         return Verdict(round(score, 4), reasons)
+
+
+def explain(contributions: np.ndarray, dims: int) -> list[str]:
+    """The parts of the logit worth naming: the last message's words, the earlier turns', and each surface feature
+    (of the conversation and of the last message, added) that moved it by 0.5 or more."""
+    words = float(contributions[: 4 * dims].sum())
+    earlier = float(contributions[4 * dims : 5 * dims].sum())
+    named = len(FEATURE_NAMES)
+    surface = contributions[5 * dims : 5 * dims + named] + contributions[5 * dims + named : 5 * dims + 2 * named]
+    reasons = [f"last message's words: {words:+.2f}", f"earlier turns' words: {earlier:+.2f}"]
+    ranked = sorted(zip(FEATURE_NAMES, surface.tolist(), strict=True), key=lambda item: -abs(item[1]))
+    reasons.extend(f"{name}: {value:+.2f}" for name, value in ranked if abs(value) >= 0.5)
+    return reasons
 
 
 def load_head(path: Path, source: str) -> StaticHead:
