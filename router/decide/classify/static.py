@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import msgspec
 
@@ -57,6 +57,8 @@ class StaticHead(msgspec.Struct):
     """The token table these weights were trained on; a head never runs on another table."""
     l2: float
     """Chosen by cross-validation on the training data (never on bench/data)."""
+    temperature: Annotated[float, msgspec.Meta(gt=0.0)]
+    """Scores are sigmoid(logit / temperature), fitted on out-of-fold logits so they read as probabilities."""
     cv_accuracy: float
     """Mean accuracy over the cross-validation folds at that strength."""
     cv_folds: int
@@ -239,7 +241,7 @@ class StaticClassifier(ComplexityClassifier):
         assert self._loaded is not None
         contributions = self._loaded.weights * self._loaded.featurizer.row(conversation)
         logit = float(contributions.sum()) + self._loaded.bias
-        score = 1.0 / (1.0 + float(np.exp(-np.clip(logit, -60.0, 60.0))))
+        score = 1.0 / (1.0 + float(np.exp(-np.clip(logit / self._head.temperature, -60.0, 60.0))))
         reasons = [
             f"static: logistic model over distilled MiniLM token vectors + {len(FEATURE_NAMES)} surface features "
             f"(logit {logit:+.2f})",

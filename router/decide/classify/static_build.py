@@ -127,31 +127,48 @@ def fit_standardised(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarra
     return raw, bias - float(raw @ mean)
 
 
-def cross_validated(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float:
-    """Mean accuracy over the folds, each scored by a model fitted on the others."""
+def cross_validated(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
+    """Mean accuracy over the folds, each scored by a model fitted on the others, and those out-of-fold logits."""
     scores = []
+    logits = np.zeros(len(y))
     for fold in np.unique(folds):
         held = folds == fold
         weights, bias = fit_standardised(x[~held], y[~held], l2)
         scores.append(accuracy(weights, bias, x[held], y[held]))
-    return float(np.mean(scores))
+        logits[held] = x[held] @ weights + bias
+    return float(np.mean(scores)), logits
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, folds: np.ndarray, grid: Sequence[float]) -> tuple[float, float]:
-    """The L2 strength with the best cross-validated accuracy (ties: the stronger one), and that accuracy."""
-    best = (-1.0, 0.0)
+def choose_l2(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, grid: Sequence[float]
+) -> tuple[float, float, np.ndarray]:
+    """The L2 strength with the best cross-validated accuracy (ties: the stronger one), that accuracy, and its
+    out-of-fold logits."""
+    best: tuple[float, float, np.ndarray] = (-1.0, 0.0, np.zeros(len(y)))
     for l2 in sorted(grid):
-        score = cross_validated(x, y, folds, l2)
+        score, logits = cross_validated(x, y, folds, l2)
         print(f"  l2={l2:<5} cross-validated accuracy {score:.4f}", flush=True)
         if score >= best[0]:
-            best = (score, l2)
-    return best[1], best[0]
+            best = (score, l2, logits)
+    return best[1], best[0], best[2]
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The T for which sigmoid(logit / T) has the least log loss on out-of-fold logits. Scores become honest
+    probabilities (a weakly regularised head is overconfident), while every decision at 0.5 stays the same."""
+    best = (np.inf, 1.0)
+    for t in np.geomspace(0.25, 64.0, 97):
+        z = logits / t
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        if loss < best[0]:
+            best = (loss, float(t))
+    return round(best[1], 4)
 
 
 def train_head(examples: list[Example], featurizer: StaticFeaturizer, grid: Sequence[float] = L2_GRID) -> StaticHead:
     x = np.vstack([featurizer.row(e.conversation) for e in examples]).astype(np.float64)
     y = np.asarray([e.label for e in examples])
-    l2, score = choose_l2(x, y, np.asarray([e.fold for e in examples]), grid)
+    l2, score, logits = choose_l2(x, y, np.asarray([e.fold for e in examples]), grid)
     weights, bias = fit_standardised(x, y, l2)
     return StaticHead(
         weights=[round(float(v), 6) for v in weights],
@@ -161,6 +178,7 @@ def train_head(examples: list[Example], featurizer: StaticFeaturizer, grid: Sequ
         surface_features=list(FEATURE_NAMES),
         table_sha256=featurizer.table.sha256,
         l2=l2,
+        temperature=fit_temperature(logits, y),
         cv_accuracy=round(score, 4),
         cv_folds=FOLDS,
         examples=len(examples),
@@ -199,7 +217,10 @@ def run_static_training(args: argparse.Namespace) -> int:
     head = train_head(examples, StaticFeaturizer(StaticTable.load(table_path)), grid)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(msgspec.json.format(msgspec.json.encode(head), indent=1) + b"\n")
-    print(f"wrote {output}: l2 {head.l2}, {FOLDS}-fold cross-validated accuracy {head.cv_accuracy:.4f}")
+    print(
+        f"wrote {output}: l2 {head.l2}, temperature {head.temperature}, "
+        f"{FOLDS}-fold cross-validated accuracy {head.cv_accuracy:.4f}"
+    )
     return 0
 
 

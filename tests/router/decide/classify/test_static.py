@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 
 from router.core.config import ClassifierConfig, ConfigError, load_config
@@ -24,6 +25,7 @@ from router.decide.classify.static_build import (
     DEFAULT_HELDOUT,
     DEFAULT_SOURCES,
     HeldoutFilter,
+    fit_temperature,
     jsonl_files,
     read_labelled,
     run_static_training,
@@ -168,8 +170,19 @@ def test_the_builder_writes_a_head_that_loads(tmp_path: Path) -> None:
     args = argparse.Namespace(data=subset, output=output, skip_table=True, l2_grid=[30.0])
     assert run_static_training(args) == 0
     head = load_head(output, "test")
-    assert 100 < head.examples <= 160
+    assert 100 < head.examples <= 160 and head.temperature > 0
     assert StaticClassifier(head).score(conv(("user", COMPLEX[0]))).score >= 0.0
+
+
+def test_temperature_softens_overconfident_logits_and_keeps_every_decision() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    # Logits of ±8 that are right only 80% of the time: honest scores need T well above 1.
+    right = rng.random(2000) < 0.8
+    logits = np.where(right == (y == 1), 8.0, -8.0)
+    t = fit_temperature(logits, y)
+    assert 4.0 < t < 8.0  # sigmoid(8 / T) = 0.8 at T ≈ 5.8
+    assert np.array_equal(logits / t > 0, logits > 0)
 
 
 def test_a_head_for_another_table_is_refused(tmp_path: Path) -> None:
