@@ -1,13 +1,15 @@
 """Build the static classifier: distil its token table, then fit its logistic head on the labelled prompts.
 
     python -m router.decide.classify.static_build [--skip-table] [--data PATH] [--output JSON] [--table NPZ]
+        [--heldout JSONL] [--l2 STRENGTH ...]
 
 Training data: router/data/labelled_prompts.jsonl and router/data/routing/*.jsonl, one
 `{"messages": [...], "label": "simple"|"complex"}` per line. Any example that shares a user message
 (exactly, after `static.normalise`, or as a near-duplicate) with the held-out benchmark set
 bench/data/route_heldout.jsonl is dropped before anything else happens, so the benchmark stays unseen.
 The L2 strength is chosen by 5-fold cross-validation on the training data (folds by a hash of the opening
-user message, so conversations that share one stay together); the head is then refitted on all of it.
+user message, so conversations that share one stay together); the head is then refitted on all of it, and
+its scores get a temperature fitted on the out-of-fold logits.
 """
 
 from __future__ import annotations
