@@ -29,7 +29,7 @@ from router.core.serving import ServerConfig as ServerConfig
 from router.core.workers import WorkerConfig, var_dir
 
 ENV_PREFIX = "TIERED_ROUTER__"
-CLASSIFIER_KINDS = ("heuristic", "embedding")
+CLASSIFIER_KINDS = ("static", "heuristic", "embedding")
 Capability = Literal["tools", "response_format", "logprobs", "penalties", "logit_bias", "n"]
 """What a tier may honour beyond plain chat (router.decide.capabilities maps request parameters onto these)."""
 CAPABILITIES: tuple[Capability, ...] = get_args(Capability)
@@ -160,11 +160,15 @@ class TierConfig(Strict, frozen=True):
 
 
 class ClassifierConfig(Strict, frozen=True):
-    kind: str = "heuristic"
+    kind: str = "static"
     threshold: Unit = 0.5
     calibration: str | None = None
     max_chars: Annotated[int, Meta(ge=256)] = 32_000
     embedding_weights: str | None = None
+    static_weights: str | None = None
+    """The static classifier's head (JSON); default: the shipped router/data/static_classifier.json."""
+    static_table: str | None = None
+    """Its token table (npz), which must be the one the head was trained on; default: router/data/static_tokens.npz."""
 
 
 class ScoreRange(Strict, frozen=True):

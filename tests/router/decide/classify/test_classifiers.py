@@ -1,4 +1,4 @@
-"""Both classifiers: scores in [0, 1], the whole conversation read, truncation reported, accuracy held."""
+"""Every classifier: scores in [0, 1], the whole conversation read, truncation reported, accuracy held."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from router.decide.classify.base import ComplexityClassifier
 from router.decide.classify.embedding import DEFAULT_WEIGHTS, EmbeddingClassifier, load_weights
 from router.decide.classify.heuristic import HeuristicClassifier
+from router.decide.classify.static import DEFAULT_HEAD, StaticClassifier, load_head
 from router.decide.classify.training import DEFAULT_DATA, load_examples
 from router.decide.conversation import Conversation
 from router.wire.protocol import ChatCompletionRequest, ChatMessage
@@ -42,9 +43,18 @@ def embedding() -> EmbeddingClassifier:
     return classifier
 
 
-@pytest.fixture(params=["heuristic", "embedding"])
-def classifier(request: pytest.FixtureRequest, embedding: EmbeddingClassifier) -> ComplexityClassifier:
-    return HeuristicClassifier() if request.param == "heuristic" else embedding
+@pytest.fixture(scope="module")
+def static() -> StaticClassifier:
+    classifier = StaticClassifier(load_head(DEFAULT_HEAD, "test"))
+    classifier.load()
+    return classifier
+
+
+@pytest.fixture(params=["heuristic", "embedding", "static"])
+def classifier(
+    request: pytest.FixtureRequest, embedding: EmbeddingClassifier, static: StaticClassifier
+) -> ComplexityClassifier:
+    return {"heuristic": HeuristicClassifier(), "embedding": embedding, "static": static}[request.param]
 
 
 def test_simple_below_and_complex_above_threshold(classifier: ComplexityClassifier) -> None:

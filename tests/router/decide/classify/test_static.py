@@ -1,0 +1,191 @@
+"""The static classifier: shipped weights load and route clear cases, earlier turns count, the default, held out."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from router.core.config import ClassifierConfig, ConfigError, load_config
+from router.decide.classify.registry import build_classifier
+from router.decide.classify.static import (
+    DEFAULT_HEAD,
+    DEFAULT_TABLE,
+    StaticClassifier,
+    fingerprint,
+    load_head,
+    normalise,
+)
+from router.decide.classify.static_build import (
+    DEFAULT_HELDOUT,
+    DEFAULT_SOURCES,
+    HeldoutFilter,
+    fit_temperature,
+    jsonl_files,
+    read_labelled,
+    run_static_training,
+    training_examples,
+    user_messages,
+)
+from router.decide.conversation import Conversation
+from router.wire.protocol import ChatCompletionRequest, ChatMessage
+from tests.helpers import REPO
+
+SIMPLE = [
+    "What's the boiling point of water at sea level in Celsius?",
+    "Who painted the Mona Lisa?",
+    "Convert 5 kilometres to miles.",
+    "thanks, that's all I needed!",
+    "What does the acronym NASA stand for?",
+    "Give me a synonym for 'happy'.",
+]
+COMPLEX = [
+    "Write a 2,000-word short story about a lighthouse keeper who starts receiving letters from the future.",
+    "Plan a two-week vegetarian meal plan for a family of four on a $120 weekly budget, no nuts, "
+    "with a shopping list per week and prep steps for Sunday batch cooking.",
+    "Analyse the ethical and legal implications of using facial recognition in public schools, "
+    "weighing safety against privacy, and recommend a policy.",
+    "Implement a thread-safe bounded blocking queue in Java with unit tests and explain how it avoids deadlock.",
+    "Prove that the square root of 3 is irrational, then generalise the argument to any prime.",
+    "Design a multi-region active-active architecture for a payments ledger with exactly-once settlement.",
+]
+FOLLOW_UP = "now do the same in Go"
+EARLIER_COMPLEX = (
+    "Implement a concurrent web crawler in Python with a bounded worker pool, per-domain rate limits, "
+    "robots.txt handling, retries with exponential backoff, and unit tests."
+)
+
+
+def conv(*turns: tuple[str, str]) -> Conversation:
+    request = ChatCompletionRequest(messages=[ChatMessage(role, text) for role, text in turns])  # type: ignore[arg-type]
+    return Conversation.from_request(request, 32_000)
+
+
+@pytest.fixture(scope="module")
+def static() -> StaticClassifier:
+    classifier = StaticClassifier(load_head(DEFAULT_HEAD, "test"))
+    classifier.load()
+    return classifier
+
+
+def test_shipped_head_is_for_the_shipped_table() -> None:
+    head = load_head(DEFAULT_HEAD, "test")
+    assert head.table_sha256 == hashlib.sha256(DEFAULT_TABLE.read_bytes()).hexdigest()
+    assert DEFAULT_TABLE.stat().st_size < 8_000_000
+    assert head.cv_folds > 1 and head.cv_accuracy >= 0.9
+
+
+@pytest.mark.parametrize("text", SIMPLE)
+def test_clear_simple_requests_score_simple(static: StaticClassifier, text: str) -> None:
+    assert static.score(conv(("user", text))).score < 0.5
+
+
+@pytest.mark.parametrize("text", COMPLEX)
+def test_clear_complex_requests_score_complex(static: StaticClassifier, text: str) -> None:
+    assert static.score(conv(("user", text))).score >= 0.5
+
+
+def test_complexity_in_an_earlier_turn_carries_to_a_terse_follow_up(static: StaticClassifier) -> None:
+    alone = static.score(conv(("user", FOLLOW_UP))).score
+    in_context = static.score(
+        conv(
+            ("user", EARLIER_COMPLEX),
+            ("assistant", "Here is the crawler:\n```python\nimport asyncio\n...\n```\nIt uses a semaphore per domain."),
+            ("user", FOLLOW_UP),
+        )
+    ).score
+    assert alone < 0.5 <= in_context
+
+
+def test_a_simple_question_after_a_complex_turn_is_simple(static: StaticClassifier) -> None:
+    verdict = static.score(
+        conv(
+            ("user", EARLIER_COMPLEX),
+            ("assistant", "Here is the crawler:\n```python\nimport asyncio\n...\n```\nIt uses a semaphore per domain."),
+            ("user", "thanks! quick one: what year was Python first released?"),
+        )
+    )
+    assert verdict.score < 0.5
+
+
+def test_scores_are_deterministic(static: StaticClassifier) -> None:
+    fresh = StaticClassifier(load_head(DEFAULT_HEAD, "test"))
+    for text in SIMPLE + COMPLEX:
+        first = static.score(conv(("user", text)))
+        assert static.score(conv(("user", text))) == first
+        assert fresh.score(conv(("user", text))) == first
+
+
+def test_it_is_the_default_and_the_shipped_configs_select_it() -> None:
+    assert ClassifierConfig().kind == "static"
+    for name in ("router.yaml", "gpu.yaml"):
+        config = load_config(REPO / "config" / name, environ={})
+        assert config.classifier.kind == "static", name
+        assert isinstance(build_classifier(config), StaticClassifier), name
+
+
+def test_shipped_weights_never_saw_a_heldout_prompt() -> None:
+    head = load_head(DEFAULT_HEAD, "test")
+    heldout = {fingerprint(t) for item in read_labelled([DEFAULT_HELDOUT]) for t in user_messages(item)}
+    assert len(heldout) > 300 and len(head.trained_on) > 3000 and head.examples > 3000
+    assert heldout.isdisjoint(head.trained_on)
+
+
+def test_training_data_drops_heldout_overlaps_including_earlier_turns() -> None:
+    items = read_labelled(jsonl_files(DEFAULT_SOURCES))
+    heldout = read_labelled([DEFAULT_HELDOUT])
+    held = HeldoutFilter(heldout)
+    kept = training_examples(items, held)
+    seen = {normalise(t) for item in heldout for t in user_messages(item)}
+    assert kept and all(normalise(t) not in seen for e in kept for t in e.user_messages)
+    # A held-out prompt hidden in the first turn of a conversation, with new wording around it, is still dropped.
+    planted = heldout[0].messages[0].text()
+    trap = msgspec.json.decode(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": planted.upper() + "!!"},
+                    {"role": "assistant", "content": "Sure."},
+                    {"role": "user", "content": "and a brand-new follow-up nobody wrote before"},
+                ],
+                "label": "complex",
+            }
+        ),
+        type=type(items[0]),
+    )
+    assert training_examples([trap], held) == []
+
+
+@pytest.mark.slow
+def test_the_builder_writes_a_head_that_loads(tmp_path: Path) -> None:
+    lines = (DEFAULT_SOURCES[0]).read_text().splitlines()
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text("\n".join(lines[:80] + lines[-80:]) + "\n")
+    output = tmp_path / "head.json"
+    args = argparse.Namespace(data=subset, output=output, skip_table=True, l2_grid=[30.0])
+    assert run_static_training(args) == 0
+    head = load_head(output, "test")
+    assert 100 < head.examples <= 160 and head.temperature > 0
+    assert StaticClassifier(head).score(conv(("user", COMPLEX[0]))).score >= 0.0
+
+
+def test_temperature_softens_overconfident_logits_and_keeps_every_decision() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    # Logits of ±8 that are right only 80% of the time: honest scores need T well above 1.
+    right = rng.random(2000) < 0.8
+    logits = np.where(right == (y == 1), 8.0, -8.0)
+    t = fit_temperature(logits, y)
+    assert 4.0 < t < 8.0  # sigmoid(8 / T) = 0.8 at T ≈ 5.8
+    assert np.array_equal(logits / t > 0, logits > 0)
+
+
+def test_a_head_for_another_table_is_refused(tmp_path: Path) -> None:
+    head = msgspec.structs.replace(load_head(DEFAULT_HEAD, "test"), table_sha256="0" * 64)
+    with pytest.raises(ConfigError, match="not the table the head was trained on"):
+        StaticClassifier(head).load()
