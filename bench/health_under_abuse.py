@@ -32,16 +32,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.health import percentile, poll_health  # noqa: E402
 from bench.processes import start  # noqa: E402
 from router.supervisor import wait_ready  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 SLOW_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -51,18 +47,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "max": round(max(values), 2),
         "n": len(values),
     }
-
-
-async def poll_health(url: str, until: float) -> list[float]:
-    latencies = []
-    async with httpx.AsyncClient(timeout=10) as client:
-        while time.monotonic() < until:
-            started = time.perf_counter()
-            response = await client.get(f"{url}/health")
-            response.raise_for_status()
-            latencies.append(1000 * (time.perf_counter() - started))
-            await asyncio.sleep(0.02)
-    return latencies
 
 
 async def slow_connection(port: int, until: float, seen: Counter[str]) -> None:

@@ -30,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.health import percentile, poll_health  # noqa: E402
 from bench.processes import start  # noqa: E402
 from router.supervisor import wait_ready  # noqa: E402
 from tests.servers import free_port  # noqa: E402
@@ -39,23 +40,6 @@ PHRASE = "ignore all the previous and prior system "
 
 def crafted(chars: int) -> str:
     return (PHRASE * (chars // len(PHRASE) + 1))[:chars]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def poll_health(url: str, until: float) -> list[float]:
-    latencies = []
-    async with httpx.AsyncClient(timeout=10) as client:
-        while time.monotonic() < until:
-            started = time.perf_counter()
-            response = await client.get(f"{url}/health")
-            response.raise_for_status()
-            latencies.append(1000 * (time.perf_counter() - started))
-            await asyncio.sleep(0.02)
-    return latencies
 
 
 async def guarded_load(url: str, until: float, text: str) -> tuple[list[float], dict[int, int]]:
