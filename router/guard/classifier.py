@@ -45,6 +45,11 @@ EDGE_SENTENCE_CHARS = 60
 _SENTENCE_END = regex.compile(r"(?<=[.!?:;])\s+|\n\s*")
 
 
+DEGENERATE_MIN_WORDS = 40
+DEGENERATE_DISTINCT = 0.2
+"""A window of at least 40 words of which fewer than one in five is distinct is `degenerate`."""
+
+
 def _edge(part: str, *, at_start: bool) -> str:
     """The fewest whole sentences at the start (or end) of `part` that make `EDGE_SENTENCE_CHARS` or more."""
     bounds = [m.start() if at_start else m.end() for m in _SENTENCE_END.finditer(part)]
@@ -116,7 +121,15 @@ def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, mo
         step = (len(starts) - 1) / (most - 1)
         starts = [starts[round(i * step)] for i in range(most)]
     head, tail = _edge(text[:EDGE_CHARS], at_start=True), _edge(text[-EDGE_CHARS:], at_start=False)
-    return [*(text[start : start + size] for start in starts), head, tail]
+    return [piece for piece in (*(text[start : start + size] for start in starts), head, tail) if not degenerate(piece)]
+
+
+def degenerate(window: str) -> bool:
+    """A window that is mostly one word said again and again (filler, a log's repeated field, a pasted list) carries
+    no instruction, and the head, trained on sentences, scores such text unpredictably: it is not read. Padding
+    made of real sentences is; and the patterns still read the whole text."""
+    words = window.split()
+    return len(words) >= DEGENERATE_MIN_WORDS and len(set(words)) < DEGENERATE_DISTINCT * len(words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +148,10 @@ def embed_windows(encoder: MiniLMEncoder, texts: Sequence[str], lock: threading.
         pieces = windows(text)
         spans.append((len(batch), len(batch) + len(pieces)))
         batch.extend(pieces)
+    if not batch:  # every window degenerate: nothing for the embedding rails to read
+        import numpy as np
+
+        return EmbeddedWindows(np.zeros((0, 0), dtype=np.float32), spans)
     with lock:
         vectors = encoder.encode(batch)[0]
     return EmbeddedWindows(vectors, spans)
@@ -160,8 +177,10 @@ class AttackClassifier:
         import numpy as np
 
         embedded = texts if isinstance(texts, EmbeddedWindows) else self.embed(texts)
+        if not len(embedded.vectors):
+            return [0.0] * len(embedded.spans)
         probabilities = 1.0 / (1.0 + np.exp(-logits(self.spec, embedded.vectors)))
-        return [float(probabilities[start:end].max()) for start, end in embedded.spans]
+        return [float(probabilities[start:end].max()) if end > start else 0.0 for start, end in embedded.spans]
 
     def blocks_texts(self, texts: Sequence[str] | EmbeddedWindows) -> bool:
         """Blocking (an encoder pass unless given the windows embedded): the guard calls it from a worker thread."""
