@@ -68,14 +68,16 @@ def wait_ready(url: str, deadline: float, alive: Callable[[], bool] = lambda: Tr
     return False
 
 
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def describe_exit(code: int) -> str:
     """`exit code 1`, or `signal SIGKILL` for a process a signal ended (Popen's negative return codes)."""
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"signal {signal.Signals(-code).name}"
-    except ValueError:
-        return f"signal {-code}"
+    return f"exit code {code}" if code >= 0 else f"signal {signal_name(-code)}"
 
 
 class SupervisedProcess:
@@ -122,13 +124,13 @@ class SupervisedProcess:
                     self._awaiting_ready = False
                     log.info(f"{self.label} is ready again", extra={"service": self.name, "restart": self.deaths})
                 return POLL_S
-            self._died(now, describe_exit(code), code, self.popen.pid)
+            self._died(now, f"exited ({describe_exit(code)})", code, self.popen.pid)
         if now < self._restart_at:
             return self._restart_at - now
         try:
             self.spawn()
         except OSError as exc:  # the executable went away, or no memory to fork: try again later
-            self._died(now, f"could not start: {exc}", None, None)
+            self._died(now, f"could not be started ({exc})", None, None)
             return self._restart_at - now
         self._awaiting_ready = True
         return POLL_S
@@ -140,14 +142,13 @@ class SupervisedProcess:
         self.deaths += 1
         delay = self._policy.delay(self.deaths)
         self.popen, self._restart_at, self._awaiting_ready = None, now + delay, False
-        signal_name = how.removeprefix("signal ") if code is not None and code < 0 else None
         log.warning(
-            f"{self.label} exited ({how}) after {uptime:.1f} s; restart {self.deaths} in {delay:.3g} s",
+            f"{self.label} {how} after {uptime:.1f} s; restart {self.deaths} in {delay:.3g} s",
             extra={
                 "service": self.name,
                 "pid": pid,
                 "exit_code": code if code is not None and code >= 0 else None,
-                "signal": signal_name,
+                "signal": signal_name(-code) if code is not None and code < 0 else None,
                 "uptime_s": round(uptime, 3),
                 "restart": self.deaths,
                 "delay_s": delay,

@@ -106,3 +106,32 @@ def test_stop_ends_running_processes_and_pending_restarts(tmp_path: Path, caplog
     assert [p.returncode for p in popens if p is not None] == [-15, -9]  # SIGTERM, then SIGKILL past the grace
     assert supervisor.tend() > 0 and crasher.popen is None  # stopped: nothing is started again
     assert not [r for r in caplog.records if r.msg.startswith("started") and getattr(r, "restart", 0) > 0]
+
+
+def test_a_process_that_cannot_be_started_again_is_tried_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    script = tmp_path / "serve.sh"
+    script.write_text("#!/bin/sh\nexec sleep 120\n")
+    script.chmod(0o755)
+    supervisor = ProcessSupervisor(RestartPolicy(initial_s=0.01, factor=2.0, max_s=1.0), {})
+    process = supervisor.start("gone", [str(script)])
+    script.unlink()  # its executable went away: restarting fails with an OSError, not the supervisor
+    assert process.popen is not None
+    process.popen.kill()
+    try:
+        _tend_until(supervisor, lambda: len(_exits(caplog, "gone")) + len(_unstartable(caplog)) >= 3)
+    finally:
+        supervisor.stop()
+    [killed] = _exits(caplog, "gone")
+    assert _field(killed, "signal") == "SIGKILL"
+    failed = _unstartable(caplog)
+    assert [(_field(r, "restart"), _field(r, "delay_s"), _field(r, "pid")) for r in failed[:2]] == [
+        (2, 0.02, None),
+        (3, 0.04, None),
+    ]
+
+
+def _unstartable(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER and "could not be started" in r.msg]
