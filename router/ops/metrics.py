@@ -121,7 +121,7 @@ class Observer:
         self.tokens = Counter("tiered_router_tokens", "tokens in and out", ["tier", "direction"], registry=r)
         self.blocks = Counter("tiered_router_guardrail_blocks", "requests blocked", ["rail"], registry=r)
         self.locality = Counter(
-            "tiered_router_served", "requests a tier served, by where: local (a worker) or remote", ["where"], registry=r
+            "tiered_router_served", "requests served, by where: local (a worker tier) or remote", ["where"], registry=r
         )
         r.register(_DispatchCollector(counters, callers))
         r.register(_LocalShareCollector(self))
