@@ -26,8 +26,9 @@ spill-over, not where the line is."""
 
 def hold(worker: ServerThread, stop: threading.Event) -> None:
     """A long generation straight to the worker, read until `stop` (closing it cancels it there). Two of them and
-    the short requests fit the worker's KV budget of one 2,048-token row, so only the batch size makes them wait."""
-    body = {"model": "small", "messages": LONG, "max_tokens": 800, "ignore_eos": True, "stream": True}
+    the short requests fit the worker's KV budget of one 4,096-token row, so only the batch size makes them wait;
+    each is long enough to outlast the test by far on a fast CPU."""
+    body = {"model": "small", "messages": LONG, "max_tokens": 1900, "ignore_eos": True, "stream": True}
     with (
         httpx.Client(timeout=300) as client,
         client.stream("POST", f"{worker.url}/v1/chat/completions", json=body) as response,
@@ -77,7 +78,7 @@ def test_a_long_queue_spills_to_the_remote_and_without_a_limit_requests_wait_on_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="router.access")
-    worker = start_worker("small", max_batch_size=1, max_seq_len=2048, queue_size=8)
+    worker = start_worker("small", max_batch_size=1, max_seq_len=4096, max_tokens_cap=1900, queue_size=8)
     small, remote = f"{worker.url}/v1", f"{standins['remote'].url}/v1"
     spilling = start_router(routed_config(small, remote, max_queue_wait_s=MAX_WAIT_S))
     patient = start_router(routed_config(small, remote))  # no limit: the default
