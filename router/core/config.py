@@ -212,6 +212,11 @@ class RoutingConfig(Strict, frozen=True):
     text so far as an assistant prefix, or end it with an error event. Never cut silently."""
     preflight: bool = True
     """Skip a worker tier whose telemetry says the request would not fit in its free GPU memory."""
+    max_queue_wait_s: Seconds | None = None
+    """With pre-flight on: skip a worker where a request would wait longer than this for its first token (predicted
+    from its queue, batch and recent step time: router.dispatch.wait), for the next tier of the chain; the
+    worker is still waited on if the rest of the chain cannot answer. Unset: requests wait in a worker's queue
+    however long it is (they never go to the paid remote for being slow)."""
 
 
 class LoggingConfig(Strict, frozen=True):

@@ -51,6 +51,16 @@ class Telemetry:
     total: int | None = None
     budget: int | None = None
     reserved: int | None = None
+    max_batch_size: int | None = None
+    """Requests it decodes at once; `running` below it means free slots (pre-flight's wait estimate reads
+    these five, router.dispatch.wait; any engine's adapter can fill them, None where it cannot tell)."""
+    queued_prompt_tokens: int | None = None
+    """Prompt tokens of its queued requests: prefill work ahead of a new one."""
+    step_seconds: float | None = None
+    """Recent wall time of one decode step (a token for every running request)."""
+    prefill_tokens_per_second: float | None = None
+    mean_completion_tokens: float | None = None
+    """Tokens a recently finished request generated, on average: how long a batch slot stays taken."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], received_at: float) -> Telemetry | None:
@@ -68,6 +78,11 @@ class Telemetry:
                 total=_int_or_none(raw.get("total")),
                 budget=_int_or_none(raw.get("budget")),
                 reserved=_int_or_none(raw.get("reserved")),
+                max_batch_size=_int_or_none(raw.get("max_batch_size")),
+                queued_prompt_tokens=_int_or_none(raw.get("queued_prompt_tokens")),
+                step_seconds=_float_or_none(raw.get("step_seconds")),
+                prefill_tokens_per_second=_float_or_none(raw.get("prefill_tokens_per_second")),
+                mean_completion_tokens=_float_or_none(raw.get("mean_completion_tokens")),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -135,6 +150,11 @@ class Fleet:
         taken = endpoint.telemetry.taken_at if endpoint.telemetry else 0.0
         flights = self._in_flight.get(endpoint.base_url, {})
         return sum(f.bytes for f in flights.values() if f.started_at >= taken)
+
+    def sent_since(self, endpoint: Endpoint) -> int:
+        """Requests this router sent the worker after its telemetry was taken (queued or running there by now)."""
+        taken = endpoint.telemetry.taken_at if endpoint.telemetry else 0.0
+        return sum(1 for f in self._in_flight.get(endpoint.base_url, {}).values() if f.started_at >= taken)
 
     def start(self, endpoint: Endpoint, needed: int) -> int:
         """Record a request sent to `endpoint` (until `finish`); returns its ticket."""
@@ -254,3 +274,7 @@ def allowed_url(url: str, static: str, allowed: list[str]) -> bool:
 
 def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
