@@ -81,8 +81,8 @@ def test_three_replicas_share_limits_counts_and_discovery(
             body = {"model": "large", "messages": [{"role": "user", "content": f"hold {i}"}], "stream": True}
             if key == "tpm":
                 body["max_tokens"] = 400  # reserves ~405 of the key's 1000 a minute: two fit, not three
-            url = f"{routers[i % REPLICAS].url}/v1/chat/completions"
-            with httpx.stream("POST", url, json=body, headers=auth(key), timeout=60) as r:
+            endpoint = f"{routers[i % REPLICAS].url}/v1/chat/completions"
+            with httpx.stream("POST", endpoint, json=body, headers=auth(key), timeout=60) as r:
                 if r.status_code == 200:
                     lines = r.iter_lines()
                     next(lines)  # its first chunk: admitted and streaming
