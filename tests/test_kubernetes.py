@@ -273,6 +273,7 @@ def test_each_pod_gets_an_environment_the_config_loader_accepts(
     if target == "vllm-large":
         assert not [d for d in docs if d["metadata"]["name"].endswith("-large")]
         assert routed.tiers["large"].kind == "remote" and routed.tiers["large"].api_key_env == "VLLM_API_KEY"
+        assert routed.tiers["large"].telemetry_source() == "vllm"
 
 
 def test_the_router_scales_out_and_is_scraped(rendered: dict[str, list[dict[str, Any]]]) -> None:

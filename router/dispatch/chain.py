@@ -255,7 +255,7 @@ class Dispatcher:
     def _plan(self, tier: str, request: ChatCompletionRequest, prompt_tokens: int) -> Plan:
         config = self.config.tiers[tier]
         limit, window = request.token_limit(), config.context_window
-        if config.kind != "worker" or self.fleet is None or not self.config.routing.preflight:
+        if config.telemetry_source() == "none" or self.fleet is None or not self.config.routing.preflight:
             static = [Endpoint(tier, config.base_url, "static")]
             return plan(static, _unknown, _nothing, prompt_tokens, limit, window)
         fleet = self.fleet

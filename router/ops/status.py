@@ -99,7 +99,7 @@ class StatusReporter:
         if self.fleet is None:
             return {}
         found: dict[str, list[dict[str, object]]] = {}
-        for tier in self.fleet.worker_tiers:
+        for tier in self.fleet.watched_tiers:
             for endpoint in self.fleet.endpoints(tier):
                 t = self.fleet.fresh(endpoint)
                 found.setdefault(tier, []).append(
@@ -113,6 +113,8 @@ class StatusReporter:
                         "reserved": t.reserved if t else None,
                         "queue_depth": t.queue_depth if t else None,
                         "queue_size": t.queue_size if t else None,
+                        "telemetry": self.fleet.config.tiers[tier].telemetry_source(),
+                        "note": t.note if t else None,
                     }
                 )
         return found
