@@ -20,16 +20,20 @@ class EngineStandin:
 
     chat: Standin
     pages: dict[str, tuple[str, str]] = field(default_factory=dict)
-    reads: dict[str, int] = field(default_factory=dict)
+    api_key: str | None = None
+    """When set, pages under /v1 need `Authorization: Bearer <it>` (as `vllm serve --api-key` guards /v1/models)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         page = self.pages.get(scope.get("path", "")) if scope["type"] == "http" else None
         if page is None or scope["method"] != "GET":
             await self.chat(scope, receive, send)
             return
-        self.reads[scope["path"]] = self.reads.get(scope["path"], 0) + 1
+        sent = dict(scope["headers"]).get(b"authorization", b"").decode()
+        status = 200
+        if self.api_key is not None and scope["path"].startswith("/v1/") and sent != f"Bearer {self.api_key}":
+            status, page = 401, (JSON, json.dumps({"error": "Unauthorized"}))
         headers = [(b"content-type", page[0].encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": page[1].encode()})
 
 

@@ -120,10 +120,6 @@ class Fleet:
     """The dispatcher's, once it exists: rejections are exported as `tiered_router_discovery_rejected_total`."""
 
     @property
-    def worker_tiers(self) -> list[str]:
-        return [name for name, tier in self.config.tiers.items() if tier.kind == "worker"]
-
-    @property
     def watched_tiers(self) -> list[str]:
         """Tiers whose telemetry is read (`telemetry` not `none`): pre-flight decides on them."""
         return [name for name, tier in self.config.tiers.items() if tier.telemetry_source() != "none"]

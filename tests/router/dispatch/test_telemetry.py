@@ -20,6 +20,7 @@ from tests.servers import ServerThread
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 ADMIN = "telemetry-admin"
+ENGINE_KEY = "sk-engine-key"
 GIB = 1024**3
 
 
@@ -52,6 +53,10 @@ def test_vllm_without_its_cache_size_or_metrics_is_not_guessed() -> None:
     assert "size not reported" in reading["note"] and reading["max_seq_len"] == 8192
     with ServerThread(engine("large", {})) as plain, pytest.raises(ValueError, match="/metrics: 404"):
         read("vllm", plain)  # not a vLLM server: the fleet counts its telemetry as unknown
+    guarded = engine("large", vllm_pages(MODEL, usage=0.5, blocks=256))
+    guarded.api_key = ENGINE_KEY
+    with ServerThread(guarded) as server, pytest.raises(ValueError, match="/v1/models: 401"):
+        read("vllm", server)  # without the tier's key (the router sends it: test_the_reading_follows_the_engine)
 
 
 def test_tgi_batch_budget_and_concurrency_limit() -> None:
@@ -108,10 +113,12 @@ def engine_router(
     """A router whose `large` tier is the engine (an OpenAI-compatible `kind: remote` tier read by its adapter),
     falling back to the remote stand-in."""
     raw = router_yaml(f"{standins['small'].url}/v1", f"{server.url}/v1", f"{standins['remote'].url}/v1")
-    raw["tiers"]["large"].update(kind="remote", model=model, telemetry=kind, guardrails=False, fallback=["remote"])
+    large = {"kind": "remote", "model": model, "telemetry": kind, "api_key_env": "ENGINE_KEY", "fallback": ["remote"]}
+    raw["tiers"]["large"].update(large, guardrails=False)
     raw["tiers"]["remote"]["guardrails"] = False
     raw["server"]["admin_key_env"] = "ADMIN_KEY"
-    return start_router(raw, environ={"TEST_REMOTE_KEY": "sk-test-secret-key", "ADMIN_KEY": ADMIN})
+    environ = {"TEST_REMOTE_KEY": "sk-test-secret-key", "ADMIN_KEY": ADMIN, "ENGINE_KEY": ENGINE_KEY}
+    return start_router(raw, environ=environ)
 
 
 def large_reading(router: ServerThread) -> dict[str, Any]:
@@ -173,8 +180,10 @@ def test_a_request_that_would_not_fit_the_engine_goes_to_the_next_tier_unsent(
 
 def test_the_reading_follows_the_engine(start_router: RouterFactory, standins: dict[str, ServerThread]) -> None:
     """The same request goes to vLLM while its cache has room and past it once the cache fills (polled, not
-    read once), and a full cache is not mistaken for an unreachable server."""
+    read once), and a full cache is not mistaken for an unreachable server. vLLM runs with --api-key here: its
+    /v1/models is read with the tier's key."""
     served: EngineStandin = engine("large", vllm_pages(MODEL, usage=0.0, blocks=256))
+    served.api_key = ENGINE_KEY
     with ServerThread(served) as server:
         router = engine_router(start_router, standins, "vllm", server)
         assert ask(router, 1000).startswith("[large]")
