@@ -33,6 +33,8 @@ CLASSIFIER_KINDS = ("static", "heuristic", "embedding")
 Capability = Literal["tools", "response_format", "logprobs", "penalties", "logit_bias", "n"]
 """What a tier may honour beyond plain chat (router.decide.capabilities maps request parameters onto these)."""
 CAPABILITIES: tuple[Capability, ...] = get_args(Capability)
+TelemetrySource = Literal["ours", "vllm", "tgi", "ollama", "none"]
+"""Where pre-flight reads a tier's load from (router.dispatch.telemetry)."""
 
 
 class LimitsConfig(Strict, frozen=True):
@@ -151,6 +153,18 @@ class TierConfig(Strict, frozen=True):
     """Tokens of prompt and generation together. A worker tier's own telemetry (its `max_seq_len`) wins over
     this; a remote tier has only this. A request (prompt estimate + max_tokens) beyond it skips the tier;
     unset and unreported: unknown, the tier is tried."""
+
+    telemetry: TelemetrySource | None = None
+    """Where pre-flight reads this tier's memory, queue and context window: `ours` (our workers' heartbeats in Redis,
+    else their `/v1/memory`), `vllm` (its `/metrics` and `/v1/models`), `tgi` (its `/metrics` and `/info`), `ollama`
+    (its `/api/ps`), polled every `discovery.interval_s`; `none`: never checked, always tried. Unset: `ours` for a
+    worker tier, `none` for a remote one. A vLLM, TGI or Ollama server is a `kind: remote` tier (its key, if any, in
+    `api_key_env`) with this set."""
+
+    def telemetry_source(self) -> TelemetrySource:
+        if self.telemetry is not None:
+            return self.telemetry
+        return "ours" if self.kind == "worker" else "none"
 
     def capable(self) -> frozenset[Capability]:
         """The capabilities it honours: as declared, else all for a remote tier and none for a worker."""
@@ -384,6 +398,8 @@ def validate(config: Config) -> None:
                 )
         if tier.capabilities is not None and len(set(tier.capabilities)) != len(tier.capabilities):
             raise ConfigError(src, f"tiers.{name}.capabilities", "a capability appears twice")
+        if tier.telemetry == "ours" and tier.kind != "worker":
+            raise ConfigError(src, f"tiers.{name}.telemetry", "'ours' reads our workers: the tier must be kind: worker")
     if config.classifier.kind not in CLASSIFIER_KINDS:
         raise ConfigError(
             src,

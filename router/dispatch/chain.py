@@ -262,7 +262,7 @@ class Dispatcher:
         """`patient`: any queue wait will do (the tier is the last hope)."""
         config = self.config.tiers[tier]
         limit, window = request.token_limit(), config.context_window
-        if config.kind != "worker" or self.fleet is None or not self.config.routing.preflight:
+        if config.telemetry_source() == "none" or self.fleet is None or not self.config.routing.preflight:
             static = [Endpoint(tier, config.base_url, "static")]
             return plan(static, _unknown, _nothing, prompt_tokens, limit, window)
         fleet = self.fleet

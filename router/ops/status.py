@@ -100,7 +100,7 @@ class StatusReporter:
         if self.fleet is None:
             return {}
         found: dict[str, list[dict[str, object]]] = {}
-        for tier in self.fleet.worker_tiers:
+        for tier in self.fleet.watched_tiers:
             for endpoint in self.fleet.endpoints(tier):
                 t = self.fleet.fresh(endpoint)
                 found.setdefault(tier, []).append(
@@ -120,6 +120,8 @@ class StatusReporter:
                         "prefill_tokens_per_second": t.prefill_tokens_per_second if t else None,
                         # What a request with a short prompt would wait now (pre-flight's estimate).
                         "queue_wait_s": predicted_wait(t, 0, self.fleet.sent_since(endpoint)) if t else None,
+                        "telemetry": self.fleet.config.tiers[tier].telemetry_source(),
+                        "note": t.note if t else None,
                     }
                 )
         return found
