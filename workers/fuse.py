@@ -136,7 +136,9 @@ def _cannot_fuse(linears: list[Any]) -> str | None:  # Any: nn.Linear or bitsand
     states = [m.weight.quant_state for m in linears]
     if any(s is None or getattr(s, "packing_format_for_cpu", False) for s in states):
         return "4-bit weights not in bitsandbytes' standard layout"
-    if len({(s.blocksize, s.quant_type, s.dtype, m.weight.dtype, m.weight.device) for s, m in zip(states, linears)}) > 1:
+    pairs = zip(states, linears, strict=True)
+    settings = {(s.blocksize, s.quant_type, s.dtype, m.weight.dtype, m.weight.device) for s, m in pairs}
+    if len(settings) > 1:
         return "different 4-bit settings"
     if any(s.state2 is not None and s.state2.blocksize != 256 for s in states if s.nested):
         return "nested absmax blocks other than 256"

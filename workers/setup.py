@@ -13,11 +13,11 @@ import torch
 
 from router.core.config import Config
 from router.core.workers import WorkerConfig
+from workers import nf4_kernels
 from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
-from workers import nf4_kernels
 from workers.loader import LoadedModel, attention_shape, load_model, prepare_compile_cache
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
 from workers.runner import ModelRunner

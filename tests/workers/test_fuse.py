@@ -13,7 +13,7 @@ from torch import nn
 
 from router.core.workers import WorkerConfig
 from tests.helpers import WorkerFactory
-from workers.fuse import FusedProjection, ProjectionSlice, first_level_absmax, fuse_projections
+from workers.fuse import FusedProjection, ProjectionSlice, first_level_absmax
 from workers.loader import load_model
 
 ATTENTION = ("q_proj", "k_proj", "v_proj")
@@ -32,9 +32,9 @@ def load(checkpoint_dir: Path, model: str, quantization: str, dtype: str, *, fus
 
 
 def layer_groups(model: Any) -> list[tuple[nn.Module, str, tuple[str, ...]]]:
-    return [
-        (layer.self_attn, "qkv_proj", ATTENTION) for layer in model.model.layers
-    ] + [(layer.mlp, "gate_up_proj", MLP) for layer in model.model.layers]
+    return [(layer.self_attn, "qkv_proj", ATTENTION) for layer in model.model.layers] + [
+        (layer.mlp, "gate_up_proj", MLP) for layer in model.model.layers
+    ]
 
 
 @pytest.mark.parametrize("model", ["demo:large", "demo:small"])  # llama without biases, qwen2 with q/k/v biases
@@ -53,7 +53,8 @@ def test_nf4_fusion_re_packs_the_same_codes_and_scales(checkpoint_dir: Path, mod
         assert torch.equal(weight.data, torch.cat([linear.weight.data for linear in linears]))
         assert tuple(state.shape) == (sum(linear.out_features for linear in linears), linears[0].in_features)
         assert not state.nested and state.absmax.dtype == torch.float32
-        assert torch.equal(state.absmax, torch.cat([first_level_absmax(linear.weight.quant_state) for linear in linears]))
+        scales = [first_level_absmax(linear.weight.quant_state) for linear in linears]
+        assert torch.equal(state.absmax, torch.cat(scales))
         # ... and bitsandbytes' own dequantisation of either gives the same bf16 weights, bit for bit.
         expected = torch.cat([F.dequantize_4bit(linear.weight.data, linear.weight.quant_state) for linear in linears])
         assert torch.equal(F.dequantize_4bit(weight.data, state), expected)
@@ -149,7 +150,8 @@ def test_a_fused_model_traces_into_one_compiled_graph(checkpoint_dir: Path) -> N
         explained = torch._dynamo.explain(fused)(input_ids=ids, use_cache=False)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
         compiled = torch.compile(fused, backend="eager", fullgraph=True)
-        assert torch.equal(compiled(input_ids=ids, use_cache=False).logits, fused(input_ids=ids, use_cache=False).logits)
+        want = fused(input_ids=ids, use_cache=False).logits
+        assert torch.equal(compiled(input_ids=ids, use_cache=False).logits, want)
     torch._dynamo.reset()
 
 
