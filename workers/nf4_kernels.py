@@ -93,11 +93,18 @@ def four_bit_layers(model: torch.nn.Module) -> dict[Shape, Any]:
     return layers
 
 
-def measure(model: torch.nn.Module, rows: Sequence[int], *, reps: int = 8) -> dict[Choice, bool]:
+def measure(
+    model: torch.nn.Module,
+    rows: Sequence[int],
+    *,
+    reps: int = 8,
+    times: dict[Choice, tuple[float, float]] | None = None,
+) -> dict[Choice, bool]:
     """Time both paths for every 4-bit shape of `model` at each row count and make the dispatch take the faster.
 
-    Returns the table (empty on the CPU or without 4-bit layers). Takes about a second for a 7B model and five
-    buckets; its transient memory is one dequantised weight (the widest, ~270 MB for a 7B's fused gate/up)."""
+    Returns the table (empty on the CPU or without 4-bit layers); `times`, if given, gets the seconds of both paths
+    (fused kernel, dequantize+linear) per entry. Takes about a second for a 7B model and five buckets; its transient
+    memory is one dequantised weight (the widest, ~270 MB for a 7B's fused gate/up)."""
     layers = four_bit_layers(model)
     if not layers or not torch.cuda.is_available():
         return {}
@@ -105,31 +112,51 @@ def measure(model: torch.nn.Module, rows: Sequence[int], *, reps: int = 8) -> di
     if table is None:
         return {}
     started = time.monotonic()
-    first = next(iter(layers.values()))
-    device = first.weight.device
-    dtype = getattr(first, "compute_dtype", None) or torch.bfloat16
-    inputs: dict[tuple[int, int], torch.Tensor] = {}
 
     def time_path(shape: Shape, m: int, fused: bool) -> float:
-        layer = layers[shape]
-        key = (device.index, dtype, m, *shape)
-        table.choices[key] = fused
-        x = inputs.setdefault((m, shape[1]), torch.randn(m, shape[1], device=device, dtype=dtype))
-        try:
-            return graph_seconds(lambda: layer(x), reps=reps)
-        finally:
-            del table.choices[key]
+        seconds = time_layer(layers[shape], m, fused, reps=reps)
+        if times is not None:
+            old = times.get((m, *shape), (0.0, 0.0))
+            times[(m, *shape)] = (seconds, old[1]) if fused else (old[0], seconds)
+        return seconds
 
-    with torch.inference_mode():
-        choices = choose(layers, rows, time_path)
+    choices = choose(layers, rows, time_path)
+    first = next(iter(layers.values()))
+    device, dtype = first.weight.device, compute_dtype(first)
     table.choices.update({(device.index, dtype, *key): fused for key, fused in choices.items()})
     torch.cuda.empty_cache()
     log.info(
-        "4-bit matmul paths measured in %.1fs (rows, out, in -> fused kernel?): %s",
+        "4-bit matmul paths measured in %.1fs (rows x out x in: path): %s",
         time.monotonic() - started,
         ", ".join(f"{m}x{n}x{k}:{'fused' if f else 'dequant'}" for (m, n, k), f in sorted(choices.items())),
     )
     return choices
+
+
+def compute_dtype(layer: Any) -> torch.dtype:
+    dtype: torch.dtype = getattr(layer, "compute_dtype", None) or torch.bfloat16
+    return dtype
+
+
+def time_layer(layer: Any, rows: int, fused: bool | None, *, reps: int = 8) -> float:
+    """Seconds one call of 4-bit `layer` takes on `rows` rows inside a CUDA graph: by the fused kernel (True),
+    dequantize+linear (False) or whichever the dispatch picks now (None)."""
+    table = install(cuda_ops())
+    assert table is not None, "bitsandbytes without the dispatch hook"
+    n, k = (int(d) for d in layer.weight.quant_state.shape)
+    device, dtype = layer.weight.device, compute_dtype(layer)
+    key = (device.index, dtype, rows, n, k)
+    saved = table.choices.pop(key, None)
+    if fused is not None:
+        table.choices[key] = fused
+    x = torch.randn(rows, k, device=device, dtype=dtype)
+    try:
+        with torch.inference_mode():
+            return graph_seconds(lambda: layer(x), reps=reps)
+    finally:
+        table.choices.pop(key, None)
+        if saved is not None:
+            table.choices[key] = saved
 
 
 def graph_seconds(fn: Callable[[], Any], *, reps: int, repeats: int = 3) -> float:
