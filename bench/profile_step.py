@@ -14,7 +14,8 @@ projections separate, then fused in place (`workers.fuse`); for NF4 also the sta
 Also the 7B's projection matmuls alone, inside CUDA graphs, per path: bitsandbytes' default, the best per weight,
 fused with float32 scales (what workers.fuse makes), and fused with re-double-quantised scales (not exact; shown
 to price the exactness).
-Writes JSON lines and traces under DIR (default bench/results/profile-<time>/) and prints the tables last.
+Writes JSON lines and the tables under DIR (default bench/results/profile-<time>/; `--traces` keeps the Chrome
+traces there too) and prints the tables last.
 `--smoke`: the same code on the CPU with the tiny demo checkpoints (its numbers mean nothing).
 """
 
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -247,7 +249,7 @@ def write_config(directory: Path, workers: dict[str, Any]) -> Config:
     return load_config(path, environ={})
 
 
-def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path) -> list[dict[str, Any]]:
+def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path, traces: Path) -> list[dict[str, Any]]:
     base = {
         "device": plan.device,
         "dtype": "bfloat16",
@@ -286,7 +288,7 @@ def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path) -> l
                 rows,
                 graphs=False,
                 kernels=kernels,
-                trace_path=out / f"{stem}-eager.json",
+                trace_path=traces / f"{stem}-eager.json",
                 name_map=None,
             )
             graph = run_window(
@@ -297,7 +299,7 @@ def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path) -> l
                 rows,
                 graphs=True,
                 kernels=kernels,
-                trace_path=out / f"{stem}-graphs.json",
+                trace_path=traces / f"{stem}-graphs.json",
                 name_map=eager.pop("name_map"),
             )
             graph.pop("name_map")
@@ -314,7 +316,7 @@ def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path) -> l
                 graph["step_ms"],
                 graph["busy_ms"],
             )
-        if nf4 and weights == "fused" and kernels == "bitsandbytes":
+        if nf4 and plan.device == "cuda" and weights == "fused" and kernels == "bitsandbytes":
             results.append(
                 {
                     "model": label,
@@ -330,7 +332,7 @@ def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path) -> l
                         "matmuls": matmul_table(model, (1, 16, 64)),
                     }
                 )
-        if nf4 and weights == "unfused":
+        if nf4 and plan.device == "cuda" and weights == "unfused":
             results.append(
                 {"model": label, "setup": "matmuls: separate", "matmuls": matmul_table(loaded.model, (1, 16, 64))}
             )
@@ -392,7 +394,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bench-checkpoints-v2"))
     parser.add_argument("--smoke", action="store_true", help="tiny demo checkpoints on the CPU")
-    parser.add_argument("--only", choices=["7b", "1.5b"], default=None)
+    parser.add_argument("--only", choices=["nf4", "bf16"], default=None, help="one of the two models")
+    parser.add_argument("--traces", action="store_true", help="keep the Chrome traces (~5 MB a window) under DIR")
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"profile-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -417,9 +420,12 @@ def main() -> int:
     log.info("checkpoints ready in %.0fs", time.monotonic() - started)
     results: list[dict[str, Any]] = []
     for label, path, nf4 in models:
-        if args.only and not label.startswith(args.only):
+        if args.only and not label.endswith(args.only):
             continue
-        results += profile_model(label, path, nf4, plan, out)
+        with tempfile.TemporaryDirectory() as scratch:
+            traces = out / "traces" if args.traces else Path(scratch)
+            traces.mkdir(exist_ok=True)
+            results += profile_model(label, path, nf4, plan, out, traces)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     with (out / "profile_step.jsonl").open("w") as fh:
         for row in results:
