@@ -201,6 +201,44 @@ def matmul_table(model: Any, rows: tuple[int, ...]) -> list[dict[str, Any]]:
     return out
 
 
+def fused_vs_separate(layer: Any, separate: dict[str, Any]) -> dict[str, Any]:
+    """On the device: the fused weights dequantise to the parts' weights bit for bit, and their outputs match the
+    parts' (relative max difference) by each 4-bit path."""
+    import bitsandbytes.functional as F
+
+    on_device = torch.cuda.is_available()
+    table = nf4_kernels.install(nf4_kernels.cuda_ops()) if on_device else None
+    check: dict[str, Any] = {}
+    groups = (
+        ("qkv", layer.self_attn.qkv_proj.linear, "q_proj k_proj v_proj"),
+        ("gate_up", layer.mlp.gate_up_proj.linear, "gate_proj up_proj"),
+    )
+    for group, fused, names in groups:
+        parts = [separate[n] for n in names.split()]
+        weights = [F.dequantize_4bit(p.weight.data, p.weight.quant_state) for p in parts]
+        check[f"{group} weights bit-exact"] = torch.equal(
+            F.dequantize_4bit(fused.weight.data, fused.weight.quant_state), torch.cat(weights)
+        )
+        k = int(fused.weight.quant_state.shape[1])
+        for m in (1, 16):
+            x = torch.randn(m, k, device=fused.weight.device, dtype=torch.bfloat16)
+            for path in (True, False) if table is not None else (None,):
+                keys = [
+                    (x.device.index, x.dtype, m, *(int(d) for d in lin.weight.quant_state.shape))
+                    for lin in (fused, *parts)
+                ]
+                if table is not None:
+                    table.choices.update(dict.fromkeys(keys, path))
+                with torch.inference_mode():
+                    want, got = torch.cat([p(x) for p in parts], -1).float(), fused(x).float()
+                for key in keys if table is not None else ():
+                    table.choices.pop(key, None)
+                name = {True: "fused kernel", False: "dequant+linear", None: "native"}[path]
+                check[f"{group} rows={m} {name}: max rel diff"] = float((got - want).abs().max() / want.abs().max())
+                check[f"{group} rows={m} {name}: equal"] = torch.equal(got, want)
+    return check
+
+
 def renested(layer: Any) -> Any:
     """A copy of a fused 4-bit layer whose float32 scales are double-quantised again (bench only: not exact)."""
     import bitsandbytes.functional as F
@@ -272,7 +310,21 @@ def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path, trac
     results: list[dict[str, Any]] = []
     for weights, kernels in setups:
         if weights == "fused" and not any(type(m).__name__ == "FusedProjection" for m in loaded.model.modules()):
-            fuse_projections(loaded.model)
+            worker = config.worker("large")
+            if plan.device == "cpu":  # bitsandbytes re-packs CPU weights at their first forward: load them afresh
+                layer = load_model(worker, out).model.model.layers[0]
+            else:
+                layer = loaded.model.model.layers[0]
+            separate = {n: getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj")}
+            separate |= {n: getattr(layer.mlp, n) for n in ("gate_proj", "up_proj")}
+            if plan.device == "cpu":
+                loaded = load_model(msgspec.structs.replace(worker, fuse_projections=True), out)
+            else:
+                fuse_projections(loaded.model)
+            if nf4:
+                check = fused_vs_separate(loaded.model.model.layers[0], separate)
+                results.append({"model": label, "setup": "fused vs separate, layer 0", "check": check})
+                log.info("fused vs separate on the device, layer 0: %s", check)
         if nf4 and plan.device == "cuda":
             table = nf4_kernels.install(nf4_kernels.cuda_ops())
             if table is not None:
@@ -373,6 +425,9 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             f"{r['model']:<10} {r['setup']:<28} {r['rows']:>4} {e['profiled_step_ms']:>6.2f} {e['busy_ms']:>6.2f} "
             f"{e['profiled_step_ms'] - e['busy_ms']:>6.2f}"
         )
+    for r in results:
+        if "check" in r:
+            lines += ["", f"{r['model']}: {r['setup']}"] + [f"  {k}: {v}" for k, v in r["check"].items()]
     matmuls = [r for r in results if r.get("matmuls")]
     if matmuls:
         lines += [
@@ -418,6 +473,13 @@ def main() -> int:
         gc.collect()
         torch.cuda.empty_cache()
     log.info("checkpoints ready in %.0fs", time.monotonic() - started)
+    # The profiler's library initialises once per process, and wants that on the main thread; the windows start it
+    # from the engine's thread.
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if plan.device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities):
+        torch.zeros(1, device=plan.device).add_(1)
     results: list[dict[str, Any]] = []
     for label, path, nf4 in models:
         if args.only and not label.endswith(args.only):
