@@ -45,7 +45,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.step_trace import ENGINE, PARTS, UNMAPPED, NameMap, attribute, host_top, host_wait, mark_parts  # noqa: E402
+from bench.step_trace import (  # noqa: E402
+    ENGINE,
+    PARTS,
+    UNMAPPED,
+    NameMap,
+    attribute,
+    graph_kernels,
+    host_top,
+    host_wait,
+    mark_parts,
+)
 from router.core.config import Config, load_config  # noqa: E402
 from workers import nf4_kernels  # noqa: E402
 from workers.checkpoints import DEMO_SPECS, build_checkpoint, build_shaped_checkpoint  # noqa: E402
@@ -171,6 +181,7 @@ def run_window(
         "busy_ms": busy_us / 1000 / profiled,
         "parts_ms": {k: v / 1000 / profiled for k, v in parts_us.items()},
         "host_wait_ms": host_wait(trace) / 1000 / profiled,
+        "graph_kernels_per_step": graph_kernels(trace) / profiled,
         "host_top_ms": [(name, us / 1000 / profiled) for name, us in host_top(trace)],
         "graph_pool_mb": getattr(getattr(engine.runner, "graph_stats", None), "pool_bytes", 0) / 1e6,
         "name_map": own_map,
@@ -397,8 +408,15 @@ def profile_model(label: str, path: Path, nf4: bool, plan: Plan, out: Path, trac
 
 def print_tables(results: list[dict[str, Any]]) -> str:
     columns = [*PARTS, UNMAPPED]
+    checks = [
+        line
+        for r in results
+        if "check" in r
+        for line in [f"{r['model']}: {r['setup']}", *(f"  {k}: {v}" for k, v in r["check"].items()), ""]
+    ]
     short = {"attention: other": "attn other", ENGINE: "engine", UNMAPPED: "unmapped", "embed/other": "other"}
     lines = [
+        *checks,
         "decode step with CUDA graphs, ms per step: step = unprofiled; prof = profiled; busy = device busy (union of",
         "kernels); idle = prof - busy (host work, synchronisation, replay gaps); wait = host blocked in syncs; parts =",
         "device time by part (graph kernels split by name as in the eager window)",
@@ -414,6 +432,8 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             f"{r['model']:<10} {r['setup']:<28} {r['rows']:>4} {step:>6.2f} {1000 * r['rows'] / step:>6.0f} "
             f"{prof:>6.2f} {g['busy_ms']:>6.2f} {prof - g['busy_ms']:>6.2f} {g['host_wait_ms']:>6.2f} {parts}"
         )
+    if torch.cuda.is_available() and any(r["graphs"]["graph_kernels_per_step"] == 0 for r in stepped):
+        lines.append("NOTE: no kernel launched by a graph replay was traced: parts and busy miss the graphs' work")
     lines += [
         "",
         "the same steps eager (no graphs), profiled: where launch overhead goes",
@@ -425,9 +445,6 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             f"{r['model']:<10} {r['setup']:<28} {r['rows']:>4} {e['profiled_step_ms']:>6.2f} {e['busy_ms']:>6.2f} "
             f"{e['profiled_step_ms'] - e['busy_ms']:>6.2f}"
         )
-    for r in results:
-        if "check" in r:
-            lines += ["", f"{r['model']}: {r['setup']}"] + [f"  {k}: {v}" for k, v in r["check"].items()]
     matmuls = [r for r in results if r.get("matmuls")]
     if matmuls:
         lines += [

@@ -166,6 +166,17 @@ def _busy(work: list[dict[str, Any]]) -> float:
     return total
 
 
+def graph_kernels(trace: dict[str, Any]) -> int:
+    """How many kernels a CUDA graph replay launched (none: the profiler did not see inside the graphs)."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})
+    }
+    return sum(1 for e in events if e.get("cat") in DEVICE_CATS and _graph_launched(e, launches))
+
+
 def host_wait(trace: dict[str, Any]) -> float:
     """Microseconds the host spent blocked in CUDA synchronisation calls (waiting for the device)."""
     return sum(

@@ -32,11 +32,11 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("qkv_proj", "attention", ("q_proj", "k_proj", "v_proj")),
-    ("gate_up_proj", "mlp", ("gate_proj", "up_proj")),
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("qkv_proj", ("q_proj", "k_proj", "v_proj")),  # on attention modules
+    ("gate_up_proj", ("gate_proj", "up_proj")),  # on MLP modules
 )
-"""(the fused module's name on the parent, what it is, the projections it replaces, in output order)."""
+"""(the fused module's name on the parent, the projections it replaces, in output order)."""
 
 
 class FusedProjection(nn.Module):
@@ -93,12 +93,12 @@ def fuse_projections(model: nn.Module) -> FuseReport:
     """Fuse q/k/v and gate/up of every layer of `model` in place (bf16/fp32 `nn.Linear` or NF4 `Linear4bit`)."""
     fused, skipped = 0, []
     for name, module in list(model.named_modules()):
-        for fused_name, _, names in GROUPS:
+        for fused_name, names in GROUPS:
             found = [getattr(module, n, None) for n in names]
             linears = [m for m in found if isinstance(m, nn.Linear)]
             if len(linears) != len(names):
                 continue
-            reason = _cannot_fuse(linears)
+            reason = f"it already has a {fused_name}" if hasattr(module, fused_name) else _cannot_fuse(linears)
             if reason:
                 skipped.append(f"{name}.{fused_name}: {reason}")
                 continue

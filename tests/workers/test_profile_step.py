@@ -63,7 +63,10 @@ def test_the_smoke_run_profiles_every_setup_on_the_cpu(checkpoint_dir: Path, tmp
         [*command, "--checkpoints", str(checkpoint_dir)], capture_output=True, text=True, timeout=600, cwd=REPO
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "profile_step.jsonl").read_text().splitlines()]
+    results = [json.loads(line) for line in (out / "profile_step.jsonl").read_text().splitlines()]
+    checks = [r["check"] for r in results if "check" in r]
+    assert len(checks) == 1 and checks[0]["qkv weights bit-exact"] and checks[0]["gate_up weights bit-exact"]
+    rows = [r for r in results if "graphs" in r]
     setups = {(r["model"], r["setup"], r["rows"]) for r in rows}
     assert setups == {
         (model, setup, rows)
