@@ -183,10 +183,20 @@ def run_window(
         "host_wait_ms": host_wait(trace) / 1000 / profiled,
         "graph_kernels_per_step": graph_kernels(trace) / profiled,
         "host_top_ms": [(name, us / 1000 / profiled) for name, us in host_top(trace)],
+        "kernel_choices": kernel_choices(),
         "graph_pool_mb": getattr(getattr(engine.runner, "graph_stats", None), "pool_bytes", 0) / 1e6,
         "name_map": own_map,
     }
     return result  # the service, its cache and graphs go with this frame (the caller collects)
+
+
+def kernel_choices() -> list[str]:
+    """The measured 4-bit kernel table now in force, as `rows x out x in: path`."""
+    if not torch.cuda.is_available():
+        return []
+    table = nf4_kernels.install(nf4_kernels.cuda_ops())
+    choices = sorted(table.choices.items()) if table is not None else []
+    return [f"{m}x{n}x{k}: {'fused kernel' if fused else 'dequant+linear'}" for (_, _, m, n, k), fused in choices]
 
 
 def matmul_table(model: Any, rows: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -415,6 +425,9 @@ def print_tables(results: list[dict[str, Any]]) -> str:
         for line in [f"{r['model']}: {r['setup']}", *(f"  {k}: {v}" for k, v in r["check"].items()), ""]
     ]
     short = {"attention: other": "attn other", ENGINE: "engine", UNMAPPED: "unmapped", "embed/other": "other"}
+    chosen = {r["model"]: r["graphs"]["kernel_choices"] for r in results if r.get("graphs", {}).get("kernel_choices")}
+    for model, choices in chosen.items():
+        checks += [f"{model}: measured 4-bit kernel choices (rows x out x in)", "  " + "; ".join(choices), ""]
     lines = [
         *checks,
         "decode step with CUDA graphs, ms per step: step = unprofiled; prof = profiled; busy = device busy (union of",

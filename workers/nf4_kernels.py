@@ -112,15 +112,11 @@ def measure(
     if table is None:
         return {}
     started = time.monotonic()
-
-    def time_path(shape: Shape, m: int, fused: bool) -> float:
-        seconds = time_layer(layers[shape], m, fused, reps=reps)
-        if times is not None:
-            old = times.get((m, *shape), (0.0, 0.0))
-            times[(m, *shape)] = (seconds, old[1]) if fused else (old[0], seconds)
-        return seconds
-
-    choices = choose(layers, rows, time_path)
+    try:
+        choices = _measure(layers, rows, reps, times)
+    except RuntimeError:  # a start-up optimisation: never the reason a worker does not start
+        log.exception("could not time the 4-bit matmul paths; bitsandbytes' heuristic stays")
+        return {}
     first = next(iter(layers.values()))
     device, dtype = first.weight.device, compute_dtype(first)
     table.choices.update({(device.index, dtype, *key): fused for key, fused in choices.items()})
@@ -131,6 +127,19 @@ def measure(
         ", ".join(f"{m}x{n}x{k}:{'fused' if f else 'dequant'}" for (m, n, k), f in sorted(choices.items())),
     )
     return choices
+
+
+def _measure(
+    layers: dict[Shape, Any], rows: Sequence[int], reps: int, times: dict[Choice, tuple[float, float]] | None
+) -> dict[Choice, bool]:
+    def time_path(shape: Shape, m: int, fused: bool) -> float:
+        seconds = time_layer(layers[shape], m, fused, reps=reps)
+        if times is not None:
+            old = times.get((m, *shape), (0.0, 0.0))
+            times[(m, *shape)] = (seconds, old[1]) if fused else (old[0], seconds)
+        return seconds
+
+    return choose(layers, rows, time_path)
 
 
 def compute_dtype(layer: Any) -> torch.dtype:
