@@ -79,22 +79,10 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for quantization in ("none", "nf4"):
         for batch in (1, 8):
-            rows.append(
-                {
-                    "case": "plain generate",
-                    "quantization": quantization,
-                    "concurrency": batch,
-                    **plain_generate(quantization, batch, args.new),
-                }
-            )
-            rows.append(
-                {
-                    "case": "worker (HTTP, streamed)",
-                    "quantization": quantization,
-                    "concurrency": batch,
-                    **through_worker(quantization, batch, args.new),
-                }
-            )
+            rows.append({"case": "plain generate", "quantization": quantization, "concurrency": batch,
+                         **plain_generate(quantization, batch, args.new)})
+            rows.append({"case": "worker (HTTP, streamed)", "quantization": quantization, "concurrency": batch,
+                         **through_worker(quantization, batch, args.new)})
             print(json.dumps(rows[-2]), json.dumps(rows[-1]), flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with (args.out / f"worker_cpu-{stamp}.jsonl").open("w") as out:
