@@ -186,6 +186,12 @@ def run_case(name: str, small: Path, large: Path, new: int) -> list[dict[str, An
         return serve_case(
             write_config(tmp / "i.yaml", {"large": one}), "large", [("4k-prompt", 1, new)], "word " * 4000
         )
+    if name == "1.5b-bf16-graphs-unfused":  # the same-run baseline of fuse_projections
+        config = write_config(tmp / "j.yaml", {"small": {**small_w, "fuse_projections": False}})
+        return serve_case(config, "small", load, prompt)
+    if name == "7b-nf4-graphs-unfused":  # the same-run baseline of fuse_projections and nf4_kernels: measured
+        unfused = {**large_w, "fuse_projections": False, "nf4_kernels": "bitsandbytes"}
+        return serve_case(write_config(tmp / "k.yaml", {"large": unfused}), "large", load, prompt)
     if name == "1.5b-bf16-eager":
         config = write_config(tmp / "b.yaml", {"small": {**small_w, "cuda_graphs": False}})
         return serve_case(config, "small", [("batch1", 1, new)], prompt)
@@ -215,9 +221,11 @@ def run_case(name: str, small: Path, large: Path, new: int) -> list[dict[str, An
 CASES = [
     "1.5b-plain-generate",
     "1.5b-bf16-graphs",
+    "1.5b-bf16-graphs-unfused",
     "1.5b-bf16-eager",
     "7b-plain-generate",
     "7b-nf4-graphs",
+    "7b-nf4-graphs-unfused",
     "7b-nf4-eager",
     "7b-nf4-one-4k-request",
     "7b-nf4-one-4k-request-chunk256",

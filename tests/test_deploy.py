@@ -114,10 +114,12 @@ def test_gpu_workers_reserve_a_gpu_and_keep_models_in_a_volume() -> None:
         devices = SERVICES[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
         assert "models:/models" in SERVICES[name]["volumes"]
+        # compile: true (config/gpu.yaml) keeps inductor's caches in the var dir's compile-cache/, a volume
+        assert "compile-cache:/app/var/compile-cache" in SERVICES[name]["volumes"]
     assert "${LARGE_MODEL" in str(SERVICES["worker-large"]["environment"]["TIERED_ROUTER__workers__large__model"])
     for name in ("worker-small-cpu", "worker-large-cpu"):
         assert "deploy" not in SERVICES[name]
-    assert set(COMPOSE["volumes"]) == {"models", "checkpoints"}
+    assert set(COMPOSE["volumes"]) == {"models", "checkpoints", "compile-cache"}
 
 
 def test_the_dockerfile_builds_a_slim_router_and_a_cuda_worker() -> None:

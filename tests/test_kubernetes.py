@@ -267,6 +267,9 @@ def test_each_pod_gets_an_environment_the_config_loader_accepts(
         if config == "gpu.yaml":
             assert gpus == 1 and worker.device == "cuda" and worker.model.startswith("Qwen/")
             claim = volumes["models"]["persistentVolumeClaim"]["claimName"]
+            # compile: true keeps its caches on the models volume, so a new pod reuses them
+            assert worker.compile and worker.compile_cache_dir == "/models/compile-cache"
+            assert any(m["mountPath"] == "/models" and m["name"] == "models" for m in spec["volumeMounts"])
             find(docs, "PersistentVolumeClaim", claim)
         else:
             assert gpus is None and worker.device == "cpu" and worker.model == "embedded:smollm2-135m-instruct"

@@ -13,11 +13,12 @@ import torch
 
 from router.core.config import Config
 from router.core.workers import WorkerConfig
+from workers import nf4_kernels
 from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
-from workers.loader import LoadedModel, attention_shape, load_model
+from workers.loader import LoadedModel, attention_shape, load_model, prepare_compile_cache
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
 from workers.runner import ModelRunner
 from workers.service import WorkerService
@@ -54,9 +55,18 @@ def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, us
 
 
 def build_service(
-    config: Config, tier: str, worker: WorkerConfig, probe: MemoryProbe | None, fault_hook: FaultHook | None
+    config: Config,
+    tier: str,
+    worker: WorkerConfig,
+    probe: MemoryProbe | None,
+    fault_hook: FaultHook | None,
+    *,
+    loaded: LoadedModel | None = None,
 ) -> WorkerService:
-    loaded = load_model(worker, config.checkpoint_root(worker))
+    """`loaded`: a model already loaded for `worker` (benchmarks serve one load in several setups)."""
+    if worker.compile:
+        prepare_compile_cache(config.compile_cache_root(worker))
+    loaded = loaded or load_model(worker, config.checkpoint_root(worker))
     device = torch.device(loaded.device)
     probe = probe or choose_probe(worker, loaded.device)
     probe.allocated(loaded.weight_bytes)
@@ -71,6 +81,8 @@ def build_service(
     runner = ModelRunner(
         loaded.model, cache, use_graphs=worker.cuda_graphs, prefill_chunk=worker.prefill_chunk, compile=worker.compile
     )
+    if worker.nf4_kernels == "measured":
+        nf4_kernels.measure(loaded.model, runner.buckets)
     graphs = runner.capture_graphs()
     fixed = _fixed_cost(probe, loaded, cache, graphs.pool_bytes)
     ledger = VramLedger(

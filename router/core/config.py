@@ -339,6 +339,13 @@ class Config(Strict, frozen=True):
             return var_dir() / "checkpoints"
         return self.resolve_path(worker.checkpoint_dir)
 
+    def compile_cache_root(self, worker: WorkerConfig) -> Path:
+        """Where a worker's torch.compile caches live: its `compile_cache_dir` (relative to this file), else
+        `compile-cache/` under the var directory."""
+        if worker.compile_cache_dir is None:
+            return var_dir() / "compile-cache"
+        return self.resolve_path(worker.compile_cache_dir)
+
 
 class Calibration(Strict, frozen=True):
     classifier: str

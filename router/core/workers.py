@@ -50,6 +50,15 @@ class WorkerConfig(Strict, frozen=True):
     compile: bool = False
     """Fuse the decode step with torch.compile (inductor) before capturing it: ~1.5x faster steps on an H100
     (bench/RESULTS.md), at the price of a minute or two of compilation at start-up."""
+    compile_cache_dir: str | None = None
+    """Where torch.compile keeps its inductor and triton caches, so a restart reuses them (relative to the config
+    file); default: `compile-cache/` under the var directory. TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR win if set."""
+    fuse_projections: bool = True
+    """Stack each layer's q/k/v and gate/up weights into one matmul each at load time (NF4: the same 4-bit codes
+    and scales, re-packed, not requantised; see workers/fuse.py)."""
+    nf4_kernels: Literal["measured", "bitsandbytes"] = "measured"
+    """`measured`: time bitsandbytes' fused 4-bit kernel against dequantize+linear for each weight shape and decode
+    batch size at start-up (about a second, CUDA only) and use the faster; `bitsandbytes`: its own shape heuristic."""
     max_tokens_default: Positive = 256
     max_tokens_cap: Positive = 2048
     max_seq_len: Annotated[int, Meta(ge=16)] = 4096

@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, Qwen2Config
 
 from router.core.workers import WorkerConfig
+from workers.fuse import FusedProjection
 from workers.loader import kv_bytes_per_token, load_model
 
 
@@ -19,9 +20,12 @@ def test_nf4_load_path_runs_on_the_cpu(checkpoint_dir: Path) -> None:
         m for name, m in loaded.model.named_modules() if name.startswith("model.layers.") and hasattr(m, "in_features")
     ]
     assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears)
+    fused = {id(m.linear) for m in loaded.model.modules() if isinstance(m, FusedProjection)}
+    assert len(fused) == 2 * loaded.model.config.num_hidden_layers, "q/k/v and gate/up stacked (fuse_projections)"
     for layer in linears:
         assert layer.weight.quant_type == "nf4"
-        assert layer.weight.quant_state.nested, "double quantization"
+        # double quantization, but for the stacked weights' scales, kept exact in float32 (see workers/fuse.py)
+        assert layer.weight.quant_state.nested != (id(layer) in fused)
         assert layer.weight.dtype == torch.uint8
     assert loaded.model.config.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
     full = load_model(WorkerConfig(model="demo:large", device="cpu", dtype="bfloat16"), checkpoint_dir)
