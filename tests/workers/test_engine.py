@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from workers.engine import Engine, Failed, Finished, GenerationRequest, TextDelta
 from workers.grammar import TokenConstraint
-from workers.kv_cache import SlotKVCache
+from workers.kv_cache import PagedKVCache
 from workers.ledger import VramLedger
 from workers.memory import SimulatedGpu
 from workers.runner import ModelRunner
@@ -46,18 +46,35 @@ def tiny_engine(
     compiled: bool = False,
     eos_ids: range | list[int] = (),
     queue_size: int = 16,
+    max_batch: int = 4,
+    block_size: int = 8,
+    num_blocks: int | None = None,
+    smallest_width: int = 16,
 ) -> Engine:
-    cache = SlotKVCache(
-        layers=2, max_batch=4, kv_heads=2, max_len=max_len, head_dim=16, dtype=torch.float32, device="cpu"
+    """`num_blocks` (the scratch block included) defaults to what max_batch full-length rows take, the old grid."""
+    per_seq = -(-max_len // block_size)
+    cache = PagedKVCache(
+        layers=2,
+        max_batch=max_batch,
+        kv_heads=2,
+        max_len=max_len,
+        head_dim=16,
+        dtype=torch.float32,
+        device="cpu",
+        num_blocks=num_blocks or max_batch * per_seq + 1,
+        block_size=block_size,
     )
-    runner = ModelRunner(model, cache, use_graphs=False, prefill_chunk=prefill_chunk, compile=compiled)
+    runner = ModelRunner(
+        model, cache, use_graphs=False, prefill_chunk=prefill_chunk, compile=compiled, smallest_width=smallest_width
+    )
     ledger = VramLedger(
         SimulatedGpu(10**9),
         kv_bytes_per_token=512,
         fixed_bytes=0,
-        pool_bytes=cache.nbytes,
+        pool_bytes=cache.allocator.total * cache.block_bytes,
         budget_fraction=1.0,
         margin_bytes=0,
+        block_size=block_size,
     )
     return Engine(runner, LetterTokenizer(), ledger, eos_ids=eos_ids, queue_size=queue_size)
 
@@ -148,18 +165,19 @@ def test_prefill_and_decode_use_no_deprecated_transformers_api(
 
     from transformers.utils import logging as hf_logging
 
-    cache = SlotKVCache(layers=2, max_batch=4, kv_heads=2, max_len=32, head_dim=16, dtype=torch.float32, device="cpu")
+    cache = PagedKVCache(
+        layers=2, max_batch=4, kv_heads=2, max_len=32, head_dim=16, dtype=torch.float32, device="cpu", num_blocks=3
+    )
     runner = ModelRunner(model, cache, use_graphs=False)
+    cache.assign(0, [1, 2])
     hf_logging.enable_propagation()
     try:
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
             warnings.simplefilter("always")
-            logits = runner.prefill(0, 0, [1, 2, 3, 4])
+            logits = runner.prefill(0, [1, 2, 3, 4])
             runner.input_ids[0, 0] = int(logits.argmax())
             runner.positions[0, 0] = 4
-            runner.mask[0, 0, 0, :5] = True
-            cache.column[0] = 4
-            runner.decode(1)
+            runner.decode(1, 5)
     finally:
         hf_logging.disable_propagation()
     assert [str(w.message) for w in caught] == []
