@@ -396,10 +396,7 @@ class Engine:
                 running.grammar_ahead = True
 
     def _can_chain(self) -> bool:
-        return (
-            not self._pending
-            and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
-        )
+        return not self._pending and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
 
     def _consume(self, step: _Step) -> None:
         tokens = step.host_tokens()
