@@ -51,6 +51,8 @@ class Telemetry:
     total: int | None = None
     budget: int | None = None
     reserved: int | None = None
+    block_size: int = 1
+    """Tokens per KV-cache block: the worker reserves whole blocks (workers.ledger)."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], received_at: float) -> Telemetry | None:
@@ -68,6 +70,7 @@ class Telemetry:
                 total=_int_or_none(raw.get("total")),
                 budget=_int_or_none(raw.get("budget")),
                 reserved=_int_or_none(raw.get("reserved")),
+                block_size=max(1, int(raw.get("block_size") or 1)),
             )
         except (KeyError, TypeError, ValueError):
             return None
