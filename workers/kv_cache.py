@@ -93,6 +93,11 @@ class PagedKVCache(Cache):
         """Slots the next forward attends over, [rows, width]."""
 
     @property
+    def read_slots(self) -> torch.Tensor:
+        """The slots the next forward attends over, [rows, width] (its width is what varies between decode shapes)."""
+        return self._read
+
+    @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 

@@ -88,6 +88,7 @@ class ModelRunner:
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.use_graphs = use_graphs and device.type == "cuda"
         self.padded = self.use_graphs or compile
+        self.compiled = compile
         """Decode steps run at bucket sizes (rows padded up), so graphs and compiled code see few shapes."""
         if compile:
             _allow_recompiles(len(self.buckets) * len(self.widths))
@@ -142,6 +143,11 @@ class ModelRunner:
 
     def _forward(self, bucket: int, width: int) -> torch.Tensor:
         mask = self.cache.decode_mode(self.positions[:bucket], width)
+        if self.compiled:
+            # The width varies only the gathered slots and the mask: compiled once per batch bucket with a symbolic
+            # width (measured on the CPU: buckets + 1 compilations instead of buckets x widths), graphs per width.
+            torch._dynamo.maybe_mark_dynamic(mask, 3)
+            torch._dynamo.maybe_mark_dynamic(self.cache.read_slots, 1)
         out = self.decode_model(
             input_ids=self.input_ids[:bucket],
             position_ids=self.positions[:bucket],
