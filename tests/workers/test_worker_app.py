@@ -347,6 +347,10 @@ def test_worker_metrics_show_memory_queue_batch_and_throughput(start_worker: Wor
     assert samples["tiered_worker_vram_reserved_bytes"] == 0
     assert samples["tiered_worker_queue_depth"] == 0 and samples["tiered_worker_batch_size"] == 0
     assert samples["tiered_worker_decode_tokens_total"] >= 15
+    blocks = memory(worker)
+    assert samples["tiered_worker_kv_block_size_tokens"] == blocks["block_size"] == 16
+    assert samples["tiered_worker_kv_blocks_total"] == blocks["blocks_total"] == 4 * 256 // 16
+    assert samples["tiered_worker_kv_blocks_free"] == blocks["blocks_free"] == blocks["blocks_total"]
     assert "tiered_worker_decode_tokens_per_second" in samples
 
 
