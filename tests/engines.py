@@ -12,6 +12,50 @@ from router.devtools.standin import Receive, Scope, Send, Standin, StandinSettin
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
+ITL = "vllm:inter_token_latency_seconds"
+"""vLLM's decode-step histogram since 0.11; `vllm:time_per_output_token_seconds` before."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """Running totals an engine's histograms hold since it started: decode steps (their count and seconds) and
+    finished requests (their count, prompt tokens, prefill seconds and generated tokens)."""
+
+    steps: int = 0
+    step_seconds: float = 0.0
+    finished: int = 0
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    generated_tokens: int = 0
+
+    def then(
+        self, steps: int, step_s: float, finished: int = 0, prompt: int = 0, prefill_s: float = 0.0, answer: int = 0
+    ) -> Served:
+        """These totals after `steps` more decode steps of `step_s` each and `finished` more requests of `prompt`
+        tokens, `prefill_s` seconds of prefill and `answer` generated tokens each."""
+        return Served(
+            self.steps + steps,
+            self.step_seconds + steps * step_s,
+            self.finished + finished,
+            self.prompt_tokens + finished * prompt,
+            self.prefill_seconds + finished * prefill_s,
+            self.generated_tokens + finished * answer,
+        )
+
+
+def histogram(name: str, series: list[tuple[str, float, int]], top: float) -> list[str]:
+    """A Prometheus histogram's lines: each series (its labels, sum and count) with every observation in the bucket
+    below `top`."""
+    lines = [f"# TYPE {name} histogram"]
+    for labels, total, count in series:
+        sep, braces = ("," if labels else ""), (f"{{{labels}}}" if labels else "")
+        lines += [
+            f'{name}_bucket{{{labels}{sep}le="{top}"}} {float(count)}',
+            f'{name}_bucket{{{labels}{sep}le="+Inf"}} {float(count)}',
+            f"{name}_count{braces} {float(count)}",
+            f"{name}_sum{braces} {float(total)}",
+        ]
+    return lines
 
 
 @dataclass
@@ -47,9 +91,11 @@ def vllm_pages(
     waiting: int = 0,
     max_model_len: int = 8192,
     engines: int = 1,
+    served: Served = Served(),
+    itl: str = ITL,
 ) -> dict[str, tuple[str, str]]:
-    """What `vllm serve` 0.10+ publishes: its metrics page (a few of its gauges, a histogram and process metrics
-    beside them, as a real page has) and its model list."""
+    """What `vllm serve` 0.10+ publishes: its metrics page (a few of its gauges, the histograms of `served` on
+    engine 0, the others' empty, and process metrics beside them, as a real page has) and its model list."""
     labels = [f'engine="{e}",model_name="{model}"' for e in range(engines)]
     gpu_blocks = "None" if blocks is None else str(blocks)
     lines = [
@@ -79,6 +125,14 @@ def vllm_pages(
         f'vllm:e2e_request_latency_seconds_bucket{{engine="0",le="+Inf",model_name="{model}"}} 3.0',
         f'vllm:e2e_request_latency_seconds_sum{{engine="0",model_name="{model}"}} 4.5',
     ]
+    per_engine = list(zip(labels, [served] + [Served()] * (engines - 1), strict=True))
+    lines += histogram(itl, [(lab, t.step_seconds, t.steps) for lab, t in per_engine], 80.0)
+    for name, field_, top in (
+        ("vllm:request_prompt_tokens", "prompt_tokens", max_model_len),
+        ("vllm:request_prefill_time_seconds", "prefill_seconds", 7680.0),
+        ("vllm:request_generation_tokens", "generated_tokens", max_model_len),
+    ):
+        lines += histogram(name, [(lab, getattr(t, field_), t.finished) for lab, t in per_engine], top)
     card = {
         "id": model,
         "object": "model",
@@ -103,8 +157,11 @@ def tgi_pages(
     batch_size: int = 0,
     max_total_tokens: int = 4096,
     max_concurrent_requests: int = 128,
+    max_batch_size: int | None = None,
+    served: Served = Served(),
 ) -> dict[str, tuple[str, str]]:
-    """What text-generation-launcher publishes: `/info` (TGI 3's, the backend's fields flattened in) and metrics."""
+    """What text-generation-launcher publishes: `/info` (TGI 3's, the backend's fields flattened in) and metrics
+    (`served`'s decode steps in the decode series of the batch histogram, beside a prefill series)."""
     info: dict[str, Any] = {
         "model_id": "Qwen/Qwen2.5-7B-Instruct",
         "model_sha": None,
@@ -125,7 +182,7 @@ def tgi_pages(
         "speculate": 0,
         "waiting_served_ratio": 0.3,
         "max_waiting_tokens": 20,
-        "max_batch_size": None,
+        "max_batch_size": max_batch_size,
         "support_chunking": True,
         "prefix_caching": True,
         "attention_impl": "flashinfer",
@@ -142,6 +199,13 @@ def tgi_pages(
         f"tgi_batch_current_max_tokens {batch_max_tokens}",
         "# TYPE tgi_request_count counter",
         "tgi_request_count 42",
+        *histogram(
+            "tgi_batch_inference_duration",
+            [('method="prefill"', 3.0, 10), ('method="decode"', served.step_seconds, served.steps)],
+            60.0,
+        ),
+        *histogram("tgi_request_generated_tokens", [("", served.generated_tokens, served.finished)], max_total_tokens),
+        *histogram("tgi_request_input_length", [("", served.prompt_tokens, served.finished)], max_total_tokens),
     ]
     return {"/info": (JSON, json.dumps(info)), "/metrics": (PROMETHEUS, "\n".join(lines) + "\n")}
 

@@ -30,7 +30,7 @@ from router.core.config import Config
 from router.core.heartbeat import WORKERS_PREFIX, Heartbeat
 from router.core.state import StateStore, StateUnavailable
 from router.dispatch.counters import Counters
-from router.dispatch.telemetry import adapter_for
+from router.dispatch.telemetry import TelemetryAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class Fleet:
     """Per record: the `at` it carried and the time it counts as taken."""
     counters: Counters | None = None
     """The dispatcher's, once it exists: rejections are exported as `tiered_router_discovery_rejected_total`."""
+    _adapters: dict[str, TelemetryAdapter] = field(default_factory=dict)
+    """Each polled tier's adapter, kept between polls: it averages an engine's counters over its recent readings."""
 
     @property
     def watched_tiers(self) -> list[str]:
@@ -245,8 +247,11 @@ class Fleet:
 
     async def _poll(self, tier: str) -> None:
         assert self.client is not None
-        adapter = adapter_for(self.config.tiers[tier])
-        assert adapter is not None
+        adapter = self._adapters.get(tier)
+        if adapter is None:
+            adapter = adapter_for(self.config.tiers[tier])
+            assert adapter is not None
+            self._adapters[tier] = adapter
         try:
             headers = self.tier_headers.get(tier, self.headers)
             raw = await adapter.read(self.client, headers, self.config.discovery.interval_s * 2)

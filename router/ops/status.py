@@ -101,6 +101,8 @@ class StatusReporter:
             return {}
         found: dict[str, list[dict[str, object]]] = {}
         for tier in self.fleet.watched_tiers:
+            source = self.fleet.config.tiers[tier].telemetry_source()
+            ours = source == "ours"
             for endpoint in self.fleet.endpoints(tier):
                 t = self.fleet.fresh(endpoint)
                 found.setdefault(tier, []).append(
@@ -109,6 +111,9 @@ class StatusReporter:
                         "source": endpoint.source,
                         "fresh": t is not None,
                         "free_bytes": t.free if t else None,
+                        # Other engines count their KV cache in tokens (router.dispatch.telemetry), or report no
+                        # memory at all (0 per token): the status page says which instead of drawing 0% used.
+                        "memory_unit": (None if not t or not t.kv_bytes_per_token else "bytes" if ours else "tokens"),
                         "total_bytes": t.total if t else None,
                         "budget": t.budget if t else None,
                         "reserved": t.reserved if t else None,
@@ -120,7 +125,7 @@ class StatusReporter:
                         "prefill_tokens_per_second": t.prefill_tokens_per_second if t else None,
                         # What a request with a short prompt would wait now (pre-flight's estimate).
                         "queue_wait_s": predicted_wait(t, 0, self.fleet.sent_since(endpoint)) if t else None,
-                        "telemetry": self.fleet.config.tiers[tier].telemetry_source(),
+                        "telemetry": source,
                         "note": t.note if t else None,
                     }
                 )

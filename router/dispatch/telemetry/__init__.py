@@ -1,11 +1,14 @@
 """Telemetry adapters: read a tier's serving engine (our workers, vLLM, TGI, Ollama) for pre-flight.
 
 Each adapter turns what its engine publishes into the shape of our workers' `/v1/memory` reading (`free`,
-`kv_bytes_per_token`, `queue_depth`, `running`, `queue_size`, `max_seq_len`, `total`, and a `note` saying how it
-was derived), which the fleet parses into `router.dispatch.fleet.Telemetry`. An engine that counts its KV cache in
-tokens, not bytes, is read with `kv_bytes_per_token: 1`: `free` and what a request needs are then both tokens.
-An engine that reports no memory at all is read with both at 0, so memory never refuses a request there (its
-context window and queue still count). Chosen per tier by `tiers.<name>.telemetry` (router.core.config).
+`kv_bytes_per_token`, `queue_depth`, `running`, `queue_size`, `max_seq_len`, `total`, the queue-wait figures the
+engine lets it derive (`step_seconds`, `prefill_tokens_per_second`, `mean_completion_tokens`, `max_batch_size`), and a
+`note` saying how it was derived), which the fleet parses into `router.dispatch.fleet.Telemetry`. The fleet keeps
+each tier's adapter between polls, so an adapter may average an engine's counters over its recent readings.
+An engine that counts its KV cache in tokens, not bytes, is read with `kv_bytes_per_token: 1`: `free` and what a
+request needs are then both tokens. An engine that reports no memory at all is read with both at 0, so memory never
+refuses a request there (its context window and queue still count). Chosen per tier by `tiers.<name>.telemetry`
+(router.core.config).
 """
 
 from router.dispatch.telemetry.base import Reading, TelemetryAdapter

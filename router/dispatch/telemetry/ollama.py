@@ -2,7 +2,9 @@
 
 Ollama publishes no free memory, KV cache or queue, so memory never refuses a request here; what it does tell is
 whether the tier's model is loaded (else the first request waits for the load), how much of it sits in VRAM (the
-rest runs on the CPU, much slower) and, since 0.6, its context length, which becomes the tier's window.
+rest runs on the CPU, much slower) and, since 0.6, its context length, which becomes the tier's window. Nor does
+it publish its queue (requests beyond `OLLAMA_NUM_PARALLEL` wait unseen) or any timing, so queue-aware routing
+cannot predict a wait there and never refuses it.
 """
 
 from __future__ import annotations

@@ -48,5 +48,20 @@ def named(samples: list[Sample], *names: str) -> list[Sample]:
     return []
 
 
+def histogram(samples: list[Sample], *names: str, **labels: str) -> tuple[float, float] | None:
+    """The running totals (`_sum`, `_count`) of the first of `names` the page has, over every series whose labels
+    include `labels` (several engines' series add up); None when the page has no such histogram."""
+    for name in names:
+        counts = [s for s in samples if s.name == f"{name}_count" and _has(s, labels)]
+        if counts:
+            sums = [s for s in samples if s.name == f"{name}_sum" and _has(s, labels)]
+            return sum(s.value for s in sums), sum(s.value for s in counts)
+    return None
+
+
+def _has(sample: Sample, labels: dict[str, str]) -> bool:
+    return all(sample.labels.get(k) == v for k, v in labels.items())
+
+
 def _unescape(value: str) -> str:
     return value.replace(r"\"", '"').replace(r"\n", "\n").replace("\\\\", "\\")
