@@ -1,7 +1,9 @@
 """The generation engine: one thread that batches every running request into shared decode steps.
 
 Requests are admitted (VRAM reserved, queue bounded) on the event loop, then join the batch at a step
-boundary: their prompt is prefilled into a free cache row and they take part in the next decode step.
+boundary: they get the cache blocks their prompt and max_tokens need and a batch row, their prompt is
+prefilled into those blocks, and they take part in the next decode step; their blocks go back to the
+pool when they end, however they end.
 Each step decodes one token for every running request at once. Out-of-memory errors are confined to
 the request that caused them. The engine knows nothing about HTTP; events reach the event loop
 through `RequestStream`.
@@ -24,6 +26,7 @@ import torch
 
 from workers.detokenize import IncrementalText
 from workers.grammar import GrammarMasks, TokenConstraint
+from workers.kv_cache import blocks_for
 from workers.ledger import VramExhausted, VramLedger
 from workers.pace import Pace
 from workers.processors import RowProcessors, StepLogprobs, TokenLogprob, host_logprobs, row_logprobs, take
@@ -187,7 +190,8 @@ class Engine:
         self._fault_hook = fault_hook
         self._pending: deque[RequestStream] = deque()
         self._rows: list[_Running] = []
-        self._column = 0
+        self._blocks: dict[RequestStream, list[int]] = {}
+        """The cache blocks each joined request owns, until it ends."""
         self._seq = itertools.count()
         self._wake = threading.Condition()
         self._stopping = False
@@ -278,41 +282,45 @@ class Engine:
                     self._pending.popleft()
                     self.ledger.release(stream.request.id)
                     continue
-                if not self._fits(stream.request):
-                    return  # waits until running requests finish
+                blocks = self._blocks_needed(stream.request)
+                allocator = self.cache.allocator
+                if blocks <= allocator.total and blocks > allocator.free:
+                    return  # waits until running requests finish (the ledger admitted it, so they will)
                 self._pending.popleft()
                 self.stats.queue_depth = len(self._pending)
-            self._join(stream)
+            if blocks > allocator.total:  # only when the ledger's budget outgrew the pool: refuse, never wait forever
+                free = allocator.free * self.cache.block_bytes
+                self._end(stream, Failed(VramExhausted(blocks * self.cache.block_bytes, free)))
+                continue
+            self._join(stream, allocator.allocate(blocks))
 
-    def _fits(self, request: GenerationRequest) -> bool:
-        """Right-aligned rows need max(remaining) + max(length) columns; all of them must fit the cache width."""
-        remaining = max([r.remaining for r in self._rows] + [request.max_tokens])
-        length = max([r.length for r in self._rows] + [len(request.prompt)])
-        return remaining + length <= self.max_len
+    def _blocks_needed(self, request: GenerationRequest) -> int:
+        """Its worst case, as the ledger reserved it: prompt and max_tokens, in whole blocks."""
+        return blocks_for(len(request.prompt) + request.max_tokens, self.cache.block_size)
 
-    def _join(self, stream: RequestStream) -> None:
+    def _join(self, stream: RequestStream, blocks: list[int]) -> None:
         request = stream.request
         n = len(request.prompt)
-        if not self._rows:
-            self._column = 0
-        if self._column < n:
-            self._shift(n - self._column)
-        row, start = len(self._rows), self._column - n
+        row = len(self._rows)
+        self._blocks[stream] = blocks
         try:  # a request's own settings must fail that request only, never the engine loop
             generator = generator_for(request.sampling, self.runner.device)
         except (ValueError, RuntimeError, OverflowError) as exc:
             self._end(stream, Failed(EngineError(f"invalid sampling settings: {exc}")))
             return
+        self.cache.assign(row, blocks)
         started = time.monotonic()
         try:
             if self._fault_hook:
                 self._fault_hook("prefill", [request.id])
-            logits = self.runner.prefill(row, start, request.prompt)
+            logits = self.runner.prefill(row, request.prompt)
         except torch.OutOfMemoryError:
+            self.cache.clear_row(row)
             self._out_of_memory([stream])
             return
         except Exception as exc:
             log.exception("prefill failed for %s", request.id)
+            self.cache.clear_row(row)
             self._end(stream, Failed(EngineError(f"prefill failed: {type(exc).__name__}")))
             return
         sampling = request.sampling
@@ -323,9 +331,6 @@ class Engine:
             bias=sampling.logit_bias,
             logprobs=sampling.logprobs,
         )
-        mask = self.runner.mask
-        mask[row] = False
-        mask[row, :, :, start : self._column] = True
         running = _Running(
             stream=stream,
             text=IncrementalText(self.tokenizer, request.stop),
@@ -350,36 +355,33 @@ class Engine:
         self._sweep()
         if not self._rows:
             return
-        if self._column >= self.max_len:
-            self._shift(max(r.length for r in self._rows) - self._column)
         rows = len(self._rows)
         self.runner.input_ids[:rows, 0].copy_(torch.tensor([r.last_token for r in self._rows]))
         self.runner.positions[:rows, 0].copy_(torch.tensor([r.length for r in self._rows]))
         self._stepped_at = time.monotonic()
-        step = self._launch(self._column, ahead=0)
+        step = self._launch(ahead=0)
         while step is not None:
             queued = None
             if self._can_chain():
                 self.runner.input_ids[:rows, 0].copy_(step.tokens)
                 self.runner.positions[:rows] += 1
-                queued = self._launch(self._column + 1, ahead=1, prior=step)
+                queued = self._launch(ahead=1, prior=step)
             self._consume(step)
             step = queued
         self._sweep()
 
-    def _launch(self, column: int, ahead: int, prior: _Step | None = None) -> _Step | None:
-        """Queue one decode step writing `column` for every running row; None after an out-of-memory error.
+    def _launch(self, ahead: int, prior: _Step | None = None) -> _Step | None:
+        """Queue one decode step for every running row, each at its position (`ahead` past its length); None after
+        an out-of-memory error.
 
         `prior`: the step still to be consumed (this one runs ahead of it); grammars then advance by its tokens
         while the device runs this step's forward pass, before this step's masks are filled."""
         rows = len(self._rows)
-        bucket = self.runner.bucket_for(rows) if self.runner.padded else rows
-        self.runner.mask[:bucket, :, :, column] = True
-        self.cache.column.fill_(column)
+        longest = max(r.length for r in self._rows) + ahead + 1
         try:
             if self._fault_hook:
                 self._fault_hook("decode", [r.request.id for r in self._rows])
-            logits = self.runner.decode(rows)
+            logits = self.runner.decode(rows, longest)
             if prior is not None:
                 self._advance_grammars(prior)
             tokens, logprobs = self._sample(logits, self._rows, ahead, start=0)
@@ -406,14 +408,9 @@ class Engine:
                 running.grammar_ahead = True
 
     def _can_chain(self) -> bool:
-        return (
-            not self._pending
-            and self._column + 1 < self.max_len
-            and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
-        )
+        return not self._pending and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
 
     def _consume(self, step: _Step) -> None:
-        self._column += 1
         tokens = step.host_tokens()
         host = host_logprobs(step.logprobs)
         for i, (running, token) in enumerate(zip(self._rows, tokens, strict=True)):
@@ -481,8 +478,13 @@ class Engine:
         running.done = True
 
     def _end(self, stream: RequestStream, event: Event) -> None:
-        self.ledger.release(stream.request.id)
+        self._release(stream)
         stream.emit(event)
+
+    def _release(self, stream: RequestStream) -> None:
+        """Its blocks back to the pool, then its reservation (so the ledger never promises blocks still held)."""
+        self.cache.allocator.release(self._blocks.pop(stream, []))
+        self.ledger.release(stream.request.id)
 
     def _sweep(self) -> None:
         """Drop finished and cancelled rows, keeping the running ones in rows [0, n)."""
@@ -490,32 +492,20 @@ class Engine:
         while i < len(self._rows):
             running = self._rows[i]
             if running.stream.cancelled and not running.done:
-                self.ledger.release(running.request.id)
+                self._release(running.stream)
                 running.done = True
             if not running.done:
                 i += 1
                 continue
             last = len(self._rows) - 1
-            if i != last:
+            if i != last:  # the last row's sequence takes this row: a block-table row moves, no KV data
                 self.cache.move_row(last, i)
                 self.processors.move_row(last, i)
-                self.runner.mask[i] = self.runner.mask[last]
                 self._rows[i] = self._rows[last]
+            else:
+                self.cache.clear_row(last)
             self._rows.pop()
         self.stats.running = len(self._rows)
-
-    def _shift(self, by: int) -> None:
-        rows = len(self._rows)
-        self.cache.shift(rows, by)
-        mask = self.runner.mask[:rows]
-        width = self.max_len - abs(by)
-        if by > 0:
-            mask[:, :, :, by:] = mask[:, :, :, :width].clone()
-            mask[:, :, :, :by] = False
-        elif by < 0:
-            mask[:, :, :, :width] = mask[:, :, :, -by:].clone()
-            mask[:, :, :, width:] = False
-        self._column += by
 
     def _out_of_memory(self, victims: list[RequestStream]) -> None:
         """Free the victims' cache and reservation, empty the allocator cache, keep a wider margin."""

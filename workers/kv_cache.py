@@ -1,10 +1,18 @@
-"""A static, slot-based KV cache that batches sequences of different lengths without copying per step.
+"""A paged KV cache: fixed-size blocks handed out through a block table, read by static-shape decode steps.
 
-Every layer owns two preallocated buffers `[max_batch, kv_heads, max_len, head_dim]`. Each running
-sequence owns one row. Sequences are right-aligned on a shared write column: a decode step writes
-every row's new key/value at the same column `t` and attends over the whole width, with a boolean
-mask hiding each row's unused left part. A step therefore has the same shapes whatever the lengths,
-which is what lets one CUDA graph per batch-size bucket replay it.
+Every layer owns one pool of key slots and one of value slots, `[num_blocks * block_size, kv_heads,
+head_dim]`. A sequence owns whole blocks (a list of block ids, `BlockAllocator`); the device-side block
+table `[max_batch, blocks_per_seq]` maps each batch row's token position p to the slot
+`table[row, p // block_size] * block_size + p % block_size`. A 300-token chat thus holds about 300
+tokens of memory instead of a whole `max_seq_len` row, and rows leaving the batch move a table row,
+never KV data.
+
+Decode steps keep static shapes, as CUDA graphs need (as vLLM does): every step of a (batch bucket,
+width) pair reads the same buffers. Each row writes its new key/value at the slot of its own position
+and attends over the slots of positions [0, width), gathered through the table, with a mask
+`position >= p` built on the device from the runner's static `positions`. Block 0 is never handed out:
+it is the scratch block that rows beyond the live ones (a bucket is padded up) and table entries past a
+sequence's own blocks point at, so a padded step writes and reads only memory nobody owns.
 
 The model calls `update()` from each attention layer; the runner sets the mode before each forward.
 """
@@ -16,8 +24,38 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+SCRATCH_BLOCK = 0
 
-class SlotKVCache(Cache):
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    """Blocks that hold `tokens` tokens (rounded up)."""
+    return -(-tokens // block_size)
+
+
+class BlockAllocator:
+    """The host-side free list of block ids. Used from the engine thread only."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.total = num_blocks - 1
+        """Blocks a sequence may own: all but the scratch block."""
+        self._free = list(range(num_blocks - 1, SCRATCH_BLOCK, -1))
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise MemoryError(f"{n} blocks wanted, {len(self._free)} free")
+        taken = self._free[-n:] if n else []
+        del self._free[len(self._free) - n :]
+        return taken
+
+    def release(self, blocks: list[int]) -> None:
+        self._free.extend(blocks)
+
+
+class PagedKVCache(Cache):
     def __init__(
         self,
         *,
@@ -28,31 +66,86 @@ class SlotKVCache(Cache):
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        num_blocks: int,
+        block_size: int = 16,
     ) -> None:
         super().__init__(layers=[])
-        shape = (max_batch, kv_heads, max_len, head_dim)
+        if num_blocks < 2:
+            raise ValueError("a paged cache needs the scratch block and at least one more")
+        slots = num_blocks * block_size
+        # Zeros, not empty: a masked-out slot's value still meets a zero attention weight, and 0 x NaN is NaN.
+        shape = (slots, kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.max_batch = max_batch
         self.max_len = max_len
-        self.column = torch.zeros(1, dtype=torch.long, device=device)
-        """The shared write column of a decode step (a tensor, so a captured graph reads it)."""
-        self._prefill: tuple[int, int, int, int] | None = None
-        self._bucket = 1
+        """The longest sequence one row holds (prompt and generation): a per-request limit, not a row's memory."""
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.blocks_per_seq = blocks_for(max_len, block_size)
+        self.device = torch.device(device)
+        self.table = torch.full((max_batch, self.blocks_per_seq), SCRATCH_BLOCK, dtype=torch.long, device=device)
+        self.allocator = BlockAllocator(num_blocks)
+        self._offsets = torch.arange(block_size, device=device)
+        self._write = torch.zeros(0, dtype=torch.long, device=device)
+        """Slots the next forward writes, one per new token."""
+        self._read = torch.zeros((0, 0), dtype=torch.long, device=device)
+        """Slots the next forward attends over, [rows, width]."""
+
+    @property
+    def read_slots(self) -> torch.Tensor:
+        """The slots the next forward attends over, [rows, width] (its width is what varies between decode shapes)."""
+        return self._read
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
-    def prefill_mode(self, row: int, start: int, offset: int, length: int) -> None:
-        """The next forward writes `length` prompt tokens into `row` at [start+offset, start+offset+length)
-        and attends over the whole prompt so far, [start, start+offset+length) (chunked prefill)."""
-        self._prefill = (row, start, offset, length)
+    @property
+    def block_bytes(self) -> int:
+        return self.nbytes // self.num_blocks
 
-    def decode_mode(self, bucket: int) -> None:
-        """The next forward is one step for rows [0, bucket), writing at `self.column`."""
-        self._prefill = None
-        self._bucket = bucket
+    # --- block table (host side, between steps) --------------------------------------------------------
+
+    def assign(self, row: int, blocks: list[int]) -> None:
+        """Give `row` these blocks, in position order (a host-to-device copy: call it between steps)."""
+        self.table[row].fill_(SCRATCH_BLOCK)
+        if blocks:
+            self.table[row, : len(blocks)].copy_(torch.tensor(blocks, dtype=torch.long))
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Row `src`'s sequence becomes row `dst`'s; `src` points at the scratch block again."""
+        self.table[dst].copy_(self.table[src])
+        self.table[src].fill_(SCRATCH_BLOCK)
+
+    def clear_row(self, row: int) -> None:
+        self.table[row].fill_(SCRATCH_BLOCK)
+
+    # --- modes (set by the runner before each forward) -------------------------------------------------
+
+    def _slots(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The slot of each (row, position): both broadcast together; computed on the device."""
+        blocks = self.table[rows, torch.div(positions, self.block_size, rounding_mode="floor")]
+        return blocks * self.block_size + positions % self.block_size
+
+    def prefill_mode(self, row: int, offset: int, length: int) -> None:
+        """The next forward writes `length` prompt tokens of `row` at positions [offset, offset+length) and
+        attends over positions [0, offset+length) (chunked prefill)."""
+        seen = torch.arange(offset + length, device=self.device)
+        slots = self._slots(torch.tensor(row, device=self.device), seen)
+        self._write = slots[offset:]
+        self._read = slots[None]
+
+    def decode_mode(self, positions: torch.Tensor, width: int) -> torch.Tensor:
+        """The next forward is one step for rows [0, len(positions)), each at its own position (`positions`,
+        [rows, 1], on the device): it writes that position's slot and attends over positions [0, width).
+        Returns the attention mask, [rows, 1, 1, width]. Only device operations, so a graph captures them."""
+        rows = positions.shape[0]
+        index = torch.arange(rows, device=self.device)[:, None]
+        self._write = self._slots(index, positions).view(rows)
+        span = torch.arange(width, device=self.device)[None, :]
+        self._read = self._slots(index, span)
+        return (span <= positions).view(rows, 1, 1, width)
 
     def update(
         self,
@@ -62,33 +155,13 @@ class SlotKVCache(Cache):
         *args: Any,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values ([rows, kv_heads, tokens, head_dim]) and return those to attend over,
+        [rows, kv_heads, width, head_dim], gathered from the pool."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self._prefill is not None:
-            row, start, offset, length = self._prefill
-            end = start + offset + length
-            keys[row : row + 1, :, start + offset : end].copy_(key_states)
-            values[row : row + 1, :, start + offset : end].copy_(value_states)
-            return keys[row : row + 1, :, start:end], values[row : row + 1, :, start:end]
-        k, v = keys[: self._bucket], values[: self._bucket]
-        k.index_copy_(2, self.column, key_states)
-        v.index_copy_(2, self.column, value_states)
-        return k, v
+        # A prefill's new tokens are one row's; a decode step's are one per row: either way, one per slot.
+        keys.index_copy_(0, self._write, key_states.transpose(1, 2).reshape(-1, *keys.shape[1:]))
+        values.index_copy_(0, self._write, value_states.transpose(1, 2).reshape(-1, *values.shape[1:]))
+        return keys[self._read].transpose(1, 2), values[self._read].transpose(1, 2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # callers always pass position ids; lengths live in the scheduler
-
-    def move_row(self, src: int, dst: int) -> None:
-        for buf in (*self.keys, *self.values):
-            buf[dst].copy_(buf[src])
-
-    def shift(self, rows: int, by: int) -> None:
-        """Move rows [0, rows) `by` columns right (by > 0) or left (by < 0)."""
-        if by == 0 or rows == 0:
-            return
-        width = self.max_len - abs(by)
-        for buf in (*self.keys, *self.values):
-            view = buf[:rows]
-            if by > 0:
-                view[:, :, by:] = view[:, :, :width].clone()
-            else:
-                view[:, :, :width] = view[:, :, -by:].clone()

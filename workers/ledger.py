@@ -1,7 +1,8 @@
 """The VRAM ledger: what each in-flight request may use of the KV-cache budget, reserved up front.
 
-A request reserves its worst case, (prompt tokens + max_tokens) x KV bytes per token, when it is
-admitted, and releases it when it ends however it ends. A request that does not fit is refused at
+A request reserves its worst case, (prompt tokens + max_tokens) rounded up to whole cache blocks x KV
+bytes per token, when it is admitted (the paged cache hands out whole blocks), and releases it when it
+ends however it ends. A request that does not fit is refused at
 once with the bytes it needs and the bytes free, so the router can send it elsewhere before any
 out-of-memory error. Thread-safe: the engine thread releases, the event loop reserves.
 """
@@ -37,6 +38,12 @@ class MemorySnapshot:
     margin: int
     kv_bytes_per_token: int
     in_flight: int
+    block_size: int = 1
+    """Tokens per cache block: a request takes (prompt + max_tokens) rounded up to this."""
+    blocks_total: int = 0
+    """Blocks of the budget (budget // block bytes)."""
+    blocks_free: int = 0
+    """Blocks a new request may still reserve (free // block bytes)."""
 
 
 class VramLedger:
@@ -49,9 +56,11 @@ class VramLedger:
         pool_bytes: int,
         budget_fraction: float,
         margin_bytes: int,
+        block_size: int = 1,
     ) -> None:
         self.probe = probe
         self.kv_bytes_per_token = kv_bytes_per_token
+        self.block_size = block_size
         self.fixed_bytes = fixed_bytes
         self.pool_bytes = pool_bytes
         self.budget_fraction = budget_fraction
@@ -65,7 +74,8 @@ class VramLedger:
         return max(0, min(by_device, self.pool_bytes))
 
     def bytes_for(self, tokens: int) -> int:
-        return tokens * self.kv_bytes_per_token
+        blocks = -(-tokens // self.block_size)
+        return blocks * self.block_size * self.kv_bytes_per_token
 
     def reserve(self, request_id: str, tokens: int) -> int:
         needed = self.bytes_for(tokens)
@@ -88,20 +98,26 @@ class VramLedger:
     def snapshot(self) -> MemorySnapshot:
         with self._lock:
             reserved = sum(self._reservations.values())
-            ledger_free = max(0, self.budget - reserved)
+            budget = self.budget
+            ledger_free = max(0, budget - reserved)
             device_free = max(0, self.probe.free_bytes() - self.margin)
+            free = min(ledger_free, device_free)
+            block_bytes = self.block_size * self.kv_bytes_per_token
             return MemorySnapshot(
                 device=self.probe.kind,
                 total=self.probe.total_bytes(),
-                budget=self.budget,
+                budget=budget,
                 fixed=self.fixed_bytes,
                 reserved=reserved,
-                free=min(ledger_free, device_free),
+                free=free,
                 ledger_free=ledger_free,
                 device_free=device_free,
                 margin=self.margin,
                 kv_bytes_per_token=self.kv_bytes_per_token,
                 in_flight=len(self._reservations),
+                block_size=self.block_size,
+                blocks_total=budget // block_bytes,
+                blocks_free=free // block_bytes,
             )
 
     def _free_locked(self) -> int:

@@ -1,8 +1,13 @@
 """Runs the model: one prompt's prefill, and batched decode steps eagerly or from captured CUDA graphs.
 
-The decode step's inputs live in static buffers (token ids, positions, the attention mask, the
-write column); a CUDA graph per batch-size bucket is captured over them once at start-up and
-replayed each step. Plain eager decoding is bound by CPU launch overhead; replaying a graph is not.
+The decode step's inputs live in static buffers (token ids, positions) and the cache's block table; a
+CUDA graph per (batch bucket, width bucket) is captured over them once at start-up and replayed each
+step. The slots each row writes and reads, and its attention mask, are computed inside the graph from
+those buffers, so nothing about a step's lengths needs a new graph. Plain eager decoding is bound by CPU
+launch overhead; replaying a graph is not.
+
+The width is how many positions a step attends over: the smallest width bucket holding the longest live
+sequence, so a batch of short chats reads a few hundred slots per row, not `max_seq_len`.
 """
 
 from __future__ import annotations
@@ -10,12 +15,12 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from workers.kv_cache import SlotKVCache
+from workers.kv_cache import PagedKVCache
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,18 @@ def batch_buckets(max_batch: int) -> list[int]:
     return buckets
 
 
+def width_buckets(max_len: int, block_size: int, smallest: int = 256) -> list[int]:
+    """smallest, 2 x smallest, ... below `max_len`, then `max_len`; all rounded up to whole blocks. Doubling keeps
+    the graph count logarithmic while a step never reads more than twice the slots it needs."""
+    top = -(-max_len // block_size) * block_size
+    widths, w = [], max(block_size, -(-smallest // block_size) * block_size)
+    while w < top:
+        widths.append(w)
+        w *= 2
+    widths.append(top)
+    return widths
+
+
 def cache_kwarg(model: Any) -> str:
     """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.2x on, where
     `past_key_values` is deprecated (removed in 5.40); `past_key_values` before that."""
@@ -41,11 +58,19 @@ class GraphStats:
     buckets: list[int]
     pool_bytes: int
     capture_seconds: float
+    widths: list[int] = field(default_factory=list)
 
 
 class ModelRunner:
     def __init__(
-        self, model: Any, cache: SlotKVCache, *, use_graphs: bool, prefill_chunk: int = 512, compile: bool = False
+        self,
+        model: Any,
+        cache: PagedKVCache,
+        *,
+        use_graphs: bool,
+        prefill_chunk: int = 512,
+        compile: bool = False,
+        smallest_width: int = 256,
     ) -> None:
         self.prefill_chunk = prefill_chunk
         self.model = model
@@ -53,23 +78,26 @@ class ModelRunner:
         # into far fewer kernels; prefill stays on the plain modules (its shapes vary).
         self.decode_model = torch.compile(model, dynamic=False) if compile else model
         self.cache = cache
-        device = cache.column.device
+        device = cache.device
         self.device = device
-        batch, width = cache.max_batch, cache.max_len
+        batch = cache.max_batch
         self.input_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((batch, 1), dtype=torch.long, device=device)
-        self.mask = torch.zeros((batch, 1, 1, width), dtype=torch.bool, device=device)
         self.buckets = batch_buckets(batch)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.widths = width_buckets(cache.max_len, cache.block_size, smallest_width)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.use_graphs = use_graphs and device.type == "cuda"
         self.padded = self.use_graphs or compile
+        self.compiled = compile
         """Decode steps run at bucket sizes (rows padded up), so graphs and compiled code see few shapes."""
+        if compile:
+            _allow_recompiles(len(self.buckets) * len(self.widths))
         self.graph_stats: GraphStats | None = None
         self._cache_kwarg = cache_kwarg(model)
 
     @torch.inference_mode()
-    def prefill(self, row: int, start: int, prompt: list[int]) -> torch.Tensor:
-        """Write the prompt's keys/values into `row` at [start, start+len) and return last-position logits.
+    def prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
+        """Write the prompt's keys/values into `row`'s blocks (assigned before) and return last-position logits.
 
         Long prompts go through in chunks of `prefill_chunk` tokens, each attending to all before it, so the
         activations a 4k-token prompt needs stay those of one chunk.
@@ -81,7 +109,7 @@ class ModelRunner:
             positions = torch.arange(offset, offset + length, device=self.device).unsqueeze(0)
             seen = torch.arange(offset + length, device=self.device)
             causal = (seen[None, :] <= positions[0, :, None])[None, None]
-            self.cache.prefill_mode(row, start, offset, length)
+            self.cache.prefill_mode(row, offset, length)
             out = self.model(
                 input_ids=ids[:, offset : offset + length],
                 position_ids=positions,
@@ -98,21 +126,32 @@ class ModelRunner:
     def bucket_for(self, rows: int) -> int:
         return next(b for b in self.buckets if b >= rows)
 
+    def width_for(self, tokens: int) -> int:
+        """The width bucket a step needs when its longest row holds `tokens` positions (the new one included)."""
+        return next(w for w in self.widths if w >= tokens)
+
     @torch.inference_mode()
-    def decode(self, rows: int) -> torch.Tensor:
-        """One step for rows [0, rows): inputs already in the static buffers; returns logits [rows, vocab]."""
+    def decode(self, rows: int, tokens: int) -> torch.Tensor:
+        """One step for rows [0, rows), whose longest holds `tokens` positions after it: inputs already in the
+        static buffers; returns logits [rows, vocab]."""
+        width = self.width_for(tokens)
         if self.use_graphs:
-            graph, logits = self._graphs[self.bucket_for(rows)]
+            graph, logits = self._graphs[(self.bucket_for(rows), width)]
             graph.replay()
             return logits[:rows].float()
-        return self._forward(self.bucket_for(rows) if self.padded else rows)[:rows].float()
+        return self._forward(self.bucket_for(rows) if self.padded else rows, width)[:rows].float()
 
-    def _forward(self, bucket: int) -> torch.Tensor:
-        self.cache.decode_mode(bucket)
+    def _forward(self, bucket: int, width: int) -> torch.Tensor:
+        mask = self.cache.decode_mode(self.positions[:bucket], width)
+        if self.compiled:
+            # The width varies only the gathered slots and the mask: compiled once per batch bucket with a symbolic
+            # width (measured on the CPU: buckets + 1 compilations instead of buckets x widths), graphs per width.
+            torch._dynamo.maybe_mark_dynamic(mask, 3)
+            torch._dynamo.maybe_mark_dynamic(self.cache.read_slots, 1)
         out = self.decode_model(
             input_ids=self.input_ids[:bucket],
             position_ids=self.positions[:bucket],
-            attention_mask=self.mask[:bucket],
+            attention_mask=mask,
             use_cache=True,
             **{self._cache_kwarg: self.cache},
         )
@@ -121,39 +160,48 @@ class ModelRunner:
 
     @torch.inference_mode()
     def capture_graphs(self) -> GraphStats:
-        """Capture one decode graph per bucket, sharing one memory pool; measure what they cost."""
+        """Capture one decode graph per (batch bucket, width bucket), sharing one memory pool; measure the cost."""
         if not self.use_graphs:
             self.graph_stats = GraphStats([], 0, 0.0)
             return self.graph_stats
         started = time.monotonic()
         torch.cuda.synchronize()
         before = torch.cuda.memory_reserved(self.device)
-        # Capture writes garbage at the last column of every row; nothing lives there before serving.
-        self.cache.column.fill_(self.cache.max_len - 1)
-        self.mask[:, :, :, -1] = True
+        # Capture runs with every row on the scratch block (no sequence is assigned yet) at position 0.
+        self.positions.zero_()
+        shapes = [(b, w) for b in self.buckets for w in self.widths]
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            for bucket in self.buckets:
+            for bucket, width in shapes:
                 for _ in range(2):
-                    self._forward(bucket)
+                    self._forward(bucket, width)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        for bucket in reversed(self.buckets):  # largest first, so smaller graphs reuse its pool blocks
+        # Largest first (most rows x widest), so smaller graphs reuse its pool blocks.
+        for bucket, width in sorted(shapes, key=lambda s: (s[0] * s[1], s), reverse=True):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                logits = self._forward(bucket)
-            self._graphs[bucket] = (graph, logits)
+                logits = self._forward(bucket, width)
+            self._graphs[(bucket, width)] = (graph, logits)
         torch.cuda.synchronize()
-        self.mask.zero_()
-        self.cache.column.zero_()
         pool_bytes = torch.cuda.memory_reserved(self.device) - before
-        self.graph_stats = GraphStats(list(self.buckets), pool_bytes, time.monotonic() - started)
+        self.graph_stats = GraphStats(list(self.buckets), pool_bytes, time.monotonic() - started, list(self.widths))
         log.info(
-            "captured %d decode graphs (buckets %s) in %.1fs: %.1f MB",
-            len(self.buckets),
+            "captured %d decode graphs (buckets %s x widths %s) in %.1fs: %.1f MB",
+            len(shapes),
             self.buckets,
+            self.widths,
             self.graph_stats.capture_seconds,
             pool_bytes / 1e6,
         )
         return self.graph_stats
+
+
+def _allow_recompiles(shapes: int) -> None:
+    """torch.compile with static shapes compiles once per decode shape; dynamo stops at a small limit (then falls
+    back to eager for the rest), so raise it to the number of shapes this runner uses."""
+    config: Any = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(int(getattr(config, name)), shapes + 8))

@@ -1,4 +1,4 @@
-"""Assemble a worker: load the model, size the KV cache to the memory budget, capture graphs, open the ledger.
+"""Assemble a worker: load the model, size the paged KV cache to the memory budget, capture graphs, open the ledger.
 
 Blocking; runs in a thread from the app's lifespan. The order matters: the cache is sized from what is
 left after the weights, and the fixed cost is measured after the graphs exist, so the ledger counts them.
@@ -16,7 +16,7 @@ from router.core.workers import WorkerConfig
 from workers import nf4_kernels
 from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
-from workers.kv_cache import SlotKVCache
+from workers.kv_cache import PagedKVCache, blocks_for
 from workers.ledger import VramLedger
 from workers.loader import LoadedModel, attention_shape, load_model, prepare_compile_cache
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
@@ -37,21 +37,47 @@ def choose_probe(worker: WorkerConfig, device: str) -> MemoryProbe:
     return HostProbe()
 
 
+def graph_allowance(worker: WorkerConfig, loaded: LoadedModel, width: int) -> int:
+    """What to keep aside for the decode graphs' memory pool: a base, and the widest step's transient, one layer's
+    worth (the pool reuses it layer after layer) for max_batch_size rows of `width` slots: the keys and values
+    gathered from the cache and a contiguous copy of them (4 x kv_heads), and, where attention repeats grouped
+    KV heads for every query head (sdpa with a mask under torch.compile), the repeated ones (2 x heads). That is
+    an upper bound; the real pool is measured after capture and counted in the fixed cost."""
+    layers, kv_heads, head_dim = attention_shape(loaded.model.config)
+    heads = int(loaded.model.config.num_attention_heads)
+    element = loaded.kv_bytes_per_token // (2 * layers * kv_heads * head_dim)
+    per_slot = (4 * kv_heads + 2 * heads) * head_dim * element
+    return GRAPH_ALLOWANCE + worker.max_batch_size * width * per_slot
+
+
 def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, used: int) -> tuple[int, int]:
-    """(rows, width): the most of max_batch_size x max_seq_len that fits the budget next to what is used."""
+    """(blocks, width): the paged pool's block count (the scratch block included) that fits the budget next to
+    what is used, and the longest sequence a request may hold.
+
+    No more blocks than max_batch_size full-length sequences could ever use; at least one full-length sequence."""
     width = min(worker.max_seq_len, loaded.max_positions)
+    per_seq = blocks_for(width, worker.block_size)
+    block_bytes = worker.block_size * loaded.kv_bytes_per_token
     available = int(probe.total_bytes() * worker.vram.budget_fraction) - used - worker.vram.safety_margin_bytes
     if loaded.device.startswith("cuda"):
-        available -= GRAPH_ALLOWANCE
-    rows = min(worker.max_batch_size, max(0, available) // (width * loaded.kv_bytes_per_token))
-    if rows < 1:
+        available -= graph_allowance(worker, loaded, width)
+    usable = min(worker.max_batch_size * per_seq, max(0, available) // block_bytes - 1)
+    if usable < per_seq:
         raise RuntimeError(
-            f"no room for a KV cache of one {width}-token sequence ({width * loaded.kv_bytes_per_token} bytes): "
+            f"no room for a KV cache of one {width}-token sequence ({per_seq * block_bytes} bytes): "
             f"{available} bytes of the budget are left after the weights; lower max_seq_len or raise budget_fraction"
         )
-    if rows < worker.max_batch_size:
-        log.warning("memory budget fits %d of %d batch rows at %d tokens", rows, worker.max_batch_size, width)
-    return rows, width
+    if usable < worker.max_batch_size * per_seq:
+        log.info(
+            "memory budget fits %d KV blocks of %d tokens: %d full %d-token sequences, or %d of %d rows at 300 tokens",
+            usable,
+            worker.block_size,
+            usable // per_seq,
+            width,
+            min(worker.max_batch_size, usable // blocks_for(300, worker.block_size)),
+            worker.max_batch_size,
+        )
+    return usable + 1, width
 
 
 def build_service(
@@ -71,11 +97,19 @@ def build_service(
     probe = probe or choose_probe(worker, loaded.device)
     probe.allocated(loaded.weight_bytes)
     used = probe.total_bytes() - probe.free_bytes() if probe.kind != "host" else loaded.weight_bytes
-    rows, width = size_cache(worker, probe, loaded, used)
+    blocks, width = size_cache(worker, probe, loaded, used)
     layers, kv_heads, head_dim = attention_shape(loaded.model.config)
     dtype = getattr(torch, loaded.dtype)
-    cache = SlotKVCache(
-        layers=layers, max_batch=rows, kv_heads=kv_heads, max_len=width, head_dim=head_dim, dtype=dtype, device=device
+    cache = PagedKVCache(
+        layers=layers,
+        max_batch=worker.max_batch_size,
+        kv_heads=kv_heads,
+        max_len=width,
+        head_dim=head_dim,
+        dtype=dtype,
+        device=device,
+        num_blocks=blocks,
+        block_size=worker.block_size,
     )
     probe.allocated(cache.nbytes)
     runner = ModelRunner(
@@ -89,19 +123,23 @@ def build_service(
         probe,
         kv_bytes_per_token=loaded.kv_bytes_per_token,
         fixed_bytes=fixed,
-        pool_bytes=cache.nbytes,
+        pool_bytes=cache.allocator.total * cache.block_bytes,  # the scratch block is no request's
         budget_fraction=worker.vram.budget_fraction,
         margin_bytes=worker.vram.safety_margin_bytes,
+        block_size=worker.block_size,
     )
     engine = Engine(
         runner, loaded.tokenizer, ledger, eos_ids=_eos_ids(loaded), queue_size=worker.queue_size, fault_hook=fault_hook
     )
     log.info(
-        "'%s' worker: %d rows x %d tokens of KV cache (%.1f MB), fixed cost %.1f MB (graphs %.1f MB), %s",
+        "'%s' worker: %d KV blocks of %d tokens (%.1f MB) for up to %d sequences of at most %d tokens, "
+        "fixed cost %.1f MB (graphs %.1f MB), %s",
         tier,
-        rows,
-        width,
+        blocks - 1,
+        worker.block_size,
         cache.nbytes / 1e6,
+        worker.max_batch_size,
+        width,
         fixed / 1e6,
         graphs.pool_bytes / 1e6,
         "CUDA graphs" if runner.use_graphs else "eager decoding",
@@ -110,7 +148,7 @@ def build_service(
     return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger, grammar)
 
 
-def _fixed_cost(probe: MemoryProbe, loaded: LoadedModel, cache: SlotKVCache, graph_bytes: int) -> int:
+def _fixed_cost(probe: MemoryProbe, loaded: LoadedModel, cache: PagedKVCache, graph_bytes: int) -> int:
     """What the worker holds besides the KV cache: on a real device, all it uses (weights, context, graph pools)."""
     if isinstance(probe, CudaProbe):
         return probe.total_bytes() - probe.free_bytes() - cache.nbytes

@@ -62,8 +62,13 @@ class WorkerConfig(Strict, frozen=True):
     max_tokens_default: Positive = 256
     max_tokens_cap: Positive = 2048
     max_seq_len: Annotated[int, Meta(ge=16)] = 4096
-    """Longest sequence (prompt + generation) one request may use."""
+    """Longest sequence (prompt + generation) one request may use: a per-request limit. The KV cache is paged, so
+    a request holds memory for its own prompt and max_tokens only."""
     max_batch_size: Positive = 16
+    """Most sequences decoded together (the block table's rows, the largest decode graph). How many fit in
+    memory at once is the paged cache's business: its block count comes from the memory budget."""
+    block_size: Annotated[int, Meta(ge=1, le=1024)] = 16
+    """Tokens per KV-cache block: requests take (prompt + max_tokens) rounded up to whole blocks."""
     prefill_chunk: Positive = 512
     """Prompts are prefilled this many tokens at a time, which bounds the activation memory of long prompts."""
     queue_size: Annotated[int, Meta(ge=0)] = 64

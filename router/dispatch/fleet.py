@@ -65,6 +65,8 @@ class Telemetry:
     """Tokens a recently finished request generated, on average: how long a batch slot stays taken."""
     note: str = ""
     """How an engine's reading was derived (e.g. a KV-cache usage fraction into tokens), shown in `/ready`."""
+    block_size: int = 1
+    """Tokens per KV-cache block: the worker reserves whole blocks (workers.ledger)."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], received_at: float) -> Telemetry | None:
@@ -88,6 +90,7 @@ class Telemetry:
                 prefill_tokens_per_second=_float_or_none(raw.get("prefill_tokens_per_second")),
                 mean_completion_tokens=_float_or_none(raw.get("mean_completion_tokens")),
                 note=str(raw.get("note", "")),
+                block_size=max(1, int(raw.get("block_size") or 1)),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -4,8 +4,9 @@ First its context window: a request whose prompt (the router's estimate) and max
 window (the worker's reported `max_seq_len`, else the tier's `context_window`) is skipped, whatever the
 freshness of the reading (a worker's window does not change while it runs).
 
-Then its memory: a request needs (prompt tokens + the tokens it may generate) x the tier's KV bytes per
-token, the same worst case the worker's VRAM ledger reserves on admission (workers.ledger). A worker whose fresh
+Then its memory: a request needs (prompt tokens + the tokens it may generate), rounded up to the worker's
+KV-cache blocks, x the tier's KV bytes per token: the same worst case the worker's VRAM ledger reserves on
+admission (workers.ledger). A worker whose fresh
 telemetry shows less free memory than that (less what this router already sent it since), or a full
 queue, is skipped. Unknown telemetry (none, or stale) is not a refusal: the worker is tried and its
 answer decides.
@@ -57,7 +58,8 @@ def needed_bytes(telemetry: Telemetry, prompt_tokens: int, max_tokens: int | Non
     wanted = max_tokens or telemetry.max_tokens_default or DEFAULT_MAX_TOKENS
     if telemetry.max_tokens_cap is not None:
         wanted = min(wanted, telemetry.max_tokens_cap)
-    return (prompt_tokens + wanted) * telemetry.kv_bytes_per_token
+    block = telemetry.block_size
+    return -(-(prompt_tokens + wanted) // block) * block * telemetry.kv_bytes_per_token
 
 
 def context_needed(prompt_tokens: int, max_tokens: int | None, cap: int | None = None) -> int:

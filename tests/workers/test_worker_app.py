@@ -174,6 +174,57 @@ def test_ledger_admission_under_a_simulated_8gb_gpu(start_worker: WorkerFactory)
     assert peak[0] > 0
 
 
+def test_a_budget_of_two_full_rows_runs_eight_short_chats_at_once_and_gets_its_blocks_back(
+    start_worker: WorkerFactory,
+) -> None:
+    """The paged cache: memory that held 2 sequences of max_seq_len (the old grid's 2 rows) holds 8 short chats
+    decoding together; /v1/memory counts blocks, and every block is free again afterwards."""
+    sizing = start_worker("small", model="demo:small", probe=SimulatedGpu(8 * GB), max_seq_len=256, max_tokens_cap=200)
+    state = memory(sizing)
+    fixed, per_token, block = state["fixed"], state["kv_bytes_per_token"], state["block_size"]
+    assert block == 16
+    # A device whose budget (half of it) is the weights and 2 x 256 tokens of KV cache (and the scratch block).
+    gpu = SimulatedGpu(2 * (fixed + (2 * 256 + block) * per_token))
+    gate = threading.Event()
+
+    def hold(phase: str, ids: list[str]) -> None:
+        if phase == "decode":
+            gate.wait(timeout=120)  # the first step waits until every request has arrived
+
+    worker = start_worker(
+        "small",
+        model="demo:small",
+        probe=gpu,
+        fault_hook=hold,
+        max_seq_len=256,
+        max_tokens_cap=200,
+        max_batch_size=16,
+        vram={"budget_fraction": 0.5, "safety_margin_bytes": 0},
+    )
+    start = memory(worker)
+    assert start["budget"] == 2 * 256 * per_token
+    assert (start["blocks_total"], start["blocks_free"]) == (32, 32)
+    body = {"messages": HELLO, "max_tokens": 16, "ignore_eos": True}  # ~30 prompt tokens + 16: 3 blocks each
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            sent = [asyncio.create_task(client.post(f"{worker.url}/v1/chat/completions", json=body)) for _ in range(8)]
+            deadline = time.monotonic() + 120  # a bound on the wait, not a speed target
+            while (now := memory(worker))["running"] + now["queue_depth"] < 8:
+                assert time.monotonic() < deadline, now
+                await asyncio.sleep(0.05)
+            assert now["blocks_free"] == 32 - 8 * 3, "each reserved its own blocks, not a 256-token row"
+            gate.set()
+            return list(await asyncio.gather(*sent))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(r.json()["usage"]["completion_tokens"] == 16 for r in responses)
+    assert ready(worker)["engine"]["largest_batch"] == 8, "all eight decoded together, not two at a time"
+    end = memory(worker)
+    assert (end["blocks_free"], end["reserved"], end["in_flight"]) == (32, 0, 0)
+
+
 def test_out_of_memory_is_confined_to_one_request(start_worker: WorkerFactory) -> None:
     calls = {"prefill": 0, "decode": 0}
     pacing, armed = threading.Event(), threading.Event()
@@ -296,6 +347,10 @@ def test_worker_metrics_show_memory_queue_batch_and_throughput(start_worker: Wor
     assert samples["tiered_worker_vram_reserved_bytes"] == 0
     assert samples["tiered_worker_queue_depth"] == 0 and samples["tiered_worker_batch_size"] == 0
     assert samples["tiered_worker_decode_tokens_total"] >= 15
+    blocks = memory(worker)
+    assert samples["tiered_worker_kv_block_size_tokens"] == blocks["block_size"] == 16
+    assert samples["tiered_worker_kv_blocks_total"] == blocks["blocks_total"] == 4 * 256 // 16
+    assert samples["tiered_worker_kv_blocks_free"] == blocks["blocks_free"] == blocks["blocks_total"]
     assert "tiered_worker_decode_tokens_per_second" in samples
 
 

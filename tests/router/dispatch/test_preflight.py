@@ -69,6 +69,15 @@ def test_no_limit_in_the_request_means_the_workers_default_capped() -> None:
     assert needed_bytes(telemetry, 100, 10_000) == 400 * KV  # the worker would cap it at 300
 
 
+def test_a_worker_reporting_cache_blocks_is_asked_for_whole_blocks_as_its_ledger_reserves() -> None:
+    telemetry = Telemetry.parse({"free": 0, "kv_bytes_per_token": KV, "block_size": 16}, received_at=0.0)
+    assert telemetry is not None and telemetry.block_size == 16
+    assert needed_bytes(telemetry, 100, 200) == 304 * KV  # 300 tokens: 19 blocks of 16
+    assert needed_bytes(telemetry, 100, 156) == 256 * KV  # exactly 16 blocks
+    unblocked = Telemetry.parse({"free": 0, "kv_bytes_per_token": KV}, received_at=0.0)
+    assert unblocked is not None and needed_bytes(unblocked, 100, 200) == 300 * KV  # an older worker: per token
+
+
 def test_the_fleet_treats_old_readings_as_unknown_and_counts_what_it_sent_since(shipped_config) -> None:  # type: ignore[no-untyped-def]
     from router.dispatch.fleet import Fleet
 
