@@ -1,7 +1,9 @@
 """Assemble a worker: load the model, size the KV cache to the memory budget, capture graphs, open the ledger.
 
-Blocking; runs in a thread from the app's lifespan. The order matters: the cache is sized from what is
-left after the weights, and the fixed cost is measured after the graphs exist, so the ledger counts them.
+Blocking; runs in a thread from the app's lifespan. The order matters: the memory probe comes first (a CUDA probe
+measures this process's context as it creates it), the cache is sized from what is left of this worker's share after
+its own weights, and the fixed cost is measured after the graphs exist, so the ledger counts them. Only this
+process's own use is charged to its share: other processes on the device limit what it can still give, not the share.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
 from workers.kv_cache import SlotKVCache
 from workers.ledger import VramLedger
-from workers.loader import LoadedModel, attention_shape, load_model
+from workers.loader import LoadedModel, attention_shape, load_model, prepare_cuda_env, resolve_device
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
 from workers.runner import ModelRunner
 from workers.service import WorkerService
@@ -28,18 +30,22 @@ GRAPH_ALLOWANCE = 256 * 1024 * 1024
 """Kept aside for the CUDA graph pools when sizing the cache; the real cost is measured afterwards."""
 
 
-def choose_probe(worker: WorkerConfig, device: str) -> MemoryProbe:
-    if worker.vram.simulate_total_bytes is not None:
-        return SimulatedGpu(worker.vram.simulate_total_bytes)
+def choose_probe(config: Config, worker: WorkerConfig, device: str) -> MemoryProbe:
+    vram = worker.vram
+    if vram.simulate_total_bytes is not None:
+        shared = config.resolve_path(vram.simulate_shared_path) if vram.simulate_shared_path else None
+        return SimulatedGpu(vram.simulate_total_bytes, shared)
     if device.startswith("cuda"):
-        return CudaProbe(torch.device(device).index or 0)
+        return CudaProbe.open(torch.device(device).index or 0)
     return HostProbe()
 
 
 def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, used: int) -> tuple[int, int]:
-    """(rows, width): the most of max_batch_size x max_seq_len that fits the budget next to what is used."""
+    """(rows, width): the most of max_batch_size x max_seq_len that fits the budget next to this worker's own `used`."""
     width = min(worker.max_seq_len, loaded.max_positions)
-    available = int(probe.total_bytes() * worker.vram.budget_fraction) - used - worker.vram.safety_margin_bytes
+    share = int(probe.total_bytes() * worker.vram.budget_fraction) - used
+    # Other processes' use does not shrink this worker's share, but the device cannot give more than it has free.
+    available = min(share, probe.free_bytes()) - worker.vram.safety_margin_bytes
     if loaded.device.startswith("cuda"):
         available -= GRAPH_ALLOWANCE
     rows = min(worker.max_batch_size, max(0, available) // (width * loaded.kv_bytes_per_token))
@@ -56,12 +62,12 @@ def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, us
 def build_service(
     config: Config, tier: str, worker: WorkerConfig, probe: MemoryProbe | None, fault_hook: FaultHook | None
 ) -> WorkerService:
+    prepare_cuda_env(worker)
+    probe = probe or choose_probe(config, worker, resolve_device(worker.device))
     loaded = load_model(worker, config.checkpoint_root(worker))
     device = torch.device(loaded.device)
-    probe = probe or choose_probe(worker, loaded.device)
     probe.allocated(loaded.weight_bytes)
-    used = probe.total_bytes() - probe.free_bytes() if probe.kind != "host" else loaded.weight_bytes
-    rows, width = size_cache(worker, probe, loaded, used)
+    rows, width = size_cache(worker, probe, loaded, probe.own_bytes())
     layers, kv_heads, head_dim = attention_shape(loaded.model.config)
     dtype = getattr(torch, loaded.dtype)
     cache = SlotKVCache(
@@ -72,7 +78,7 @@ def build_service(
         loaded.model, cache, use_graphs=worker.cuda_graphs, prefill_chunk=worker.prefill_chunk, compile=worker.compile
     )
     graphs = runner.capture_graphs()
-    fixed = _fixed_cost(probe, loaded, cache, graphs.pool_bytes)
+    fixed = _fixed_cost(probe, cache, graphs.pool_bytes)
     ledger = VramLedger(
         probe,
         kv_bytes_per_token=loaded.kv_bytes_per_token,
@@ -98,12 +104,10 @@ def build_service(
     return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger, grammar)
 
 
-def _fixed_cost(probe: MemoryProbe, loaded: LoadedModel, cache: SlotKVCache, graph_bytes: int) -> int:
-    """What the worker holds besides the KV cache: on a real device, all it uses (weights, context, graph pools)."""
-    if isinstance(probe, CudaProbe):
-        return probe.total_bytes() - probe.free_bytes() - cache.nbytes
-    probe.allocated(graph_bytes)
-    return loaded.weight_bytes + graph_bytes
+def _fixed_cost(probe: MemoryProbe, cache: SlotKVCache, graph_bytes: int) -> int:
+    """What this worker holds besides the KV cache (weights, context, graph pools), none of other processes' use."""
+    probe.allocated(graph_bytes)  # a real device notices by itself
+    return probe.own_bytes() - cache.nbytes
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:
