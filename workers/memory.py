@@ -76,7 +76,7 @@ class TorchCuda:
     def context_exists(self) -> bool:
         import torch
 
-        return bool(torch.cuda.is_initialized())
+        return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
 
     def mem_get_info(self) -> tuple[int, int]:
         import torch
@@ -207,7 +207,7 @@ class SimulatedGpu(MemoryProbe):
 
     def free_bytes(self) -> int:
         state = self._update(lambda state: None)
-        return max(0, self._total - sum(state["processes"].values()) - state["external"])
+        return max(0, self._total - int(sum(state["processes"].values())) - int(state["external"]))
 
     def own_bytes(self) -> int:
         return int(self._update(lambda state: None)["processes"].get(str(self._pid), 0))
