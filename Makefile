@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 UV := .uv/bin/uv
 CONFIG ?= config/router.yaml
+# More flags for `tiered-router up` (`make run UP_ARGS='--restart-max-delay 60'`; `tiered-router up --help`).
+UP_ARGS ?=
 # GPU hosts: `make run TORCH_INDEX=https://download.pytorch.org/whl/cu130 CONFIG=config/gpu.yaml` installs the lock
 # with the CUDA build of the locked torch version in place of the CPU wheel.
 TORCH_INDEX ?=
@@ -39,7 +41,7 @@ $(VENV)/.torch-from-index:
 	echo '$(TORCH_INDEX)' > $@
 
 run: setup
-	$(VENV)/bin/tiered-router up --config $(CONFIG)
+	$(VENV)/bin/tiered-router up --config $(CONFIG) $(UP_ARGS)
 
 # The real client libraries' tests (tests/clients: LangChain, LiteLLM, llama-index, pydantic-ai) run in a process of
 # their own: importing those libraries changes process-wide state that later model loading in the same process

@@ -176,9 +176,23 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--port", type=int, default=None, help="override workers.<tier>.port")
     worker.set_defaults(run=_worker)
 
-    up = sub.add_parser("up", help="start the whole stack here: a process per local tier, then the router")
+    up = sub.add_parser(
+        "up", help="start the whole stack here (a process per local tier, then the router) and restart what dies"
+    )
     up.add_argument("--config", default=DEFAULT_CONFIG)
     up.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each process")
+    # Unset flags take RestartPolicy's defaults (router/supervisor/processes.py), which the brackets repeat.
+    restart = up.add_argument_group(
+        "restarts", "a process that dies after start-up is started again, later each time it dies again [default]"
+    )
+    restart.add_argument("--restart-delay", type=float, help="seconds before the first restart in a row [1]")
+    restart.add_argument(
+        "--restart-factor", type=float, help="each further restart in a row waits this times longer [2]"
+    )
+    restart.add_argument("--restart-max-delay", type=float, help="the longest wait before a restart, seconds [30]")
+    restart.add_argument(
+        "--restart-reset-after", type=float, help="a process up this many seconds starts over at the first delay [60]"
+    )
     up.set_defaults(run=_up)
 
     standin = sub.add_parser("standin", help="run an OpenAI-compatible echo server (tests, benchmarks, demos)")

@@ -73,7 +73,7 @@ class RoutingService:
         self.dispatcher = Dispatcher(config, self.backends, fleet)
         if fleet is not None:
             fleet.counters = self.dispatcher.counters
-        self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers)
+        self.observer = Observer(self.dispatcher.counters, lambda: self.dispatcher.callers, is_local=self._is_worker)
         self.keys = KeyStore(config.auth, store) if config.auth.enabled else None
         self._background: set[asyncio.Task[None]] = set()
         self.reloader: ConfigReloader | None = None
@@ -285,6 +285,11 @@ class RoutingService:
             return await guarded.stream(request, decision)
         upstream, route = await self.dispatcher.open_stream(request, decision)
         return StreamAnswer(upstream.chunks(), Outcome(decision, route))
+
+    def _is_worker(self, tier: str) -> bool:
+        """A tier of ours (served locally), not a remote API: what the local share counts."""
+        config = self.config.tiers.get(tier)
+        return config is not None and config.kind == "worker"
 
     def refused(self, status: int) -> None:
         """Record a request refused at the door (router.api.entry: no JSON, a bad key, throttled): it ends here."""

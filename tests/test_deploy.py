@@ -151,10 +151,15 @@ def redis_args() -> list[str]:
 
 
 def test_composes_redis_acl_serves_the_router_and_nothing_else() -> None:
-    """The real redis-server, started with compose's options: the router's store works as user `router` (keys,
-    heartbeats, counters, the token bucket's script), and nobody else gets in, nor does `router` reach admin
-    commands or other keys."""
-    with redis_server(redis_args(), user="router", password=SECRETS["REDIS_PASSWORD"]) as url:
+    """The real redis-server, started with compose's options."""
+    assert_redis_acl_serves_the_router_only(redis_args(), SECRETS["REDIS_PASSWORD"], SECRETS["WORKER_REDIS_PASSWORD"])
+
+
+def assert_redis_acl_serves_the_router_only(args: list[str], router_password: str, worker_password: str) -> None:
+    """A real redis-server started with `args`: the router's store works as user `router` (keys, heartbeats,
+    counters, the token bucket's script), and nobody else gets in, nor does `router` reach admin commands or other
+    keys; the workers' user reaches the heartbeats only. (tests/test_kubernetes.py runs it on the manifests' Redis.)"""
+    with redis_server(args, user="router", password=router_password) as url:
         store = RedisStore.from_url(url, "tiered-router:", timeout_s=3.0)
 
         async def use() -> None:
@@ -180,7 +185,7 @@ def test_composes_redis_acl_serves_the_router_and_nothing_else() -> None:
             router.flushall()
         router.close()
         # The workers' user: heartbeats only, so a worker's password cannot make API keys.
-        worker = redis.Redis(port=int(port), username="worker", password=SECRETS["WORKER_REDIS_PASSWORD"])
+        worker = redis.Redis(port=int(port), username="worker", password=worker_password)
         worker.set("tiered-router:workers:small:w:8001", "{}", px=5000)
         worker.delete("tiered-router:workers:small:w:8001")
         with pytest.raises(redis.exceptions.NoPermissionError):

@@ -25,6 +25,7 @@ import torch
 from workers.detokenize import IncrementalText
 from workers.grammar import GrammarMasks, TokenConstraint
 from workers.ledger import VramExhausted, VramLedger
+from workers.pace import Pace
 from workers.processors import RowProcessors, StepLogprobs, TokenLogprob, host_logprobs, row_logprobs, take
 from workers.runner import ModelRunner
 from workers.sampling import SamplingParams, generator_for, sample
@@ -192,6 +193,9 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._rate: deque[tuple[float, int]] = deque()
+        self.pace = Pace()
+        """Recent step time, prefill rate and answer length: what the router predicts a wait here from."""
+        self._stepped_at = 0.0
         self.crashed = False
 
     def _grammar_masks(self) -> GrammarMasks:
@@ -225,6 +229,11 @@ class Engine:
             self.stats.queue_depth = len(self._pending)
             self._wake.notify()
         return stream
+
+    def queued_prompt_tokens(self) -> int:
+        """Prompt tokens of the requests waiting: prefill work ahead of a new request."""
+        with self._wake:
+            return sum(len(stream.request.prompt) for stream in self._pending)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -294,6 +303,7 @@ class Engine:
         except (ValueError, RuntimeError, OverflowError) as exc:
             self._end(stream, Failed(EngineError(f"invalid sampling settings: {exc}")))
             return
+        started = time.monotonic()
         try:
             if self._fault_hook:
                 self._fault_hook("prefill", [request.id])
@@ -326,6 +336,7 @@ class Engine:
         self._rows.append(running)
         tokens, logprobs = self._sample(logits[None], [running], ahead=0, start=row)
         token = int(tokens[0])
+        self.pace.prefilled(n, time.monotonic() - started)
         self._accept(running, token, row_logprobs(host_logprobs(logprobs), 0, token, sampling.logprobs))
         self._sweep()
 
@@ -344,6 +355,7 @@ class Engine:
         rows = len(self._rows)
         self.runner.input_ids[:rows, 0].copy_(torch.tensor([r.last_token for r in self._rows]))
         self.runner.positions[:rows, 0].copy_(torch.tensor([r.length for r in self._rows]))
+        self._stepped_at = time.monotonic()
         step = self._launch(self._column, ahead=0)
         while step is not None:
             queued = None
@@ -465,6 +477,7 @@ class Engine:
         if tail or running.logprobs:
             running.stream.emit(TextDelta(tail, take(running.logprobs)))
         self._end(running.stream, Finished(reason, len(running.request.prompt), running.completion))
+        self.pace.finished(running.completion)
         running.done = True
 
     def _end(self, stream: RequestStream, event: Event) -> None:
@@ -524,6 +537,8 @@ class Engine:
         stats.decode_tokens += rows
         stats.largest_batch = max(stats.largest_batch, rows)
         now = time.monotonic()
+        self.pace.decoded(now - self._stepped_at)  # from the launch, or the step before: the host waited for it
+        self._stepped_at = now
         self._rate.append((now, rows))
         while self._rate and now - self._rate[0][0] > 5.0:
             self._rate.popleft()

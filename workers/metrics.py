@@ -26,8 +26,8 @@ class _WorkerCollector(Collector):
         if service is None:
             return
         memory = service.ledger.snapshot()
-        stats = service.engine.stats
-        gauges = {
+        stats, pace = service.engine.stats, service.engine.pace
+        gauges: dict[str, tuple[str, float]] = {
             "tiered_worker_vram_total_bytes": ("device memory", memory.total),
             "tiered_worker_vram_budget_bytes": ("KV-cache budget", memory.budget),
             "tiered_worker_vram_reserved_bytes": ("reserved by in-flight requests", memory.reserved),
@@ -35,7 +35,13 @@ class _WorkerCollector(Collector):
             "tiered_worker_queue_depth": ("requests waiting for a batch slot", stats.queue_depth),
             "tiered_worker_batch_size": ("requests decoding now", stats.running),
             "tiered_worker_decode_tokens_per_second": ("decode throughput, recent", stats.tokens_per_second),
+            "tiered_worker_max_batch_size": ("requests that can decode at once", service.engine.max_batch),
         }
+        step, prefill = pace.step_seconds, pace.prefill_tokens_per_second
+        if step is not None:  # absent until the engine has done the work: no made-up zero
+            gauges["tiered_worker_decode_step_seconds"] = ("wall time of one decode step, recent mean", step)
+        if prefill is not None:
+            gauges["tiered_worker_prefill_tokens_per_second"] = ("prompt tokens prefilled per second, recent", prefill)
         for name, (help_text, value) in gauges.items():
             family = GaugeMetricFamily(name, help_text, labels=["tier"])
             family.add_metric([self._tier], float(value))

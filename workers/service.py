@@ -248,11 +248,18 @@ class WorkerService:
 
     def memory(self) -> dict[str, Any]:
         snapshot = asdict(self.ledger.snapshot())
-        stats = self.engine.stats
+        engine = self.engine
+        stats, pace = engine.stats, engine.pace
         snapshot.update(
             queue_depth=stats.queue_depth,
             running=stats.running,
             queue_size=self.config.queue_size,
+            # What the router predicts a new request's wait here from (router.dispatch.preflight.predicted_wait):
+            max_batch_size=engine.max_batch,
+            queued_prompt_tokens=engine.queued_prompt_tokens(),
+            step_seconds=pace.step_seconds,
+            prefill_tokens_per_second=pace.prefill_tokens_per_second,
+            mean_completion_tokens=pace.mean_completion_tokens,
             max_tokens_default=self.config.max_tokens_default,
             max_tokens_cap=self.config.max_tokens_cap,
             max_seq_len=self.config.max_seq_len,  # the context window: the router skips us for longer requests

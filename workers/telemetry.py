@@ -40,6 +40,8 @@ def heartbeat(worker: WorkerState) -> Heartbeat:
         queue_depth=stats.queue_depth,
         running=stats.running,
         tokens_per_second=stats.tokens_per_second,
+        step_seconds=service.engine.pace.step_seconds,
+        prefill_tokens_per_second=service.engine.pace.prefill_tokens_per_second,
     )
 
 

@@ -101,7 +101,8 @@ def create_app(
             if rails is not None:
                 rails.bind(backends)
             probe_headers = {"authorization": f"Bearer {token}"} if token else {}
-            fleet = Fleet(config, state_store, probe_client, headers=probe_headers)
+            engine_headers = {name: b.authorization() for name, b in backends.items() if b.config.kind == "remote"}
+            fleet = Fleet(config, state_store, probe_client, headers=probe_headers, tier_headers=engine_headers)
             await fleet.refresh()  # the first reading before the first request
             discovery = asyncio.create_task(fleet.run_forever(), name="worker-discovery")
             service = RoutingService(config, scorer, backends, state_store, rails, fleet)

@@ -33,6 +33,8 @@ CLASSIFIER_KINDS = ("static", "heuristic", "embedding")
 Capability = Literal["tools", "response_format", "logprobs", "penalties", "logit_bias", "n"]
 """What a tier may honour beyond plain chat (router.decide.capabilities maps request parameters onto these)."""
 CAPABILITIES: tuple[Capability, ...] = get_args(Capability)
+TelemetrySource = Literal["ours", "vllm", "tgi", "ollama", "none"]
+"""Where pre-flight reads a tier's load from (router.dispatch.telemetry)."""
 
 
 class LimitsConfig(Strict, frozen=True):
@@ -152,6 +154,18 @@ class TierConfig(Strict, frozen=True):
     this; a remote tier has only this. A request (prompt estimate + max_tokens) beyond it skips the tier;
     unset and unreported: unknown, the tier is tried."""
 
+    telemetry: TelemetrySource | None = None
+    """Where pre-flight reads this tier's memory, queue and context window: `ours` (our workers' heartbeats in Redis,
+    else their `/v1/memory`), `vllm` (its `/metrics` and `/v1/models`), `tgi` (its `/metrics` and `/info`), `ollama`
+    (its `/api/ps`), polled every `discovery.interval_s`; `none`: never checked, always tried. Unset: `ours` for a
+    worker tier, `none` for a remote one. A vLLM, TGI or Ollama server is a `kind: remote` tier (its key, if any, in
+    `api_key_env`) with this set."""
+
+    def telemetry_source(self) -> TelemetrySource:
+        if self.telemetry is not None:
+            return self.telemetry
+        return "ours" if self.kind == "worker" else "none"
+
     def capable(self) -> frozenset[Capability]:
         """The capabilities it honours: as declared, else all for a remote tier and none for a worker."""
         if self.capabilities is not None:
@@ -212,6 +226,11 @@ class RoutingConfig(Strict, frozen=True):
     text so far as an assistant prefix, or end it with an error event. Never cut silently."""
     preflight: bool = True
     """Skip a worker tier whose telemetry says the request would not fit in its free GPU memory."""
+    max_queue_wait_s: Seconds | None = None
+    """With pre-flight on: skip a worker where a request would wait longer than this for its first token (predicted
+    from its queue, batch and recent step time: router.dispatch.wait), for the next tier of the chain; the
+    worker is still waited on if the rest of the chain cannot answer. Unset: requests wait in a worker's queue
+    however long it is (they never go to the paid remote for being slow)."""
 
 
 class LoggingConfig(Strict, frozen=True):
@@ -383,6 +402,8 @@ def validate(config: Config) -> None:
                 )
         if tier.capabilities is not None and len(set(tier.capabilities)) != len(tier.capabilities):
             raise ConfigError(src, f"tiers.{name}.capabilities", "a capability appears twice")
+        if tier.telemetry == "ours" and tier.kind != "worker":
+            raise ConfigError(src, f"tiers.{name}.telemetry", "'ours' reads our workers: the tier must be kind: worker")
     if config.classifier.kind not in CLASSIFIER_KINDS:
         raise ConfigError(
             src,

@@ -24,6 +24,9 @@ class Heartbeat(msgspec.Struct, frozen=True):
     queue_depth: int = 0
     running: int = 0
     tokens_per_second: float = 0.0
+    step_seconds: float | None = None
+    """Recent wall time of one decode step (None before the first); `memory` carries it too, for pre-flight."""
+    prefill_tokens_per_second: float | None = None
 
 
 def worker_key(tier: str, host: str, port: int) -> str:

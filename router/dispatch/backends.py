@@ -113,6 +113,11 @@ class TierBackend:
         self._complete_timeout = httpx.Timeout(t.total, connect=t.connect, pool=t.pool).as_dict()
         self._stream_timeout = httpx.Timeout(t.between_chunks, connect=t.connect, pool=t.pool).as_dict()
 
+    def authorization(self) -> dict[str, str]:
+        """The authorization this tier is sent (its key, or the worker token), for reading its telemetry too."""
+        value = self._headers.get("authorization")
+        return {"authorization": value} if value else {}
+
     def __repr__(self) -> str:  # never shows headers, so never the key
         return f"TierBackend({self.name!r}, {self.config.base_url!r})"
 

@@ -5,6 +5,9 @@ For each tier of the chain (the decided tier, then its fallbacks):
    `capability:<name>`;
 2. pre-flight (router.dispatch.preflight): a tier whose context window the request exceeds, or a worker tier whose
    fresh telemetry says the request will not fit in memory, or whose queue is full, is skipped without being tried;
+   so is one where it would wait longer than `routing.max_queue_wait_s` for a first token (`queue_wait`), but
+   that tier is come back to, to wait on, after the rest of the chain failed (and the chain's last tier is waited
+   on at once: there is nowhere better to go);
 3. the request goes to the best worker of the tier (least loaded first, unknown telemetry last), through
    the tier's retry policy, circuit breaker and concurrency limit (router.dispatch.resilience);
 4. a refusal before the first byte (503 `vram_exhausted` or `queue_full`, 400 `context_length_exceeded`,
@@ -168,7 +171,8 @@ class Dispatcher:
         unfit: list[str] = []  # failures that are the request's own: a capability lacking, a window too small
         walked = True
         crashed: set[str] = set()  # tiers that answered 500: after two, the payload is the likely cause
-        for tier in chain:
+        hops = [(tier, False) for tier in chain]  # (tier, patient): a tier skipped for its queue comes back patient
+        for i, (tier, patient) in enumerate(hops):
             if len(crashed) >= PAYLOAD_500_TIERS:
                 log.warning("tiers %s answered 500 to this request: not sent further along the chain", sorted(crashed))
                 walked = False
@@ -182,7 +186,7 @@ class Dispatcher:
                 unsupported = ", ".join(needs[capability] for capability in lacks)
                 checked = Plan([], f"capability:{lacks[0]}", f"it does not support {unsupported}")
             else:
-                checked = self._plan(tier, request, prompt_tokens)
+                checked = self._plan(tier, request, prompt_tokens, patient=patient or i == len(hops) - 1)
             if not checked.targets:
                 refused = checked.refused or "unknown"
                 reason = refused if lacks else f"preflight:{refused}"
@@ -193,6 +197,8 @@ class Dispatcher:
                 failures.append(f"{tier}: {reason}")
                 if lacks or refused == CONTEXT_LENGTH:
                     unfit.append(f"tier '{tier}': {checked.detail}")
+                if checked.waiting:
+                    hops.append((tier, True))
                 continue
             if gate is not None:
                 await (gate.cleared(tier) if continuing else gate.before_send(tier))
@@ -252,14 +258,25 @@ class Dispatcher:
         if gap is not None:
             raise InvalidRequest(gap.message, param=gap.param, code=UNSUPPORTED_PARAMETER)
 
-    def _plan(self, tier: str, request: ChatCompletionRequest, prompt_tokens: int) -> Plan:
+    def _plan(self, tier: str, request: ChatCompletionRequest, prompt_tokens: int, *, patient: bool = False) -> Plan:
+        """`patient`: any queue wait will do (the tier is the last hope)."""
         config = self.config.tiers[tier]
         limit, window = request.token_limit(), config.context_window
-        if config.kind != "worker" or self.fleet is None or not self.config.routing.preflight:
+        if config.telemetry_source() == "none" or self.fleet is None or not self.config.routing.preflight:
             static = [Endpoint(tier, config.base_url, "static")]
             return plan(static, _unknown, _nothing, prompt_tokens, limit, window)
         fleet = self.fleet
-        return plan(fleet.endpoints(tier), fleet.fresh, fleet.in_flight_bytes, prompt_tokens, limit, window)
+        max_wait = None if patient else self.config.routing.max_queue_wait_s
+        return plan(
+            fleet.endpoints(tier),
+            fleet.fresh,
+            fleet.in_flight_bytes,
+            prompt_tokens,
+            limit,
+            window,
+            sent_since=fleet.sent_since,
+            max_wait=max_wait,
+        )
 
     async def _send(
         self, tier: str, target: Target, payload: bytes, stream: bool, deadline: float

@@ -3,7 +3,8 @@
 Sources, in order of preference:
 - Redis (`redis.url` set): every worker's TTL'd heartbeat under `workers:<tier>:` (workers.telemetry),
   so a tier may have several workers, found without configuring their URLs;
-- polling: each worker tier's static `base_url` + `/memory` (the worker's `/v1/memory`);
+- polling: each worker tier's static `base_url` + `/memory` (the worker's `/v1/memory`), and each tier served by
+  another engine (vLLM, TGI, Ollama: `tiers.<name>.telemetry`) through its adapter (router.dispatch.telemetry);
 - the static `base_url` alone, with nothing known about it (always the fallback: Redis down, no poll).
 
 A snapshot older than `discovery.stale_after_s` counts as unknown. Between snapshots, the fleet adds
@@ -29,6 +30,7 @@ from router.core.config import Config
 from router.core.heartbeat import WORKERS_PREFIX, Heartbeat
 from router.core.state import StateStore, StateUnavailable
 from router.dispatch.counters import Counters
+from router.dispatch.telemetry import adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,18 @@ class Telemetry:
     total: int | None = None
     budget: int | None = None
     reserved: int | None = None
+    max_batch_size: int | None = None
+    """Requests it decodes at once; `running` below it means free slots (pre-flight's wait estimate reads
+    these five, router.dispatch.wait; any engine's adapter can fill them, None where it cannot tell)."""
+    queued_prompt_tokens: int | None = None
+    """Prompt tokens of its queued requests: prefill work ahead of a new one."""
+    step_seconds: float | None = None
+    """Recent wall time of one decode step (a token for every running request)."""
+    prefill_tokens_per_second: float | None = None
+    mean_completion_tokens: float | None = None
+    """Tokens a recently finished request generated, on average: how long a batch slot stays taken."""
+    note: str = ""
+    """How an engine's reading was derived (e.g. a KV-cache usage fraction into tokens), shown in `/ready`."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], received_at: float) -> Telemetry | None:
@@ -68,6 +82,12 @@ class Telemetry:
                 total=_int_or_none(raw.get("total")),
                 budget=_int_or_none(raw.get("budget")),
                 reserved=_int_or_none(raw.get("reserved")),
+                max_batch_size=_int_or_none(raw.get("max_batch_size")),
+                queued_prompt_tokens=_int_or_none(raw.get("queued_prompt_tokens")),
+                step_seconds=_float_or_none(raw.get("step_seconds")),
+                prefill_tokens_per_second=_float_or_none(raw.get("prefill_tokens_per_second")),
+                mean_completion_tokens=_float_or_none(raw.get("mean_completion_tokens")),
+                note=str(raw.get("note", "")),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -99,6 +119,8 @@ class Fleet:
     clock: Callable[[], float] = time.time
     headers: dict[str, str] = field(default_factory=dict)
     """Sent with each poll (the worker token, when workers require one)."""
+    tier_headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per tier, sent with its polls instead (an engine's API key: the tier backend's own authorization)."""
     _discovered: dict[str, list[Endpoint]] = field(default_factory=dict)
     _polled: dict[str, Endpoint] = field(default_factory=dict)
     _in_flight: dict[str, dict[int, _InFlight]] = field(default_factory=dict)
@@ -113,8 +135,9 @@ class Fleet:
     """The dispatcher's, once it exists: rejections are exported as `tiered_router_discovery_rejected_total`."""
 
     @property
-    def worker_tiers(self) -> list[str]:
-        return [name for name, tier in self.config.tiers.items() if tier.kind == "worker"]
+    def watched_tiers(self) -> list[str]:
+        """Tiers whose telemetry is read (`telemetry` not `none`): pre-flight decides on them."""
+        return [name for name, tier in self.config.tiers.items() if tier.telemetry_source() != "none"]
 
     def endpoints(self, tier: str) -> list[Endpoint]:
         """Every known worker of `tier`, fresh or not; the static base_url when nothing else is known."""
@@ -136,6 +159,11 @@ class Fleet:
         flights = self._in_flight.get(endpoint.base_url, {})
         return sum(f.bytes for f in flights.values() if f.started_at >= taken)
 
+    def sent_since(self, endpoint: Endpoint) -> int:
+        """Requests this router sent the worker after its telemetry was taken (queued or running there by now)."""
+        taken = endpoint.telemetry.taken_at if endpoint.telemetry else 0.0
+        return sum(1 for f in self._in_flight.get(endpoint.base_url, {}).values() if f.started_at >= taken)
+
     def start(self, endpoint: Endpoint, needed: int) -> int:
         """Record a request sent to `endpoint` (until `finish`); returns its ticket."""
         ticket = next(self._tickets)
@@ -148,9 +176,15 @@ class Fleet:
     async def refresh(self) -> None:
         if self.store is not None and self.store.backend == "redis":
             await self._scan_redis()
-        # Without Redis (or while it is down), each worker tier's static URL is asked directly.
-        if self.client is not None and self.config.discovery.poll and self.redis_ok is not True:
-            await asyncio.gather(*(self._poll(tier) for tier in self.worker_tiers))
+        # Without Redis (or while it is down), each worker tier's static URL is asked directly; other engines
+        # publish nothing in Redis, so they are always asked.
+        if self.client is not None:
+            await asyncio.gather(*(self._poll(tier) for tier in self.watched_tiers if self._polled_now(tier)))
+
+    def _polled_now(self, tier: str) -> bool:
+        if self.config.tiers[tier].telemetry_source() != "ours":
+            return True
+        return self.config.discovery.poll and self.redis_ok is not True
 
     async def run_forever(self) -> None:
         while True:
@@ -208,11 +242,11 @@ class Fleet:
 
     async def _poll(self, tier: str) -> None:
         assert self.client is not None
-        base = self.config.tiers[tier].base_url.rstrip("/")
+        adapter = adapter_for(self.config.tiers[tier])
+        assert adapter is not None
         try:
-            timeout = self.config.discovery.interval_s * 2
-            response = await self.client.get(f"{base}/memory", headers=self.headers, timeout=timeout)
-            raw = response.json() if response.status_code == 200 else None
+            headers = self.tier_headers.get(tier, self.headers)
+            raw = await adapter.read(self.client, headers, self.config.discovery.interval_s * 2)
         except (httpx.HTTPError, ValueError):
             raw = None
         telemetry = Telemetry.parse(raw, self.clock()) if isinstance(raw, dict) else None
@@ -254,3 +288,7 @@ def allowed_url(url: str, static: str, allowed: list[str]) -> bool:
 
 def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value >= 0 else None

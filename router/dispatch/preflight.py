@@ -8,19 +8,27 @@ Then its memory: a request needs (prompt tokens + the tokens it may generate) x 
 token, the same worst case the worker's VRAM ledger reserves on admission (workers.ledger). A worker whose fresh
 telemetry shows less free memory than that (less what this router already sent it since), or a full
 queue, is skipped. Unknown telemetry (none, or stale) is not a refusal: the worker is tried and its
-answer decides. A pure function of its inputs.
+answer decides.
+
+Then its queue, when `max_wait` (`routing.max_queue_wait_s`) is set: a worker where the request would wait longer
+than that for its first token (router.dispatch.wait.predicted_wait) is refused with `queue_wait`, but kept in
+`Plan.waiting`, fastest first: the chain tries the rest of the chain first and comes back to wait on it rather
+than fail. A wait the reading cannot predict is not a refusal. A pure function of its inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.dispatch.fleet import Endpoint, Telemetry
+from router.dispatch.wait import predicted_wait
 from router.wire.protocol import DEFAULT_MAX_TOKENS
 
 CONTEXT_LENGTH = "context_length"
 """The refusal of a tier whose context window the request exceeds: the only one that is the request's fault."""
+QUEUE_WAIT = "queue_wait"
+"""The refusal of a worker whose queue would hold the request longer than `routing.max_queue_wait_s`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +44,13 @@ class Plan:
     targets: list[Target]
     """Workers to try, best first: known to fit (least loaded first), then unknown ones."""
     refused: str | None = None
-    """Why no worker can take it (`vram_exhausted`, `queue_full`, `not_ready`, `context_length`) when `targets`
-    is empty; `context_length` only when that is every worker's reason."""
+    """Why no worker can take it (`queue_wait`, `vram_exhausted`, `queue_full`, `not_ready`, `context_length`) when
+    `targets` is empty; `queue_wait` whenever some worker was refused for that alone, `context_length` only when
+    that is every worker's reason."""
     detail: str = ""
+    waiting: list[Target] = field(default_factory=list)
+    """Workers refused only for `queue_wait`, shortest predicted wait first: worth waiting on when no other tier
+    can answer."""
 
 
 def needed_bytes(telemetry: Telemetry, prompt_tokens: int, max_tokens: int | None) -> int:
@@ -64,9 +76,15 @@ def plan(
     prompt_tokens: int,
     max_tokens: int | None,
     context_window: int | None = None,
+    *,
+    sent_since: Callable[[Endpoint], int] | None = None,
+    max_wait: float | None = None,
 ) -> Plan:
-    """Where to send a request: `context_window` is the tier's configured one, for workers not reporting theirs."""
+    """Where to send a request: `context_window` is the tier's configured one, for workers not reporting theirs;
+    `sent_since`: requests this router sent each worker after its reading; `max_wait`: the longest predicted wait
+    for a first token a worker may have (None: any)."""
     fits: list[tuple[tuple[int, int], Target]] = []
+    slow: list[tuple[float, Target]] = []
     unknown: list[Target] = []
     refusals: list[tuple[str, str]] = []
     for endpoint in endpoints:
@@ -91,12 +109,22 @@ def plan(
         elif needed > free:
             refusals.append(("vram_exhausted", f"{endpoint.base_url}: needs {needed} bytes, {max(free, 0)} free"))
         else:
+            target = Target(endpoint, needed, known=True)
+            ahead = sent_since(endpoint) if sent_since is not None else 0
+            wait = predicted_wait(telemetry, prompt_tokens, ahead) if max_wait is not None else None
+            if max_wait is not None and wait is not None and wait > max_wait:
+                detail = f"{endpoint.base_url}: ~{wait:.2f} s to a first token, more than {max_wait:g} s"
+                refusals.append((QUEUE_WAIT, detail))
+                slow.append((wait, target))
+                continue
             load = (telemetry.queue_depth + telemetry.running, -free)
-            fits.append((load, Target(endpoint, needed, known=True)))
+            fits.append((load, target))
     targets = [target for _, target in sorted(fits, key=lambda pair: pair[0])] + unknown
     if targets:
         return Plan(targets)
+    waiting = [target for _, target in sorted(slow, key=lambda pair: pair[0])]
     reasons = [reason for reason, _ in refusals]
-    order = ("vram_exhausted", "queue_full", "not_ready", CONTEXT_LENGTH)  # the request's own fault only if alone
+    # The request's own fault only if alone; queue_wait first, since waiting is what the tier still offers.
+    order = (QUEUE_WAIT, "vram_exhausted", "queue_full", "not_ready", CONTEXT_LENGTH)
     worst = next((r for r in order if r in reasons), "not_ready")
-    return Plan([], worst, "; ".join(detail for _, detail in refusals) or "no worker known")
+    return Plan([], worst, "; ".join(detail for _, detail in refusals) or "no worker known", waiting)

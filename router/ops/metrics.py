@@ -2,7 +2,8 @@
 
 Per request: tier served, rule, status, total time, time to first token (streams), classifier score,
 tokens in (the router's prompt estimate) and out (the upstream's usage, or content chunks on a stream),
-fallback and guardrail block. The dispatcher's `Counters` (fallbacks by reason, pre-flight refusals,
+fallback and guardrail block, and whether a worker tier (local) or a remote tier served it: the share served
+locally is what the router exists to maximise. The dispatcher's `Counters` (fallbacks by reason, pre-flight refusals,
 mid-stream continuations, failures) and each tier's retries and breaker state are exported as they are.
 Each app has its own registry, so several routers can live in one process (the tests).
 """
@@ -42,6 +43,8 @@ class RequestRecord:
     fallback: str | None = None
     reason: str | None = None
     guardrail: str | None = None
+    local: bool | None = None
+    """Served by a worker tier (True) or a remote one (False); None when no tier served it (blocked, failed)."""
 
 
 class _DispatchCollector(Collector):
@@ -78,6 +81,22 @@ class _DispatchCollector(Collector):
         yield breaker
 
 
+class _LocalShareCollector(Collector):
+    """`tiered_router_local_share`: of the requests served in the status window, the share workers served."""
+
+    def __init__(self, observer: Observer) -> None:
+        self._observer = observer
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        share = GaugeMetricFamily(
+            "tiered_router_local_share", "share of requests served by worker tiers, status window", labels=[]
+        )
+        served = self._observer.served(self._observer.window_s)
+        if served["local_share"] is not None:  # no sample rather than a made-up one before anything was served
+            share.add_metric([], float(served["local_share"]))
+        yield share
+
+
 class Observer:
     def __init__(
         self,
@@ -86,7 +105,9 @@ class Observer:
         *,
         window_s: float = 600.0,
         clock: Callable[[], float] = time.time,
+        is_local: Callable[[str], bool] = lambda _tier: False,
     ) -> None:
+        """`is_local`: whether a tier is one of ours (a worker) rather than a remote API."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("tiered_router_requests", "chat requests", ["tier", "rule", "status"], registry=r)
@@ -99,7 +120,12 @@ class Observer:
         self.score = Histogram("tiered_router_classifier_score", "complexity", buckets=SCORE_BUCKETS, registry=r)
         self.tokens = Counter("tiered_router_tokens", "tokens in and out", ["tier", "direction"], registry=r)
         self.blocks = Counter("tiered_router_guardrail_blocks", "requests blocked", ["rail"], registry=r)
+        self.locality = Counter(
+            "tiered_router_served", "requests served, by where: local (a worker tier) or remote", ["where"], registry=r
+        )
         r.register(_DispatchCollector(counters, callers))
+        r.register(_LocalShareCollector(self))
+        self._is_local = is_local
         self.window_s = window_s
         self.recent: deque[RequestRecord] = deque(maxlen=MAX_RECENT)
         self._clock = clock
@@ -112,6 +138,8 @@ class Observer:
 
     def record(self, outcome: Outcome) -> None:
         """One finished request, from its Outcome: the Prometheus series and the status window."""
+        served = outcome.route is not None and outcome.guard != "blocked"  # a block's refusal is the router's
+        local = self._is_local(outcome.route.tier) if served and outcome.route is not None else None
         record = RequestRecord(
             at=time.time(),
             tier=outcome.tier,
@@ -122,7 +150,10 @@ class Observer:
             fallback=outcome.fallback,
             reason=outcome.route.reason if outcome.fallback and outcome.route else None,
             guardrail=outcome.blocked_by,
+            local=local,
         )
+        if local is not None:
+            self.locality.labels("local" if local else "remote").inc()
         self.requests.labels(record.tier, record.rule, str(record.status)).inc()
         self.duration.labels(record.tier, "true" if outcome.stream else "false").observe(record.seconds)
         if record.ttft is not None:
@@ -155,6 +186,16 @@ class Observer:
         finally:
             done(first, time.perf_counter() - started, count)
 
+    def served(self, span_s: float) -> dict[str, int | float | None]:
+        """Requests served in the last `span_s` seconds, locally (worker tiers) and remotely, and the local share."""
+        start = self._clock() - span_s
+        local = remote = 0
+        for rec in self.recent:
+            if rec.at >= start and rec.local is not None:
+                local, remote = (local + 1, remote) if rec.local else (local, remote + 1)
+        total = local + remote
+        return {"local": local, "remote": remote, "local_share": local / total if total else None}
+
     def summary(self, bucket_s: float = 10.0, span_s: float = 300.0) -> dict[str, object]:
         """The last `span_s` seconds in buckets: the routing mix, latency percentiles, and recent events."""
         now = self._clock()
@@ -183,6 +224,7 @@ class Observer:
             "latency": [{"t": start + i * bucket_s, **_percentiles(v)} for i, v in enumerate(latencies)],
             "events": events[-50:],
             "requests": len(self.recent),
+            "served": self.served(span_s),
         }
 
 

@@ -11,6 +11,7 @@ from router.core.state import StateStore, StateUnavailable
 from router.dispatch.backends import TierBackend
 from router.dispatch.chain import Dispatcher
 from router.dispatch.fleet import Fleet
+from router.dispatch.wait import predicted_wait
 from router.ops.metrics import Observer
 from router.ops.reload import ReloadState
 
@@ -99,7 +100,7 @@ class StatusReporter:
         if self.fleet is None:
             return {}
         found: dict[str, list[dict[str, object]]] = {}
-        for tier in self.fleet.worker_tiers:
+        for tier in self.fleet.watched_tiers:
             for endpoint in self.fleet.endpoints(tier):
                 t = self.fleet.fresh(endpoint)
                 found.setdefault(tier, []).append(
@@ -113,6 +114,14 @@ class StatusReporter:
                         "reserved": t.reserved if t else None,
                         "queue_depth": t.queue_depth if t else None,
                         "queue_size": t.queue_size if t else None,
+                        "running": t.running if t else None,
+                        "max_batch_size": t.max_batch_size if t else None,
+                        "step_seconds": t.step_seconds if t else None,
+                        "prefill_tokens_per_second": t.prefill_tokens_per_second if t else None,
+                        # What a request with a short prompt would wait now (pre-flight's estimate).
+                        "queue_wait_s": predicted_wait(t, 0, self.fleet.sent_since(endpoint)) if t else None,
+                        "telemetry": self.fleet.config.tiers[tier].telemetry_source(),
+                        "note": t.note if t else None,
                     }
                 )
         return found

@@ -48,6 +48,8 @@ def test_worker_registers_and_publishes_its_state(start_worker: WorkerFactory, r
     memory = record["memory"]
     assert isinstance(memory, dict) and memory["free"] > 0 and memory["kv_bytes_per_token"] > 0
     assert record["queue_depth"] == 0
+    assert memory["max_batch_size"] == 8 and memory["queued_prompt_tokens"] == 0  # what pre-flight's wait needs
+    assert memory["step_seconds"] is None and record["step_seconds"] is None  # nothing decoded yet, nothing made up
     ttl = redis.Redis.from_url(redis_url).pttl(prefix + key)
     assert 0 < ttl <= 600, "the record expires unless renewed"
     worker.__exit__(None, None, None)  # a graceful stop deregisters at once

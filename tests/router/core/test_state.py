@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -85,8 +86,11 @@ def test_no_burst_of_twice_the_limit_at_a_minute_boundary(redis_url: str) -> Non
         finally:
             await store.close()
 
+    started = time.monotonic()
     waits = asyncio.run(main())
-    assert 30 <= waits.count(0.0) <= 31, waits.count(0.0)
+    # The bucket refills at 30 a minute while the 60 calls run: on a loaded machine that can take seconds.
+    refilled = int((time.monotonic() - started) * 30 / 60)
+    assert 30 <= waits.count(0.0) <= 31 + refilled < 60, (waits.count(0.0), refilled)
 
 
 def test_a_bucket_refills_at_its_rate() -> None:

@@ -118,3 +118,59 @@ def test_context_length_is_the_tiers_reason_only_when_every_worker_gives_it() ->
     assert mixed.refused == "vram_exhausted"
     both = decide([windowed("a", 100), windowed("b", 200)])
     assert both.refused == "context_length"
+
+
+def busy(name: str, *, queue: int, running: int = 1, step: float | None = 0.01, free: int = 10**9) -> Endpoint:
+    """A worker of batch 1 whose answers run 100 tokens: each request ahead of a new one costs ~1 s at 10 ms a step."""
+    telemetry = Telemetry(
+        free=free,
+        kv_bytes_per_token=KV,
+        queue_depth=queue,
+        running=running,
+        queue_size=64,
+        max_batch_size=1,
+        step_seconds=step,
+        mean_completion_tokens=100,
+    )
+    return Endpoint("large", f"http://{name}/v1", "redis", telemetry)
+
+
+def waiting(endpoints: list[Endpoint], max_wait: float | None, sent: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
+    sent = sent or {}
+    return plan(
+        endpoints,
+        lambda e: e.telemetry,
+        lambda e: 0,
+        100,
+        50,
+        sent_since=lambda e: sent.get(e.base_url, 0),
+        max_wait=max_wait,
+    )
+
+
+def test_a_worker_whose_queue_would_hold_the_request_too_long_is_refused_for_queue_wait() -> None:
+    refused = waiting([busy("a", queue=3)], max_wait=2.0)  # 3 queued + 1 running ahead: ~4 s
+    assert refused.targets == [] and refused.refused == "queue_wait"
+    assert "http://a/v1: ~4.00 s to a first token, more than 2 s" in refused.detail
+    assert [t.endpoint.base_url for t in refused.waiting] == ["http://a/v1"]  # still there to wait on
+    assert waiting([busy("a", queue=3)], max_wait=5.0).targets  # within the limit
+    assert waiting([busy("a", queue=3)], max_wait=None).targets  # no limit: it waits however long
+
+
+def test_requests_sent_since_the_reading_count_toward_the_wait() -> None:
+    idle = busy("a", queue=0, running=0)
+    assert waiting([idle], max_wait=2.0).targets
+    assert waiting([idle], max_wait=2.0, sent={"http://a/v1": 3}).refused == "queue_wait"
+
+
+def test_an_unpredictable_wait_is_not_a_refusal() -> None:
+    assert waiting([busy("a", queue=30, step=None)], max_wait=0.5).targets  # no decode step measured yet
+
+
+def test_the_quick_worker_is_chosen_and_slow_ones_wait_in_order_of_their_wait() -> None:
+    chosen = waiting([busy("slow", queue=5), busy("quick", queue=0, running=0)], max_wait=2.0)
+    assert [t.endpoint.base_url for t in chosen.targets] == ["http://quick/v1"]
+    none_quick = waiting([busy("slower", queue=9), busy("slow", queue=5), busy("full", queue=0, free=0)], 2.0)
+    assert none_quick.refused == "queue_wait"  # what the tier still offers, over the full one's vram_exhausted
+    assert [t.endpoint.base_url for t in none_quick.waiting] == ["http://slow/v1", "http://slower/v1"]
+    assert "vram_exhausted" not in none_quick.refused and "needs" in none_quick.detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.devtools.standin import Standin, StandinSettings
@@ -63,12 +64,37 @@ def test_metrics_count_requests_latency_scores_fallbacks_blocks_and_tokens(
         assert value(samples, "tiered_router_guardrail_blocks_total", rail="check prompt injection") == 1
         assert value(samples, "tiered_router_tokens_total", tier="small", direction="in") > 0
         assert value(samples, "tiered_router_tokens_total", tier="small", direction="out") >= 2
+        # Served locally: the two small requests (worker tiers); remotely: large's fallback. The block (a refusal
+        # the router wrote) and the 400 were served by no tier.
+        assert value(samples, "tiered_router_served_total", where="local") == 2
+        assert value(samples, "tiered_router_served_total", where="remote") == 1
+        assert value(samples, "tiered_router_local_share") == pytest.approx(2 / 3)
 
         status: dict[str, Any] = httpx.get(f"{router.url}/status.json").json()
         assert status["requests"] == 5
+        assert status["served"] == {"local": 2, "remote": 1, "local_share": pytest.approx(2 / 3)}
         assert sum(bucket["tiers"].get("small", 0) for bucket in status["mix"]) == 2
         kinds = [event["kind"] for event in status["events"]]
         assert kinds.count("fallback") == 1 and kinds.count("block") == 1
         assert {t["name"]: t["ready"] for t in status["tiers"]} == {"small": True, "large": True, "remote": True}
         page = httpx.get(f"{router.url}/status")
         assert page.status_code == 200 and '<svg id="mix"' in page.text
+
+
+def test_the_local_share_is_absent_until_a_request_is_served_then_follows_where_they_went(
+    start_router: RouterFactory,
+) -> None:
+    router = start_router()
+    assert not any(name == "tiered_router_local_share" for name, _ in scrape(router.url))  # no made-up number
+    status: dict[str, Any] = httpx.get(f"{router.url}/status.json").json()
+    assert status["served"] == {"local": 0, "remote": 0, "local_share": None}
+    chat = f"{router.url}/v1/chat/completions"
+    with httpx.Client(timeout=30) as client:
+        assert client.post(chat, json={"model": "remote", "messages": SIMPLE}).status_code == 200
+        assert value(scrape(router.url), "tiered_router_local_share") == 0.0
+        for _ in range(3):
+            assert client.post(chat, json={"model": "small", "messages": SIMPLE}).status_code == 200
+    samples = scrape(router.url)
+    assert value(samples, "tiered_router_local_share") == 0.75
+    assert value(samples, "tiered_router_served_total", where="local") == 3
+    assert httpx.get(f"{router.url}/status.json").json()["served"]["local_share"] == 0.75

@@ -61,6 +61,9 @@ def test_the_status_page_draws_live_charts(start_router: RouterFactory) -> None:
             points = page.locator("#latency-p50").get_attribute("data-points")
             assert points is not None and int(points) >= 1
             assert int(page.locator("#blocks").get_attribute("data-value") or "0") >= 1
+            # Every request a tier served went to a worker tier (small, large): all served locally.
+            page.wait_for_function("document.querySelector('#local-share').dataset.value === '1.0000'")
+            assert page.locator("#local-share").inner_text().startswith("100% (")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
