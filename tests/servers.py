@@ -94,9 +94,10 @@ def redis_server(
 
 @contextmanager
 def cli_process(
-    args: list[str], ready_url: str, env: dict[str, str] | None = None
+    args: list[str], ready_url: str, env: dict[str, str] | None = None, ready_s: float = 60.0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m router.cli <args>` as its own process, once `ready_url` answers 200; killed at exit."""
+    """`python -m router.cli <args>` as its own process, once `ready_url` answers 200 (within `ready_s`); killed at
+    exit."""
     from router.supervisor import wait_ready
 
     repo = str(Path(__file__).resolve().parent.parent)
@@ -105,7 +106,7 @@ def cli_process(
         [sys.executable, "-m", "router.cli", *args], env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        if not wait_ready(ready_url, time.monotonic() + 60):
+        if not wait_ready(ready_url, time.monotonic() + ready_s):
             raise RuntimeError(f"{' '.join(args)} did not become ready at {ready_url}")
         yield proc
     finally:

@@ -4,7 +4,9 @@ A request reserves its worst case, (prompt tokens + max_tokens) rounded up to wh
 bytes per token, when it is admitted (the paged cache hands out whole blocks), and releases it when it
 ends however it ends. A request that does not fit is refused at
 once with the bytes it needs and the bytes free, so the router can send it elsewhere before any
-out-of-memory error. Thread-safe: the engine thread releases, the event loop reserves.
+out-of-memory error. The budget is this worker's share of the device (total x budget_fraction) less its own
+fixed cost; other processes on the same device never lower it, they lower the device's free memory, which
+bounds what may be reserved as well. Thread-safe: the engine thread releases, the event loop reserves.
 """
 
 from __future__ import annotations
@@ -25,16 +27,25 @@ class VramExhausted(Exception):
 @dataclass(frozen=True)
 class MemorySnapshot:
     device: str
+    accounting: str
+    """How this worker's own use is measured (workers.memory.MemoryProbe.accounting): nvml, allocator+context,
+    allocator+estimate, simulated or host."""
     total: int
     budget: int
-    """The KV-cache budget: min(total x budget_fraction - fixed - margin, the cache pool)."""
+    """The KV-cache budget: min(total x budget_fraction - fixed - margin, the cache pool). This worker's share of the
+    device; other processes' use does not lower it (it lowers device_free)."""
     fixed: int
-    """Weights, CUDA context, graph pools and workspaces, measured at start-up."""
+    """This worker's own weights, CUDA context, graph pools and workspaces, measured at start-up; nothing of other
+    processes'."""
+    own: int
+    """What this worker process holds on the device now: fixed + the KV-cache pool, and anything transient."""
     reserved: int
     free: int
-    """min(budget - reserved, the device's own free memory - margin)."""
+    """min(ledger_free, device_free): what a new request may reserve now."""
     ledger_free: int
+    """budget - reserved."""
     device_free: int
+    """What the device still has free, for anyone (other processes' use included), less the margin."""
     margin: int
     kv_bytes_per_token: int
     in_flight: int
@@ -103,11 +114,14 @@ class VramLedger:
             device_free = max(0, self.probe.free_bytes() - self.margin)
             free = min(ledger_free, device_free)
             block_bytes = self.block_size * self.kv_bytes_per_token
+            own = self.probe.own_bytes()  # first: it sets how the probe measured it
             return MemorySnapshot(
                 device=self.probe.kind,
+                accounting=self.probe.accounting,
                 total=self.probe.total_bytes(),
                 budget=budget,
                 fixed=self.fixed_bytes,
+                own=own,
                 reserved=reserved,
                 free=free,
                 ledger_free=ledger_free,

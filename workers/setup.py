@@ -1,7 +1,9 @@
 """Assemble a worker: load the model, size the paged KV cache to the memory budget, capture graphs, open the ledger.
 
-Blocking; runs in a thread from the app's lifespan. The order matters: the cache is sized from what is
-left after the weights, and the fixed cost is measured after the graphs exist, so the ledger counts them.
+Blocking; runs in a thread from the app's lifespan. The order matters: the memory probe comes first (a CUDA probe
+measures this process's context as it creates it), the cache is sized from what is left of this worker's share after
+its own weights, and the fixed cost is measured after the graphs exist, so the ledger counts them. Only this
+process's own use is charged to its share: other processes on the device limit what it can still give, not the share.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
 from workers.kv_cache import PagedKVCache, blocks_for
 from workers.ledger import VramLedger
-from workers.loader import LoadedModel, attention_shape, load_model, prepare_compile_cache
+from workers.loader import LoadedModel, attention_shape, load_model, prepare_compile_cache, prepare_cuda_env, resolve_device
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
 from workers.runner import ModelRunner
 from workers.service import WorkerService
@@ -29,11 +31,13 @@ GRAPH_ALLOWANCE = 256 * 1024 * 1024
 """Kept aside for the CUDA graph pools when sizing the cache; the real cost is measured afterwards."""
 
 
-def choose_probe(worker: WorkerConfig, device: str) -> MemoryProbe:
-    if worker.vram.simulate_total_bytes is not None:
-        return SimulatedGpu(worker.vram.simulate_total_bytes)
+def choose_probe(config: Config, worker: WorkerConfig, device: str) -> MemoryProbe:
+    vram = worker.vram
+    if vram.simulate_total_bytes is not None:
+        shared = config.resolve_path(vram.simulate_shared_path) if vram.simulate_shared_path else None
+        return SimulatedGpu(vram.simulate_total_bytes, shared)
     if device.startswith("cuda"):
-        return CudaProbe(torch.device(device).index or 0)
+        return CudaProbe.open(torch.device(device).index or 0)
     return HostProbe()
 
 
@@ -51,14 +55,16 @@ def graph_allowance(worker: WorkerConfig, loaded: LoadedModel, width: int) -> in
 
 
 def size_cache(worker: WorkerConfig, probe: MemoryProbe, loaded: LoadedModel, used: int) -> tuple[int, int]:
-    """(blocks, width): the paged pool's block count (the scratch block included) that fits the budget next to
-    what is used, and the longest sequence a request may hold.
+    """(blocks, width): the paged pool's block count (the scratch block included) that fits this worker's share next
+    to its own `used`, and the longest sequence a request may hold.
 
     No more blocks than max_batch_size full-length sequences could ever use; at least one full-length sequence."""
     width = min(worker.max_seq_len, loaded.max_positions)
     per_seq = blocks_for(width, worker.block_size)
     block_bytes = worker.block_size * loaded.kv_bytes_per_token
-    available = int(probe.total_bytes() * worker.vram.budget_fraction) - used - worker.vram.safety_margin_bytes
+    share = int(probe.total_bytes() * worker.vram.budget_fraction) - used
+    # Other processes' use does not shrink this worker's share, but the device cannot give more than it has free.
+    available = min(share, probe.free_bytes()) - worker.vram.safety_margin_bytes
     if loaded.device.startswith("cuda"):
         available -= graph_allowance(worker, loaded, width)
     usable = min(worker.max_batch_size * per_seq, max(0, available) // block_bytes - 1)
@@ -92,12 +98,12 @@ def build_service(
     """`loaded`: a model already loaded for `worker` (benchmarks serve one load in several setups)."""
     if worker.compile:
         prepare_compile_cache(config.compile_cache_root(worker))
+    prepare_cuda_env(worker)
+    probe = probe or choose_probe(config, worker, resolve_device(worker.device))
     loaded = loaded or load_model(worker, config.checkpoint_root(worker))
     device = torch.device(loaded.device)
-    probe = probe or choose_probe(worker, loaded.device)
     probe.allocated(loaded.weight_bytes)
-    used = probe.total_bytes() - probe.free_bytes() if probe.kind != "host" else loaded.weight_bytes
-    blocks, width = size_cache(worker, probe, loaded, used)
+    blocks, width = size_cache(worker, probe, loaded, probe.own_bytes())
     layers, kv_heads, head_dim = attention_shape(loaded.model.config)
     dtype = getattr(torch, loaded.dtype)
     cache = PagedKVCache(
@@ -118,7 +124,7 @@ def build_service(
     if worker.nf4_kernels == "measured":
         nf4_kernels.measure(loaded.model, runner.buckets)
     graphs = runner.capture_graphs()
-    fixed = _fixed_cost(probe, loaded, cache, graphs.pool_bytes)
+    fixed = _fixed_cost(probe, cache, graphs.pool_bytes)
     ledger = VramLedger(
         probe,
         kv_bytes_per_token=loaded.kv_bytes_per_token,
@@ -148,12 +154,10 @@ def build_service(
     return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger, grammar)
 
 
-def _fixed_cost(probe: MemoryProbe, loaded: LoadedModel, cache: PagedKVCache, graph_bytes: int) -> int:
-    """What the worker holds besides the KV cache: on a real device, all it uses (weights, context, graph pools)."""
-    if isinstance(probe, CudaProbe):
-        return probe.total_bytes() - probe.free_bytes() - cache.nbytes
-    probe.allocated(graph_bytes)
-    return loaded.weight_bytes + graph_bytes
+def _fixed_cost(probe: MemoryProbe, cache: PagedKVCache, graph_bytes: int) -> int:
+    """What this worker holds besides the KV cache (weights, context, graph pools), none of other processes' use."""
+    probe.allocated(graph_bytes)  # a real device notices by itself
+    return probe.own_bytes() - cache.nbytes
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:

@@ -330,6 +330,10 @@ class Config(Strict, frozen=True):
             raise ConfigError(self.source, f"workers.{tier}.max_tokens_default", "must not exceed max_tokens_cap")
         if worker.max_tokens_cap >= worker.max_seq_len:
             raise ConfigError(self.source, f"workers.{tier}.max_tokens_cap", "must be below max_seq_len")
+        if worker.vram.simulate_shared_path is not None and worker.vram.simulate_total_bytes is None:
+            raise ConfigError(
+                self.source, f"workers.{tier}.vram.simulate_shared_path", "needs vram.simulate_total_bytes"
+            )
         return worker
 
     def checkpoint_root(self, worker: WorkerConfig) -> Path:

@@ -24,6 +24,9 @@ class VramConfig(Strict, frozen=True):
     """Kept free on top of every reservation; widened after an out-of-memory error."""
     simulate_total_bytes: Annotated[int, Meta(ge=1)] | None = None
     """Pretend the accelerator has this much memory (tests, demos on a CPU)."""
+    simulate_shared_path: str | None = None
+    """With `simulate_total_bytes`: a file (relative to the config file) naming one simulated device that every
+    worker process giving the same path shares; each is charged only with its own use (workers.memory.SimulatedGpu)."""
 
 
 class WorkerConfig(Strict, frozen=True):
