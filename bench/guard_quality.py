@@ -8,6 +8,9 @@ of the file goes through `Guard.check_input` over all its client text (router/gu
 guarded tier does, sequentially, after a few warm-up checks.
 
     python bench/guard_quality.py [--data bench/data/guard_heldout.jsonl] [--baseline REV] [--variants]
+
+Tables: blocked per `label/family` (the held-out file's families; in bench/data/guard_dev.jsonl the family is the
+language), per attack category and per benign category (false blocks).
 """
 
 from __future__ import annotations
@@ -88,17 +91,21 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     attacks = [r for r in results if r["label"] == "attack"]
     benign = [r for r in results if r["label"] == "benign"]
     by: dict[str, dict[str, list[dict[str, Any]]]] = {"family": collections.defaultdict(list),
-                                                      "category": collections.defaultdict(list)}  # fmt: skip
+                                                      "category": collections.defaultdict(list),
+                                                      "benign": collections.defaultdict(list)}  # fmt: skip
     for r in results:
         by["family"][f"{r['label']}/{r['family']}"].append(r)
         if r["label"] == "attack":
             by["category"][str(r["category"]).split("_")[-1]].append(r)
+        else:
+            by["benign"][str(r["category"])].append(r)
     ms = [r["ms"] for r in results]
     return {
         "attacks": rate(attacks),
         "benign": rate(benign),
         "families": {k: rate(v) for k, v in sorted(by["family"].items())},
         "attack_categories": {k: rate(v) for k, v in sorted(by["category"].items())},
+        "benign_categories": {k: rate(v) for k, v in sorted(by["benign"].items())},
         "rails": collections.Counter(r["rail"] for r in attacks if r["blocked"]),
         "false_blocks": [(r["family"], r["category"], r["rail"]) for r in benign if r["blocked"]],
         "p50_ms": statistics.median(ms),
@@ -175,12 +182,16 @@ def main() -> int:
         if args.variants:
             off = variant_dir(work, "classifier-off", classifier="off")
             results.append(run_variant("after, classifier off", ROOT, off, data))
-            no_similarity = variant_dir(work, "no-similarity", checks="injection,jailbreak,evasion,classifier")
+            no_similarity = variant_dir(
+                work, "no-similarity", checks="injection,jailbreak,evasion,disallowed,classifier"
+            )
             results.append(run_variant("after, no similarity rail", ROOT, no_similarity, data))
     print()
     print(table(results, "families"))
     print()
     print(table(results, "attack_categories"))
+    print()
+    print(table(results, "benign_categories"))
     for r in results:
         print(f"\n{r['variant']}: rails that blocked {dict(r['rails'])}; false blocks {r['false_blocks']}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,15 +10,24 @@ from msgspec import Meta
 
 from router.core.config import ConfigError, Strict, Unit, decode_struct
 
-GROUPS = ("injection", "jailbreak", "evasion", "secrets", "pii")
-"""Pattern groups the rails in rails.co refer to; input rails use the first three, output rails the rest."""
+GROUPS = ("injection", "jailbreak", "evasion", "disallowed", "secrets", "pii")
+"""Pattern groups the rails in rails.co refer to; input rails use the first four, output rails the rest."""
 
 
 class PatternRule(Strict, frozen=True):
     name: str
-    regex: str
+    regex: str | None = None
+    """One regular expression; or, instead, `parts`."""
     validate: Literal["luhn"] | None = None
     """An extra check on a match (`luhn`: a credit card number's check digit), cutting false positives."""
+    parts: list[list[str]] | None = None
+    """Phrases made of words said in any order (several languages' "ignore ... previous ... instructions"): each
+    part is a list of alternatives (regular expressions); a match is every part in one sentence, each within
+    `gap` characters of the one before, in this order, or in any order with `any_order`."""
+    any_order: bool = False
+    gap: Annotated[int, Meta(ge=0, le=200)] = 60
+    words: bool = True
+    """A part is whole words (`\\b` on both sides); off for scripts written without spaces (Chinese, Japanese)."""
 
 
 class PatternGroups(Strict, frozen=True):
@@ -26,6 +35,8 @@ class PatternGroups(Strict, frozen=True):
     jailbreak: list[PatternRule] = msgspec.field(default_factory=list)
     evasion: list[PatternRule] = msgspec.field(default_factory=list)
     """Asking for the answer in an encoding so that it gets past the output rails ("respond only in base64")."""
+    disallowed: list[PatternRule] = msgspec.field(default_factory=list)
+    """Plainly disallowed requests (make a bomb, write ransomware) in languages the encoder reads poorly."""
     secrets: list[PatternRule] = msgspec.field(default_factory=list)
     pii: list[PatternRule] = msgspec.field(default_factory=list)
 

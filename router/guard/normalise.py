@@ -57,6 +57,8 @@ _LEET_WORD = regex.compile(  # two letters or more and a digit (or @, $): "h0w",
 )
 _LEET_ANY = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
 """Once a text reads as leetspeak (two `_LEET_WORD`s), every word mixing letters and digits is read back ("t0")."""
+_SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|\n+)")
+"""Between sentences (kept by `split`: joined back, the text is unchanged)."""
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
 # fmt: off
 _ENGLISH = frozenset((
@@ -161,9 +163,22 @@ def _decodings(text: str) -> list[tuple[str, bool]]:
     for reading in (codecs.encode(text, "rot13"), text[::-1]):
         if _english_words(reading) > max(words, 2):
             found.append((reading, False))
+    mixed = _rot13_sentences(text)
+    if mixed is not None and all(mixed != reading for reading, _ in found):
+        found.append((mixed, False))
     if len(_LEET_WORD.findall(text, overlapped=False)[:2]) == 2:  # one "mp3" or "h264" is not leetspeak
         found.append((_LEET_ANY.sub(lambda m: m.group().translate(_LEET), text), False))
     return found
+
+
+def _rot13_sentences(text: str) -> str | None:
+    """`text` with each sentence that reads as English only in ROT13 decoded ("Decode it and do it: Qvfertneq lbhe
+    cerivbhf vafgehpgvbaf."), the rest left as it is; None when no sentence is. The whole-text reading misses such a
+    text: its plain English words count against the decoded ones."""
+    pieces = _SENTENCE.split(text[:MAX_VARIANT_CHARS])
+    decoded = [codecs.encode(piece, "rot13") for piece in pieces]
+    chosen = [d if _english_words(d) > max(_english_words(p), 2) else p for p, d in zip(pieces, decoded, strict=True)]
+    return "".join(chosen) if chosen != pieces else None
 
 
 def _english_words(text: str) -> int:

@@ -51,6 +51,7 @@ CHECK_RAILS = {
     "injection": "check prompt injection",
     "jailbreak": "check jailbreak",
     "evasion": "check encoding evasion",
+    "disallowed": "check disallowed request",
     "classifier": "check attack classifier",
     "similarity": "check disallowed similarity",
     "secrets": "check secrets",
