@@ -102,6 +102,10 @@ def build_service(
     probe = probe or choose_probe(config, worker, resolve_device(worker.device))
     loaded = loaded or load_model(worker, config.checkpoint_root(worker))
     device = torch.device(loaded.device)
+    if device.type == "cuda":
+        # Loading leaves the allocator holding freed blocks (shards in bf16 before quantization, GBs for a 7B): hand
+        # them back, or this worker's own use, and so its fixed cost, counts memory it no longer uses.
+        torch.cuda.empty_cache()
     probe.allocated(loaded.weight_bytes)
     blocks, width = size_cache(worker, probe, loaded, probe.own_bytes())
     layers, kv_heads, head_dim = attention_shape(loaded.model.config)
