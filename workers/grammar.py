@@ -10,6 +10,8 @@ Its own `apply_token_bitmask_inplace` goes through `torch.compile`, which needs 
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -120,11 +122,34 @@ class ToolSpec:
 
 
 class GrammarCompiler:
-    """Builds constraints for one tokenizer; the tokenizer conversion (about a second) is done once."""
+    """Builds constraints for one tokenizer; the tokenizer conversion is done once, in the background.
+
+    It takes about a second for a real model's tokenizer, but minutes for some (the benchmarks' random 152k-token
+    one), so it runs in a thread started here: the worker is ready for plain requests at once, and the first
+    constrained request waits for the conversion to finish."""
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
-        self._tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
         self.vocab_size = vocab_size
+        self._converted: Future[Any] = Future()
+        threading.Thread(target=self._convert, args=(tokenizer,), name="grammar-tokenizer", daemon=True).start()
+
+    def _convert(self, tokenizer: Any) -> None:
+        try:
+            self._converted.set_result(llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size))
+        except BaseException as exc:  # handed to the first constrained request, which fails with it
+            self._converted.set_exception(exc)
+
+    @property
+    def ready(self) -> bool:
+        return self._converted.done()
+
+    def wait(self) -> None:
+        """Block until the conversion is done (from a worker thread: it can take minutes)."""
+        self._converted.exception()
+
+    @property
+    def _tokenizer(self) -> Any:
+        return self._converted.result()
 
     def json_schema(self, schema: dict[str, Any]) -> TokenConstraint:
         return self._constraint(llguidance.LLMatcher.grammar_from_json_schema(_compact(schema)))

@@ -145,8 +145,14 @@ class WorkerService:
             raise
         return streams
 
+    async def _grammar_ready(self, plan: ToolPlan) -> None:
+        """A constrained request waits, off the event loop, for the grammar engine's tokenizer conversion."""
+        if self.grammar is not None and not self.grammar.ready and (plan.forced or plan.schema is not None):
+            await asyncio.to_thread(self.grammar.wait)
+
     async def complete(self, chat: ChatCompletionRequest) -> ChatCompletion:
         plan = plan_for(chat)
+        await self._grammar_ready(plan)
         streams = self.submit(chat, plan)
         parts: list[list[str]] = [[] for _ in streams]
         logprobs: list[list[Any]] = [[] for _ in streams]
@@ -179,6 +185,7 @@ class WorkerService:
     async def open_stream(self, chat: ChatCompletionRequest) -> AsyncIterator[bytes]:
         """Submit and wait for the first event, so a refusal or an early failure is still a plain 503."""
         plan = plan_for(chat)
+        await self._grammar_ready(plan)
         streams = self.submit(chat, plan)
         events = merged(streams)
         try:

@@ -20,7 +20,14 @@ from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
 from workers.kv_cache import PagedKVCache, blocks_for
 from workers.ledger import VramLedger
-from workers.loader import LoadedModel, attention_shape, load_model, prepare_compile_cache, prepare_cuda_env, resolve_device
+from workers.loader import (
+    LoadedModel,
+    attention_shape,
+    load_model,
+    prepare_compile_cache,
+    prepare_cuda_env,
+    resolve_device,
+)
 from workers.memory import CudaProbe, HostProbe, MemoryProbe, SimulatedGpu
 from workers.runner import ModelRunner
 from workers.service import WorkerService
