@@ -88,7 +88,7 @@ class WorkerService:
                 param="messages",
                 code=CONTEXT_LENGTH_EXCEEDED,
             )
-        constrained = bool(plan.forced) or plan.schema is not None
+        constrained = plan.constrained
         # A grammar-constrained answer cut short is broken JSON, so without max_tokens it may run to the cap.
         default = self.config.max_tokens_cap if constrained else self.config.max_tokens_default
         wanted = chat.token_limit() or default
@@ -147,7 +147,7 @@ class WorkerService:
 
     async def _grammar_ready(self, plan: ToolPlan) -> None:
         """A constrained request waits, off the event loop, for the grammar engine's tokenizer conversion."""
-        if self.grammar is not None and not self.grammar.ready and (plan.forced or plan.schema is not None):
+        if self.grammar is not None and not self.grammar.ready and plan.constrained:
             await asyncio.to_thread(self.grammar.wait)
 
     async def complete(self, chat: ChatCompletionRequest) -> ChatCompletion:

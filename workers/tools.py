@@ -84,6 +84,11 @@ class ToolPlan:
     def parses_calls(self) -> bool:
         return bool(self.tools)
 
+    @property
+    def constrained(self) -> bool:
+        """The answer is grammar-constrained: a forced tool call or a `response_format` schema."""
+        return bool(self.forced) or self.schema is not None
+
     def constraint(self, compiler: GrammarCompiler) -> TokenConstraint | None:
         try:
             if self.forced:
