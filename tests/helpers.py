@@ -3,6 +3,7 @@ and waiting for a worker."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,11 @@ def raw_guard_path() -> str:
 
 
 def write_config(path: Path, raw: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    """Written whole, then renamed into place: a running router's reload watcher never reads it half-written (it
+    did once in CI: an empty file between the truncate and the write, rejected as 'expected a mapping')."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.replace(partial, path)
     return path
 
 
