@@ -102,7 +102,10 @@ def load_model(worker: WorkerConfig, checkpoint_root: Path) -> LoadedModel:
     source = resolve_source(worker, checkpoint_root)
     log.info("loading %s (%s, %s, quantization=%s)", source, device, dtype_name, worker.quantization)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    from workers.attention import register
+
+    # sdpa, except that a decode step attends over grouped KV heads without repeating them (workers/attention.py)
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": register()}
     if worker.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,

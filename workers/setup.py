@@ -51,13 +51,12 @@ def choose_probe(config: Config, worker: WorkerConfig, device: str) -> MemoryPro
 def graph_allowance(worker: WorkerConfig, loaded: LoadedModel, width: int) -> int:
     """What to keep aside for the decode graphs' memory pool: a base, and the widest step's transient, one layer's
     worth (the pool reuses it layer after layer) for max_batch_size rows of `width` slots: the keys and values
-    gathered from the cache and a contiguous copy of them (4 x kv_heads), and, where attention repeats grouped
-    KV heads for every query head (sdpa with a mask under torch.compile), the repeated ones (2 x heads). That is
-    an upper bound; the real pool is measured after capture and counted in the fixed cost."""
+    gathered from the cache and a contiguous copy of them (4 x kv_heads). Attention reads grouped KV heads without
+    repeating them (workers/attention.py). That is an upper bound; the real pool is measured after capture and
+    counted in the fixed cost."""
     layers, kv_heads, head_dim = attention_shape(loaded.model.config)
-    heads = int(loaded.model.config.num_attention_heads)
     element = loaded.kv_bytes_per_token // (2 * layers * kv_heads * head_dim)
-    per_slot = (4 * kv_heads + 2 * heads) * head_dim * element
+    per_slot = 4 * kv_heads * head_dim * element
     return GRAPH_ALLOWANCE + worker.max_batch_size * width * per_slot
 
 

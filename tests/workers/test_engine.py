@@ -4,12 +4,14 @@ nothing; the paged cache admits by blocks and gets every block back."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from workers.attention import register
 from workers.engine import Engine, Failed, FaultHook, Finished, GenerationRequest, RequestStream, TextDelta
 from workers.grammar import TokenConstraint
 from workers.kv_cache import PagedKVCache
@@ -72,7 +74,12 @@ def tiny_engine(
         block_size=block_size,
     )
     runner = ModelRunner(
-        model, cache, use_graphs=False, prefill_chunk=prefill_chunk, compile=compiled, smallest_width=smallest_width
+        grouped_attention(model),
+        cache,
+        use_graphs=False,
+        prefill_chunk=prefill_chunk,
+        compile=compiled,
+        smallest_width=smallest_width,
     )
     runner.padded = runner.padded or padded
     ledger = VramLedger(
@@ -85,6 +92,14 @@ def tiny_engine(
         block_size=block_size,
     )
     return Engine(runner, LetterTokenizer(), ledger, eos_ids=eos_ids, queue_size=queue_size, fault_hook=fault_hook)
+
+
+def grouped_attention(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """The engine's copy runs the worker's decode attention (grouped KV heads, workers/attention.py); `reference`
+    keeps transformers' own sdpa."""
+    engine_model = copy.deepcopy(model)
+    engine_model.set_attn_implementation(register())
+    return engine_model
 
 
 def reference(model: LlamaForCausalLM, prompt: list[int], n: int) -> str:
