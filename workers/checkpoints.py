@@ -171,7 +171,9 @@ def build_tokenizer(vocab_size: int, *, model_max_length: int = 4096) -> PreTrai
     The pipeline (NFC, Qwen2's pre-tokenisation regex, byte-level) is the one ``transformers`` rebuilds for
     ``model_type == "qwen2"`` checkpoints (``Qwen2Tokenizer``), so text is split the same way whichever tokenizer
     class ``AutoTokenizer`` picks on load. Should the corpus run out of merges before the target size, the rest is
-    filled with reserved special tokens (``<|reserved_N|>``), the way released ChatML vocabularies are padded.
+    filled with plain vocabulary entries no merge produces (``<reserved_N>``), the way released vocabularies carry
+    unused ids. Not special tokens: a tokenizer with ~150k special tokens takes the grammar engine (llguidance)
+    minutes to convert, holding the GIL, where this one takes about a second.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -193,9 +195,7 @@ def build_tokenizer(vocab_size: int, *, model_max_length: int = 4096) -> PreTrai
         show_progress=False,
     )
     backend.train_from_iterator(_corpus(), trainer=trainer)
-    missing = vocab_size - backend.get_vocab_size(with_added_tokens=True)
-    if missing > 0:
-        backend.add_special_tokens([f"<|reserved_{i}|>" for i in range(missing)])
+    backend = _pad_vocab(backend, vocab_size)
     if (size := backend.get_vocab_size(with_added_tokens=True)) != vocab_size:
         raise RuntimeError(f"trained tokenizer has {size} tokens, expected {vocab_size}")
 
@@ -210,6 +210,18 @@ def build_tokenizer(vocab_size: int, *, model_max_length: int = 4096) -> PreTrai
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def _pad_vocab(backend: Any, vocab_size: int) -> Any:
+    from tokenizers import Tokenizer
+
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if size >= vocab_size:
+        return backend
+    data = json.loads(backend.to_str())
+    vocab = data["model"]["vocab"]
+    vocab.update({f"<reserved_{i}>": size + i for i in range(vocab_size - size)})
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def _model_config(spec: CheckpointSpec, bos_id: int, eos_id: int, pad_id: int) -> PreTrainedConfig:

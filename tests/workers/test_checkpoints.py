@@ -193,3 +193,18 @@ def test_make_checkpoint_builds_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert "tiny checkpoint (random weights)" in done.stdout
     loaded = load_model(WorkerConfig(model=str(out), device="cpu"), tmp_path)
     assert loaded.model.config.hidden_size == DEMO_SPECS["small"].hidden_size
+
+
+def test_padded_vocabulary_is_plain_entries_not_special_tokens() -> None:
+    """A benchmark-size vocabulary is mostly padding; as ~150k special tokens it took the grammar engine minutes to
+    convert (holding the GIL, so the worker answered nothing meanwhile). Padding is plain vocabulary instead."""
+    from workers.checkpoints import SPECIAL_TOKENS, build_tokenizer
+
+    tokenizer = build_tokenizer(30_000)
+    assert len(tokenizer) == 30_000
+    special = [t for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values() if t.special]
+    assert len(special) == len(SPECIAL_TOKENS)
+    assert tokenizer.convert_tokens_to_ids("<reserved_0>") < 30_000
+    # Text still never produces a padding id.
+    ids = tokenizer.encode("<reserved_0> hello <|im_start|>")
+    assert "<reserved_0>" not in tokenizer.convert_ids_to_tokens(ids)
