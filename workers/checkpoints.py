@@ -383,8 +383,9 @@ def shaped_config(shape: str, bos_id: int, eos_id: int, pad_id: int) -> tuple[Pr
 def build_shaped_checkpoint(path: Path, shape: str, *, device: str = "cpu", dtype: str = "bfloat16") -> Path:
     """A random-weight checkpoint of a real model's shape (:data:`SHAPES`), or ``tiny`` (the demo's small one).
 
-    The tokenizer is trained small (4096 tokens) and padded with ordinary tokens to the real vocabulary, so every
-    token a random model picks decodes to visible text and reaches a client as a stream chunk. Weights are made
+    The tokenizer is trained small (a few thousand tokens) and padded with plain vocabulary entries to the real
+    vocabulary (:func:`build_tokenizer`), so every token a random model picks decodes to visible text and reaches a
+    client as a stream chunk, and the grammar engine converts it in about a second. Weights are made
     on ``device`` (a 7B model in bf16 takes ~15 GB there) with a fixed seed. Returns at once if ``path`` holds one.
     """
     path = Path(path)
@@ -397,8 +398,7 @@ def build_shaped_checkpoint(path: Path, shape: str, *, device: str = "cpu", dtyp
 
     import torch
 
-    tokenizer = build_tokenizer(4096)
-    tokenizer.add_tokens([f"w{i}" for i in range(SHAPES[shape]["vocab_size"] - len(tokenizer))], special_tokens=False)
+    tokenizer = build_tokenizer(SHAPES[shape]["vocab_size"])
     ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     config, model_cls = shaped_config(shape, *ids)
     with torch.random.fork_rng(devices=[]), torch.device(device):
