@@ -36,7 +36,7 @@ class _WorkerCollector(Collector):
             "tiered_worker_kv_blocks_free": ("KV-cache blocks free for new requests", memory.blocks_free),
             "tiered_worker_kv_block_size_tokens": ("tokens per KV-cache block", memory.block_size),
             "tiered_worker_queue_depth": ("requests waiting for a batch slot", stats.queue_depth),
-            "tiered_worker_batch_size": ("requests decoding now", stats.running),
+            "tiered_worker_batch_size": ("requests decoding or prefilling (in a batch slot)", stats.running),
             "tiered_worker_decode_tokens_per_second": ("decode throughput, recent", stats.tokens_per_second),
             "tiered_worker_max_batch_size": ("requests that can decode at once", service.engine.max_batch),
         }
