@@ -1,9 +1,12 @@
 """The generation engine: one thread that batches every running request into shared decode steps.
 
-Requests are admitted (VRAM reserved, queue bounded) on the event loop, then join the batch at a step
-boundary: they get the cache blocks their prompt and max_tokens need and a batch row, their prompt is
-prefilled into those blocks, and they take part in the next decode step; their blocks go back to the
-pool when they end, however they end.
+Requests are admitted (VRAM reserved, queue bounded) on the event loop, then join at a step boundary: they
+get the cache blocks their prompt and max_tokens need and a batch slot, and their prompt is prefilled into
+those blocks (workers.prefill). Each iteration of the engine runs at most one prefill forward, several
+prompts' chunks packed into `prefill_chunk` tokens, then one decode step of the running requests; a request
+takes part in decode steps once its whole prompt is in the cache. So joining requests cost the running ones
+one forward per step, never a whole long prompt or one forward per short one. Blocks go back to the pool when
+a request ends, however it ends.
 Each step decodes one token for every running request at once. Out-of-memory errors are confined to
 the request that caused them. The engine knows nothing about HTTP; events reach the event loop
 through `RequestStream`.
@@ -29,8 +32,9 @@ from workers.grammar import GrammarMasks, TokenConstraint
 from workers.kv_cache import blocks_for
 from workers.ledger import VramExhausted, VramLedger
 from workers.pace import Pace
+from workers.prefill import Joining, PrefillQueue
 from workers.processors import RowProcessors, StepLogprobs, TokenLogprob, host_logprobs, row_logprobs, take
-from workers.runner import ModelRunner
+from workers.runner import ModelRunner, PrefillPart
 from workers.sampling import SamplingParams, generator_for, sample
 
 log = logging.getLogger(__name__)
@@ -125,15 +129,27 @@ class _Running:
         return self.request.max_tokens - self.completion
 
 
+@dataclass(eq=False)
+class _Admitted:
+    """A request whose prompt is being prefilled: what it takes into its batch row when the prompt is complete."""
+
+    stream: RequestStream
+    generator: torch.Generator | None
+    seq: int
+
+
 @dataclass
 class EngineStats:
     queue_depth: int = 0
     running: int = 0
+    """Requests holding a batch slot: decoding, or their prompt being prefilled."""
     decode_steps: int = 0
     decode_tokens: int = 0
     largest_batch: int = 0
     tokens_per_second: float = 0.0
     """Decode throughput over the last few seconds, all running requests together."""
+    prefill_forwards: int = 0
+    prefill_tokens: int = 0
 
 
 @dataclass
@@ -155,7 +171,8 @@ class _Step:
 
 
 FaultHook = Callable[[str, list[str]], None]
-"""Called before each prefill ("prefill", [id]) and decode step ("decode", ids); tests raise from it."""
+"""Called before each prefill forward ("prefill", the ids packed into it) and decode step ("decode", ids); tests
+raise from it."""
 
 
 class Engine:
@@ -190,6 +207,8 @@ class Engine:
         self._fault_hook = fault_hook
         self._pending: deque[RequestStream] = deque()
         self._rows: list[_Running] = []
+        self._joining: PrefillQueue[_Admitted] = PrefillQueue(runner.prefill_chunk)
+        """Requests whose prompts are being prefilled: each holds its blocks and a batch slot, not yet a row."""
         self._blocks: dict[RequestStream, list[int]] = {}
         """The cache blocks each joined request owns, until it ends."""
         self._seq = itertools.count()
@@ -198,7 +217,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._rate: deque[tuple[float, int]] = deque()
         self.pace = Pace()
-        """Recent step time, prefill rate and answer length: what the router predicts a wait here from."""
+        """Recent step time, prefill forwards and answer length: what the router predicts a wait here from."""
         self._stepped_at = 0.0
         self.crashed = False
 
@@ -235,9 +254,15 @@ class Engine:
         return stream
 
     def queued_prompt_tokens(self) -> int:
-        """Prompt tokens of the requests waiting: prefill work ahead of a new request."""
+        """Prompt tokens of the requests waiting, and those not yet prefilled of the joining ones: prefill work
+        ahead of a new request."""
         with self._wake:
-            return sum(len(stream.request.prompt) for stream in self._pending)
+            return sum(len(stream.request.prompt) for stream in self._pending) + self._joining.backlog
+
+    @property
+    def prefill_budget(self) -> int:
+        """Prompt tokens one prefill forward takes at most, all packed prompts together."""
+        return self._joining.budget
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -265,15 +290,18 @@ class Engine:
     def _serve(self) -> None:
         while not self._stopping:
             self._admit()
-            if not self._rows:
+            if not self._rows and not len(self._joining):
                 with self._wake:
                     if not self._pending and not self._stopping:
                         self._wake.wait(timeout=0.5)
                 continue
+            if len(self._joining):
+                self._prefill()
             self._step()
 
     def _admit(self) -> None:
-        while len(self._rows) < self.max_batch:
+        """Move queued requests in while batch slots (rows and prompts being prefilled) and blocks allow."""
+        while len(self._rows) + len(self._joining) < self.max_batch:
             with self._wake:
                 if not self._pending:
                     return
@@ -299,50 +327,103 @@ class Engine:
         return blocks_for(len(request.prompt) + request.max_tokens, self.cache.block_size)
 
     def _join(self, stream: RequestStream, blocks: list[int]) -> None:
+        """Its blocks and a batch slot are its own from now on; its prompt waits for the next prefill forwards."""
         request = stream.request
-        n = len(request.prompt)
-        row = len(self._rows)
         self._blocks[stream] = blocks
         try:  # a request's own settings must fail that request only, never the engine loop
             generator = generator_for(request.sampling, self.runner.device)
         except (ValueError, RuntimeError, OverflowError) as exc:
             self._end(stream, Failed(EngineError(f"invalid sampling settings: {exc}")))
             return
-        self.cache.assign(row, blocks)
+        if not request.prompt:
+            self._end(stream, Failed(EngineError("an empty prompt has nothing to continue")))
+            return
+        self._joining.add(_Admitted(stream, generator, next(self._seq)), request.prompt, blocks)
+
+    def _prefill(self) -> None:
+        """One packed forward over the next chunks of the joining prompts; those it completes start decoding."""
+        for joining in self._joining:
+            if joining.owner.stream.cancelled:
+                self._joining.remove(joining)
+                self._release(joining.owner.stream)
+        batch = self._joining.next_forward()
+        if batch:
+            self._prefill_forward(batch)
+        self.stats.running = len(self._rows) + len(self._joining)
+
+    def _prefill_forward(self, batch: list[tuple[Joining[_Admitted], PrefillPart]]) -> None:
+        """A fault in a forward of several prompts is not blamed on all of them: each is tried again alone, so it
+        stays with the one that causes it (out of memory: refused with `vram_exhausted`; anything else: failed)."""
+        ids = [joining.owner.stream.request.id for joining, _ in batch]
+        tokens = sum(len(part.tokens) for _, part in batch)
         started = time.monotonic()
         try:
             if self._fault_hook:
-                self._fault_hook("prefill", [request.id])
-            logits = self.runner.prefill(row, request.prompt)
+                self._fault_hook("prefill", ids)
+            logits = self.runner.prefill([part for _, part in batch])
         except torch.OutOfMemoryError:
-            self.cache.clear_row(row)
-            self._out_of_memory([stream])
+            if len(batch) > 1:
+                self._retry_alone(batch, out_of_memory=True)
+                return
+            self._joining.remove(batch[0][0])
+            self._out_of_memory([batch[0][0].owner.stream])
             return
         except Exception as exc:
-            log.exception("prefill failed for %s", request.id)
-            self.cache.clear_row(row)
-            self._end(stream, Failed(EngineError(f"prefill failed: {type(exc).__name__}")))
+            if len(batch) > 1:
+                self._retry_alone(batch, out_of_memory=False)
+                return
+            log.exception("prefill failed for %s", ids[0])
+            self._joining.remove(batch[0][0])
+            self._end(batch[0][0].owner.stream, Failed(EngineError(f"prefill failed: {type(exc).__name__}")))
             return
-        sampling = request.sampling
-        self.processors.set_row(
-            row,
-            presence=sampling.presence_penalty,
-            frequency=sampling.frequency_penalty,
-            bias=sampling.logit_bias,
-            logprobs=sampling.logprobs,
-        )
-        running = _Running(
-            stream=stream,
-            text=IncrementalText(self.tokenizer, request.stop),
-            generator=generator,
-            seq=next(self._seq),
-            length=n,
-        )
-        self._rows.append(running)
-        tokens, logprobs = self._sample(logits[None], [running], ahead=0, start=row)
-        token = int(tokens[0])
-        self.pace.prefilled(n, time.monotonic() - started)
-        self._accept(running, token, row_logprobs(host_logprobs(logprobs), 0, token, sampling.logprobs))
+        completed = self._joining.advance(batch)
+        if completed:
+            self._start_decoding(completed, logits)  # samples their first tokens: waits for the forward
+        elif self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)  # so the forward's time is its own, not the next step's
+        self.pace.prefilled(tokens, time.monotonic() - started)
+        self.stats.prefill_forwards += 1
+        self.stats.prefill_tokens += tokens
+
+    def _retry_alone(self, batch: list[tuple[Joining[_Admitted], PrefillPart]], *, out_of_memory: bool) -> None:
+        log.warning("a packed prefill of %d prompts failed: trying each alone", len(batch))
+        if out_of_memory:
+            if self.runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.ledger.widen_margin()
+        for item in batch:
+            self._prefill_forward([item])
+
+    def _start_decoding(self, completed: list[Joining[_Admitted]], logits: torch.Tensor) -> None:
+        """Give each completed prompt the next batch row, with its blocks and sampling settings, and sample its
+        first token from its last position's logits (`logits`: one row each, in order)."""
+        first = len(self._rows)
+        joined: list[_Running] = []
+        for row, joining in enumerate(completed, start=first):
+            admitted = joining.owner
+            request = admitted.stream.request
+            self.cache.assign(row, joining.blocks)
+            sampling = request.sampling
+            self.processors.set_row(
+                row,
+                presence=sampling.presence_penalty,
+                frequency=sampling.frequency_penalty,
+                bias=sampling.logit_bias,
+                logprobs=sampling.logprobs,
+            )
+            running = _Running(
+                stream=admitted.stream,
+                text=IncrementalText(self.tokenizer, request.stop),
+                generator=admitted.generator,
+                seq=admitted.seq,
+                length=len(request.prompt),
+            )
+            self._rows.append(running)
+            joined.append(running)
+        tokens, logprobs = self._sample(logits, joined, ahead=0, start=first)
+        host = host_logprobs(logprobs)
+        for i, (running, token) in enumerate(zip(joined, tokens.tolist(), strict=True)):
+            self._accept(running, token, row_logprobs(host, i, token, running.request.sampling.logprobs))
         self._sweep()
 
     def _step(self) -> None:
@@ -408,7 +489,11 @@ class Engine:
                 running.grammar_ahead = True
 
     def _can_chain(self) -> bool:
-        return not self._pending and all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
+        """Another step queued ahead only while nothing waits to join: a prompt being prefilled gets its next
+        forward after each step."""
+        if self._pending or len(self._joining):
+            return False
+        return all(not r.done and not r.stream.cancelled and r.remaining > 1 for r in self._rows)
 
     def _consume(self, step: _Step) -> None:
         tokens = step.host_tokens()
@@ -505,7 +590,7 @@ class Engine:
             else:
                 self.cache.clear_row(last)
             self._rows.pop()
-        self.stats.running = len(self._rows)
+        self.stats.running = len(self._rows) + len(self._joining)
 
     def _out_of_memory(self, victims: list[RequestStream]) -> None:
         """Free the victims' cache and reservation, empty the allocator cache, keep a wider margin."""
@@ -539,6 +624,9 @@ class Engine:
         with self._wake:
             pending = list(self._pending)
             self._pending.clear()
-        for stream in pending + [r.stream for r in self._rows if not r.done]:
+        joining = [j.owner.stream for j in self._joining]
+        for j in self._joining:
+            self._joining.remove(j)
+        for stream in pending + joining + [r.stream for r in self._rows if not r.done]:
             self._end(stream, Failed(error))
         self._rows.clear()

@@ -14,17 +14,24 @@ and attends over the slots of positions [0, width), gathered through the table, 
 it is the scratch block that rows beyond the live ones (a bucket is padded up) and table entries past a
 sequence's own blocks point at, so a padded step writes and reads only memory nobody owns.
 
+Prefill packs several prompts' chunks into one sequence (batch 1) and takes their slots from the block lists
+on the host, so a sequence being prefilled needs no block-table row until it decodes.
+
 The model calls `update()` from each attention layer; the runner sets the mode before each forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache
 
 SCRATCH_BLOCK = 0
+
+PrefillSpan = tuple[Sequence[int], int, int]
+"""One sequence's part of a packed prefill: (its blocks in position order, offset, length)."""
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -128,13 +135,31 @@ class PagedKVCache(Cache):
         blocks = self.table[rows, torch.div(positions, self.block_size, rounding_mode="floor")]
         return blocks * self.block_size + positions % self.block_size
 
-    def prefill_mode(self, row: int, offset: int, length: int) -> None:
-        """The next forward writes `length` prompt tokens of `row` at positions [offset, offset+length) and
-        attends over positions [0, offset+length) (chunked prefill)."""
-        seen = torch.arange(offset + length, device=self.device)
-        slots = self._slots(torch.tensor(row, device=self.device), seen)
-        self._write = slots[offset:]
-        self._read = slots[None]
+    def prefill_mode(self, parts: Sequence[PrefillSpan]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next forward prefills several sequences packed into one (batch 1, chunked prefill): part i is
+        `length` prompt tokens of the sequence owning `blocks`, at positions [offset, offset+length). It writes
+        their slots and attends, per part, over that sequence's positions [0, offset+length): the slots read are
+        the parts' spans one after another, so earlier chunks already in the cache are read back too.
+
+        Returns (position ids [1, tokens], attention mask [1, 1, tokens, read]): block-diagonal and causal, a token
+        sees only its own sequence's positions up to its own. Slots come from the block lists on the host (one
+        copy to the device), so a sequence being prefilled needs no block-table row yet."""
+        spans = [offset + length for _, offset, length in parts]
+        seen = torch.cat([torch.arange(span) for span in spans])
+        part = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(spans))
+        owned = torch.cat([torch.tensor(list(blocks), dtype=torch.long) for blocks, _, _ in parts])
+        first_block = torch.tensor([0, *(len(blocks) for blocks, _, _ in parts[:-1])]).cumsum(0)
+        block = owned[first_block[part] + torch.div(seen, self.block_size, rounding_mode="floor")]
+        read = block * self.block_size + seen % self.block_size
+        new = seen >= torch.tensor([offset for _, offset, _ in parts])[part]
+        tokens, width = int(new.sum()), len(seen)
+        # One host-to-device copy: read positions and owners, the slots read, then new tokens' slots/positions/owners.
+        host = torch.cat([seen, part, read, read[new], seen[new], part[new]]).to(self.device)
+        seen, part, read, write, positions, owner = torch.split(host, [width] * 3 + [tokens] * 3)
+        self._write = write
+        self._read = read[None]
+        mask = (owner[:, None] == part[None, :]) & (seen[None, :] <= positions[:, None])
+        return positions[None], mask[None, None]
 
     def decode_mode(self, positions: torch.Tensor, width: int) -> torch.Tensor:
         """The next forward is one step for rows [0, len(positions)), each at its own position (`positions`,
@@ -158,7 +183,7 @@ class PagedKVCache(Cache):
         """Store the new keys/values ([rows, kv_heads, tokens, head_dim]) and return those to attend over,
         [rows, kv_heads, width, head_dim], gathered from the pool."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        # A prefill's new tokens are one row's; a decode step's are one per row: either way, one per slot.
+        # A packed prefill's new tokens are its parts' in order; a decode step's are one per row: one per slot.
         keys.index_copy_(0, self._write, key_states.transpose(1, 2).reshape(-1, *keys.shape[1:]))
         values.index_copy_(0, self._write, value_states.transpose(1, 2).reshape(-1, *values.shape[1:]))
         return keys[self._read].transpose(1, 2), values[self._read].transpose(1, 2)

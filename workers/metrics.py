@@ -36,15 +36,22 @@ class _WorkerCollector(Collector):
             "tiered_worker_kv_blocks_free": ("KV-cache blocks free for new requests", memory.blocks_free),
             "tiered_worker_kv_block_size_tokens": ("tokens per KV-cache block", memory.block_size),
             "tiered_worker_queue_depth": ("requests waiting for a batch slot", stats.queue_depth),
-            "tiered_worker_batch_size": ("requests decoding now", stats.running),
+            "tiered_worker_batch_size": ("requests decoding or prefilling (in a batch slot)", stats.running),
             "tiered_worker_decode_tokens_per_second": ("decode throughput, recent", stats.tokens_per_second),
             "tiered_worker_max_batch_size": ("requests that can decode at once", service.engine.max_batch),
         }
-        step, prefill = pace.step_seconds, pace.prefill_tokens_per_second
+        step, prefill = pace.step_seconds, pace.prefill_cost
         if step is not None:  # absent until the engine has done the work: no made-up zero
             gauges["tiered_worker_decode_step_seconds"] = ("wall time of one decode step, recent mean", step)
         if prefill is not None:
-            gauges["tiered_worker_prefill_tokens_per_second"] = ("prompt tokens prefilled per second, recent", prefill)
+            gauges["tiered_worker_prefill_tokens_per_second"] = (
+                "prompt tokens per second of a prefill forward beyond its overhead, recent fit",
+                prefill.tokens_per_second,
+            )
+            gauges["tiered_worker_prefill_overhead_seconds"] = (
+                "seconds a prefill forward costs whatever its size, recent fit",
+                prefill.overhead_seconds,
+            )
         for name, (help_text, value) in gauges.items():
             family = GaugeMetricFamily(name, help_text, labels=["tier"])
             family.add_metric([self._tier], float(value))

@@ -1,4 +1,4 @@
-"""Runs the model: one prompt's prefill, and batched decode steps eagerly or from captured CUDA graphs.
+"""Runs the model: packed prefill forwards, and batched decode steps eagerly or from captured CUDA graphs.
 
 The decode step's inputs live in static buffers (token ids, positions) and the cache's block table; a
 CUDA graph per (batch bucket, width bucket) is captured over them once at start-up and replayed each
@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,19 @@ def cache_kwarg(model: Any) -> str:
     """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.2x on, where
     `past_key_values` is deprecated (removed in 5.40); `past_key_values` before that."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@dataclass(frozen=True)
+class PrefillPart:
+    """One prompt's chunk in a packed prefill forward."""
+
+    blocks: Sequence[int]
+    """The cache blocks its sequence owns, in position order."""
+    tokens: Sequence[int]
+    """The chunk: prompt tokens at positions [offset, offset + len(tokens))."""
+    offset: int
+    logits: bool
+    """The chunk ends its prompt: the forward returns its last position's logits (its first token's)."""
 
 
 @dataclass
@@ -96,32 +110,29 @@ class ModelRunner:
         self._cache_kwarg = cache_kwarg(model)
 
     @torch.inference_mode()
-    def prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
-        """Write the prompt's keys/values into `row`'s blocks (assigned before) and return last-position logits.
+    def prefill(self, parts: Sequence[PrefillPart]) -> torch.Tensor:
+        """One forward over several prompts' chunks packed into one sequence (batch 1): writes their keys/values
+        into each one's blocks and returns the last-position logits of the parts that ask, in order, [n, vocab].
 
-        Long prompts go through in chunks of `prefill_chunk` tokens, each attending to all before it, so the
-        activations a 4k-token prompt needs stay those of one chunk.
+        The engine keeps the parts' tokens within `prefill_chunk` in all, so the activations of one forward stay
+        those of one chunk however long the prompts are; a long prompt goes through in several forwards.
         """
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        logits = None
-        for offset in range(0, len(prompt), self.prefill_chunk):
-            length = min(self.prefill_chunk, len(prompt) - offset)
-            positions = torch.arange(offset, offset + length, device=self.device).unsqueeze(0)
-            seen = torch.arange(offset + length, device=self.device)
-            causal = (seen[None, :] <= positions[0, :, None])[None, None]
-            self.cache.prefill_mode(row, offset, length)
-            out = self.model(
-                input_ids=ids[:, offset : offset + length],
-                position_ids=positions,
-                attention_mask=causal,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kwarg: self.cache},
-            )
-            logits = out.logits
-        assert logits is not None, "empty prompt"
-        last: torch.Tensor = logits[0, -1].float()
-        return last
+        ids = torch.tensor([[token for part in parts for token in part.tokens]], dtype=torch.long)
+        ends = torch.tensor([len(part.tokens) for part in parts]).cumsum(0) - 1
+        keep = ends[torch.tensor([part.logits for part in parts], dtype=torch.bool)]
+        positions, mask = self.cache.prefill_mode([(part.blocks, part.offset, len(part.tokens)) for part in parts])
+        out = self.model(
+            input_ids=ids.to(self.device),
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            # A 1-D tensor of positions: transformers slices the hidden states with it before the head (4.50 through
+            # 5.2x alike), so a 512-token forward projects only the few last positions onto the vocabulary.
+            logits_to_keep=keep.to(self.device),
+            **{self._cache_kwarg: self.cache},
+        )
+        logits: torch.Tensor = out.logits[0].float()
+        return logits
 
     def bucket_for(self, rows: int) -> int:
         return next(b for b in self.buckets if b >= rows)

@@ -257,6 +257,7 @@ class WorkerService:
         snapshot = asdict(self.ledger.snapshot())
         engine = self.engine
         stats, pace = engine.stats, engine.pace
+        prefill = pace.prefill_cost
         snapshot.update(
             queue_depth=stats.queue_depth,
             running=stats.running,
@@ -265,7 +266,10 @@ class WorkerService:
             max_batch_size=engine.max_batch,
             queued_prompt_tokens=engine.queued_prompt_tokens(),
             step_seconds=pace.step_seconds,
-            prefill_tokens_per_second=pace.prefill_tokens_per_second,
+            # A prefill forward (several prompts packed) costs an overhead plus its tokens at a rate (workers.pace).
+            prefill_tokens_per_second=prefill.tokens_per_second if prefill else None,
+            prefill_overhead_seconds=prefill.overhead_seconds if prefill else None,
+            prefill_tokens_per_forward=engine.prefill_budget,
             mean_completion_tokens=pace.mean_completion_tokens,
             max_tokens_default=self.config.max_tokens_default,
             max_tokens_cap=self.config.max_tokens_cap,

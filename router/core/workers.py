@@ -73,7 +73,9 @@ class WorkerConfig(Strict, frozen=True):
     block_size: Annotated[int, Meta(ge=1, le=1024)] = 16
     """Tokens per KV-cache block: requests take (prompt + max_tokens) rounded up to whole blocks."""
     prefill_chunk: Positive = 512
-    """Prompts are prefilled this many tokens at a time, which bounds the activation memory of long prompts."""
+    """Prompt tokens one prefill forward takes, joining prompts packed together; one decode step of the running
+    requests runs between two forwards. Bounds the activation memory of long prompts (they take several
+    forwards) and how long a joining prompt holds up decoding."""
     queue_size: Annotated[int, Meta(ge=0)] = 64
     """Requests waiting for a batch slot beyond this are refused with 503 and Retry-After."""
     vram: VramConfig = VramConfig()

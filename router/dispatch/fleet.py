@@ -61,6 +61,11 @@ class Telemetry:
     step_seconds: float | None = None
     """Recent wall time of one decode step (a token for every running request)."""
     prefill_tokens_per_second: float | None = None
+    """Prompt tokens a prefill forward takes per second (beyond its overhead, where that is known)."""
+    prefill_overhead_seconds: float | None = None
+    """What one prefill forward costs whatever its size (None: not known; the rate then holds it)."""
+    prefill_tokens_per_forward: int | None = None
+    """Prompt tokens one prefill forward takes at most, several prompts packed (None: one forward per prompt)."""
     mean_completion_tokens: float | None = None
     """Tokens a recently finished request generated, on average: how long a batch slot stays taken."""
     note: str = ""
@@ -88,6 +93,8 @@ class Telemetry:
                 queued_prompt_tokens=_int_or_none(raw.get("queued_prompt_tokens")),
                 step_seconds=_float_or_none(raw.get("step_seconds")),
                 prefill_tokens_per_second=_float_or_none(raw.get("prefill_tokens_per_second")),
+                prefill_overhead_seconds=_float_or_none(raw.get("prefill_overhead_seconds")),
+                prefill_tokens_per_forward=_int_or_none(raw.get("prefill_tokens_per_forward")),
                 mean_completion_tokens=_float_or_none(raw.get("mean_completion_tokens")),
                 note=str(raw.get("note", "")),
                 block_size=max(1, int(raw.get("block_size") or 1)),

@@ -123,6 +123,7 @@ class StatusReporter:
                         "max_batch_size": t.max_batch_size if t else None,
                         "step_seconds": t.step_seconds if t else None,
                         "prefill_tokens_per_second": t.prefill_tokens_per_second if t else None,
+                        "prefill_overhead_seconds": t.prefill_overhead_seconds if t else None,
                         # What a request with a short prompt would wait now (pre-flight's estimate).
                         "queue_wait_s": predicted_wait(t, 0, self.fleet.sent_since(endpoint)) if t else None,
                         "telemetry": source,

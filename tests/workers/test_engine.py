@@ -17,7 +17,7 @@ from workers.grammar import TokenConstraint
 from workers.kv_cache import PagedKVCache
 from workers.ledger import VramExhausted, VramLedger
 from workers.memory import SimulatedGpu
-from workers.runner import ModelRunner
+from workers.runner import ModelRunner, PrefillPart
 from workers.sampling import SamplingParams
 
 
@@ -213,8 +213,8 @@ def test_prefill_and_decode_use_no_deprecated_transformers_api(
     try:
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
             warnings.simplefilter("always")
-            logits = runner.prefill(0, [1, 2, 3, 4])
-            runner.input_ids[0, 0] = int(logits.argmax())
+            logits = runner.prefill([PrefillPart([1, 2], [1, 2, 3, 4], 0, logits=True)])
+            runner.input_ids[0, 0] = int(logits[0].argmax())
             runner.positions[0, 0] = 4
             runner.decode(1, 5)
     finally:

@@ -140,8 +140,13 @@ def test_the_worker_publishes_what_a_wait_is_predicted_from(start_worker: Worker
     assert httpx.post(f"{worker.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
     after = memory(worker)
     assert after["step_seconds"] > 0 and after["prefill_tokens_per_second"] > 0
+    assert after["prefill_overhead_seconds"] >= 0 and after["prefill_tokens_per_forward"] == 512  # prefill_chunk
     assert after["mean_completion_tokens"] == 12
     metrics = httpx.get(f"{worker.url}/metrics").text
-    for name in ("tiered_worker_decode_step_seconds", "tiered_worker_prefill_tokens_per_second"):
+    for name in (
+        "tiered_worker_decode_step_seconds",
+        "tiered_worker_prefill_tokens_per_second",
+        "tiered_worker_prefill_overhead_seconds",
+    ):
         assert f'{name}{{tier="small"}}' in metrics
     assert 'tiered_worker_max_batch_size{tier="small"} 2.0' in metrics

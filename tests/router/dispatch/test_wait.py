@@ -73,3 +73,36 @@ def test_the_wait_grows_with_the_queue_and_the_step_time() -> None:
     slow = predicted_wait(reading(running=4, queue_depth=2, step_seconds=0.04), 100)
     fast = predicted_wait(reading(running=4, queue_depth=2, step_seconds=0.02), 100)
     assert slow is not None and fast is not None and slow > fast
+
+
+def test_a_burst_of_short_prompts_is_predicted_by_packed_forwards_not_one_forward_each() -> None:
+    """Issue 18's burst: 190 chats of 40 tokens at a worker whose forwards cost 40 ms plus 20 us a token, 512
+    tokens to a forward, with a 30 ms decode step between two forwards. Counted as 190 forwards (or at a rate
+    measured on short prompts alone, 1,000 tokens/s) the burst reads as 7.6 s; packed it takes 15 forwards."""
+    # The burst's other 189 hold batch slots, their prompts being prefilled: `running`, and their prompt tokens queued.
+    packed = reading(
+        running=191,
+        max_batch_size=256,
+        step_seconds=0.03,
+        prefill_tokens_per_second=50_000.0,
+        prefill_overhead_seconds=0.04,
+        prefill_tokens_per_forward=512,
+        queued_prompt_tokens=189 * 40,
+    )
+    # 7,600 tokens: 15 forwards x 40 ms + 7,600 / 50,000 s + 14 steps x 30 ms between them.
+    assert predicted_wait(packed, prompt_tokens=40) == pytest.approx(15 * 0.04 + 7600 / 50_000 + 14 * 0.03)
+    one_rate = reading(running=191, max_batch_size=256, prefill_tokens_per_second=1000.0, queued_prompt_tokens=189 * 40)
+    assert predicted_wait(one_rate, prompt_tokens=40) == pytest.approx(7.6)
+
+
+def test_a_long_prompt_takes_its_forwards_and_the_decode_steps_between_them_only_while_something_decodes() -> None:
+    cost = {"prefill_tokens_per_second": 10_000.0, "prefill_overhead_seconds": 0.01, "prefill_tokens_per_forward": 512}
+    idle = reading(running=0, **cost)
+    # 4,096 tokens: 8 forwards of 10 ms plus 0.41 s of tokens; nothing decodes, so no steps between them.
+    assert predicted_wait(idle, 4096) == pytest.approx(8 * 0.01 + 0.4096)
+    busy = reading(running=3, **cost)  # a free slot, but three streams decode: a 20 ms step after each forward
+    assert predicted_wait(busy, 4096) == pytest.approx(8 * 0.01 + 0.4096 + 7 * 0.02)
+    # Without a published budget (another engine): one forward per prompt, no interleaved steps counted.
+    other = reading(running=3, prefill_tokens_per_second=10_000.0, prefill_overhead_seconds=0.01)
+    assert predicted_wait(other, 4096) == pytest.approx(0.01 + 0.4096)
+    assert predicted_wait(reading(running=3, prefill_tokens_per_second=10_000.0), 4096) == pytest.approx(0.4096)
