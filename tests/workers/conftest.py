@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from router.core.config import load_config
 from tests.helpers import REPO, WorkerFactory, wait_until_ready
@@ -64,3 +66,16 @@ def start_worker(tmp_path: Path, checkpoint_dir: Path) -> Iterator[WorkerFactory
         server.__exit__(None, None, None)
 
 
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    """The tiny random Llama (GQA: 4 query heads over 2 KV heads) the engine and prefill tests run."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=300,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from workers.attention import register
 from workers.engine import Engine, Failed, FaultHook, Finished, GenerationRequest, RequestStream, TextDelta
@@ -26,20 +26,6 @@ class LetterTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return "".join(chr(65 + i % 26) for i in ids)
-
-
-@pytest.fixture(scope="module")
-def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=300,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def tiny_engine(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tests.workers.test_engine import reference, tiny_engine
 from workers.engine import Engine, Failed, Finished, GenerationRequest, RequestStream, TextDelta
@@ -20,21 +20,6 @@ from workers.ledger import VramExhausted
 from workers.prefill import PrefillQueue
 from workers.runner import ModelRunner, PrefillPart
 from workers.sampling import SamplingParams
-
-
-@pytest.fixture(scope="module")
-def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=300,
-    )
-    return LlamaForCausalLM(config).eval()
-
 
 # --- which chunks a forward takes ----------------------------------------------------------------------------
 
