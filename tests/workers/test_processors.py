@@ -10,13 +10,11 @@ from transformers import LlamaForCausalLM
 
 from router.wire.decode import parse_chat_request
 from router.wire.errors import InvalidRequest
-from tests.workers.test_engine import model, tiny_engine
+from tests.workers.test_engine import tiny_engine
 from workers.engine import Engine, Failed, Finished, GenerationRequest, TextDelta
 from workers.processors import TokenLogprob
 from workers.sampling import SamplingParams
 from workers.service import _logit_bias
-
-__all__ = ["model"]  # the module-scoped fixture, shared with test_engine
 
 
 def reference(model: LlamaForCausalLM, prompt: list[int], n: int, p: SamplingParams) -> list[tuple[int, torch.Tensor]]:
