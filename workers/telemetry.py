@@ -29,7 +29,7 @@ def heartbeat(worker: WorkerState) -> Heartbeat:
     if service is None:
         url = cfg.advertise_url or f"http://{cfg.host}:{cfg.port}/v1"
         return Heartbeat(worker.tier, url, ready=False, detail=worker.detail, at=time.time())
-    stats = service.engine.stats
+    stats, prefill = service.engine.stats, service.engine.pace.prefill_cost
     return Heartbeat(
         worker.tier,
         cfg.advertise_url or f"http://{cfg.host}:{cfg.port}/v1",
@@ -41,7 +41,7 @@ def heartbeat(worker: WorkerState) -> Heartbeat:
         running=stats.running,
         tokens_per_second=stats.tokens_per_second,
         step_seconds=service.engine.pace.step_seconds,
-        prefill_tokens_per_second=service.engine.pace.prefill_tokens_per_second,
+        prefill_tokens_per_second=prefill.tokens_per_second if prefill else None,
     )
 
 

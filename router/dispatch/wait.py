@@ -68,9 +68,9 @@ def predicted_wait(telemetry: Telemetry, prompt_tokens: int, sent_since: int = 0
 
 def _prefill_seconds(telemetry: Telemetry, tokens: int, prompts: int, rate: float) -> float:
     """`tokens` of `prompts` prompts through the worker's prefill forwards (the model above)."""
-    per_forward = telemetry.prefill_tokens_per_forward
-    packed = per_forward is not None and per_forward > 0
-    forwards = -(-tokens // per_forward) if per_forward is not None and per_forward > 0 else prompts
+    per_forward = telemetry.prefill_tokens_per_forward or 0
+    packed = per_forward > 0
+    forwards = -(-tokens // per_forward) if packed else prompts
     seconds = forwards * max(telemetry.prefill_overhead_seconds or 0.0, 0.0) + tokens / rate
     step = telemetry.step_seconds
     if packed and (telemetry.running > 0 or prompts > 1) and step is not None and step > 0:

@@ -11,7 +11,7 @@ from workers.pace import WINDOW, Pace, PrefillCost, fit_prefill
 def test_nothing_measured_is_none_not_zero() -> None:
     pace = Pace()
     assert pace.step_seconds is None
-    assert pace.prefill_tokens_per_second is None and pace.prefill_overhead_seconds is None
+    assert pace.prefill_cost is None
     assert pace.mean_completion_tokens is None
 
 
@@ -24,7 +24,7 @@ def test_the_means_cover_the_last_window_of_events() -> None:
     assert pace.step_seconds == pytest.approx(0.75)
     pace.prefilled(150, 0.1)
     pace.prefilled(100, 0.1)  # sizes too alike to tell the overhead from the rate: tokens over seconds
-    assert pace.prefill_tokens_per_second == pytest.approx(1250.0) and pace.prefill_overhead_seconds == 0.0
+    assert pace.prefill_cost == PrefillCost(0.0, pytest.approx(1250.0))
     for tokens in (10, 20, 30):
         pace.finished(tokens)
     assert pace.mean_completion_tokens == 20
@@ -38,8 +38,6 @@ def test_forwards_of_different_sizes_separate_the_overhead_from_the_rate() -> No
     cost = pace.prefill_cost
     assert cost is not None
     assert cost.overhead_seconds == pytest.approx(0.040) and cost.tokens_per_second == pytest.approx(50_000)
-    assert pace.prefill_overhead_seconds == cost.overhead_seconds
-    assert pace.prefill_tokens_per_second == cost.tokens_per_second
     for _ in range(WINDOW):
         pace.prefilled(40, 0.0408)  # the window now holds one size only: back to tokens over seconds
     assert pace.prefill_cost == PrefillCost(0.0, pytest.approx(40 / 0.0408))
