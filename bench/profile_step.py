@@ -146,7 +146,9 @@ def run_window(
     engine.start()
     generator = torch.Generator().manual_seed(rows)
     vocab = min(4000, int(loaded.model.config.vocab_size))
-    new_tokens = plan.warm + timed + profiled + 8
+    # Long enough for the whole window after the last prompt joins: prefill forwards interleave with decode steps,
+    # so the first rows decode for a while before all `rows` run together; the streams are cancelled at the end.
+    new_tokens = plan.width - plan.prompt - 1
 
     async def drive() -> None:
         loop = asyncio.get_running_loop()
@@ -157,7 +159,7 @@ def run_window(
                 f"r{i}", prompt, new_tokens, SamplingParams(temperature=0.0), min_tokens=new_tokens
             )
             streams.append(engine.submit(request, loop))
-        finished = await asyncio.to_thread(hook.done.wait, 300)
+        finished = await asyncio.to_thread(hook.done.wait, 120)
         for stream in streams:
             stream.cancel()
         if not finished:

@@ -129,6 +129,7 @@ async def measure(url: str, prompt: str, new_tokens: int, concurrency: int) -> d
 def serve_case(config_path: Path, tier: str, cases: list[tuple[str, int, int]], prompt: str) -> list[dict[str, Any]]:
     torch.cuda.reset_peak_memory_stats()
     config = load_config(config_path, environ={})
+    started = time.monotonic()
     server = ServerThread(create_worker_app(config, tier)).__enter__()
     rows = []
     try:
@@ -138,11 +139,14 @@ def serve_case(config_path: Path, tier: str, cases: list[tuple[str, int, int]], 
             if "failed" in detail or time.monotonic() > deadline:
                 raise RuntimeError(detail)
             time.sleep(0.5)
+        ready_s = time.monotonic() - started  # load, graph capture and (with compile: true) compilation
+        print(f"{tier} ready in {ready_s:.1f} s", file=sys.stderr, flush=True)
         memory = httpx.get(f"{server.url}/v1/memory").json()
         for label, concurrency, new_tokens in cases:
             result = asyncio.run(measure(f"{server.url}/v1/chat/completions", prompt, new_tokens, concurrency))
             rows.append({"case": label, "concurrency": concurrency, **result})
         peak = {
+            "ready_s": ready_s,
             "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
             "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
             "nvml_used_gb": nvml_used_mb() / 1e3,
@@ -299,10 +303,14 @@ def main() -> int:
     with (args.out / f"worker_gpu-{stamp}.jsonl").open("w") as fh:
         for row in results:
             fh.write(json.dumps(row, default=str) + "\n")
-    print(f"\n{'variant':<24} {'case':<22} {'tok/s':>8} {'ttft ms':>8} {'peak alloc':>10} {'reserved':>9} {'nvml':>7}")
+    print(
+        f"\n{'variant':<24} {'case':<22} {'tok/s':>8} {'ttft ms':>8} {'ready s':>8} {'peak alloc':>10} {'reserved':>9} "
+        f"{'nvml':>7}"
+    )
     for r in results:
         print(
             f"{r['variant']:<24} {r['case']:<22} {r.get('tok_s', 0):>8.1f} {r.get('ttft_ms', 0):>8.1f} "
+            f"{r.get('ready_s', 0):>8.1f} "
             f"{r.get('peak_allocated_gb', 0):>9.2f}G {r.get('peak_reserved_gb', 0):>8.2f}G "
             f"{r.get('nvml_used_gb', 0):>6.2f}G"
         )

@@ -1,0 +1,29 @@
+# Issue 19 on the GPU machine, in phases that fit one call each (each phase's log comes back under $OUT):
+#   profile   bench/profile_step.py: where each millisecond of a decode step goes (7B NF4, 1.5B bf16; 1 and 16 rows)
+#   ttft      bench/worker_gpu.py: one 4k-token prompt on the 7B NF4 worker, and plain `generate` baselines
+#   compile   bench/worker_gpu.py with `compile: true`, twice per model: cold inductor cache, then a restart on it
+# Usage: bash bench/device/prepare.sh; run(command="bash bench/device/decode_speed.sh profile ttft", carry=[".whl", ".gpu"])
+source .gpu/setup.sh
+export PYTHONUNBUFFERED=1
+ck=/tmp/bench-checkpoints-v3
+mkdir -p "$OUT"
+for phase in "$@"; do
+  started=$(date +%s)
+  case "$phase" in
+    profile)
+      timeout "${PROFILE_TIMEOUT:-280}" python3 bench/profile_step.py --checkpoints $ck --out /tmp/profile \
+        > "$OUT/profile.txt" 2>&1 ;;
+    ttft)
+      timeout "${TTFT_TIMEOUT:-150}" python3 bench/worker_gpu.py --checkpoints $ck --out /tmp/wg \
+        --only 7b-nf4-one-4k 7b-plain 1.5b-plain > "$OUT/ttft.txt" 2>&1 ;;
+    compile-1.5b|compile-7b)
+      case_name=$([ "$phase" = compile-7b ] && echo 7b-nf4-compiled || echo 1.5b-bf16-compiled)
+      for start in cold warm; do
+        timeout "${COMPILE_TIMEOUT:-240}" python3 bench/worker_gpu.py --checkpoints $ck --out /tmp/wg --quick \
+          --only "$case_name" > "$OUT/$phase-$start.txt" 2>&1
+        echo "$start rc=$?" >> "$OUT/$phase-$start.txt"
+      done
+      du -sh var/compile-cache 2>/dev/null >> "$OUT/$phase-warm.txt" ;;
+  esac
+  echo "$phase: rc=$? after $(( $(date +%s) - started )) s" | tee -a "$OUT/phases.txt"
+done
