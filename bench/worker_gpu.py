@@ -82,6 +82,44 @@ def plain_generate(path: Path, nf4: bool, prompt_len: int, new_tokens: int) -> d
     return result
 
 
+def generate_batch(
+    path: Path, nf4: bool, prompt_len: int, new_tokens: int, counts: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    """transformers' own continuous batching (`generate_batch`, paged attention) on the same checkpoint: the peer
+    baseline of issue 19. All tokens of `count` requests over the wall time; end of sequence is cleared so each
+    request runs its `new_tokens` (the weights are random)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": device, "attn_implementation": "paged|sdpa"}
+    if nf4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for count in counts:
+        prompts = [torch.randint(100, 1000, (prompt_len,), generator=generator).tolist() for _ in range(count)]
+        model.generate_batch(inputs=prompts[:1], generation_config=config, max_new_tokens=8)  # warm-up
+        started = time.perf_counter()
+        outputs = model.generate_batch(inputs=prompts, generation_config=config)
+        wall = time.perf_counter() - started
+        tokens = sum(len(o.generated_tokens) for o in outputs.values())
+        rows.append(
+            {"case": f"generate_batch x{count}", "concurrency": count, "tok_s": tokens / wall, "tokens": tokens}
+        )
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return rows
+
+
 async def one_stream(
     client: httpx.AsyncClient, url: str, prompt: str, new_tokens: int, extra: dict[str, Any] | None = None
 ) -> dict[str, float]:
@@ -219,15 +257,21 @@ def run_case(name: str, small: Path, large: Path, new: int) -> list[dict[str, An
         return [{"case": "batch1", **plain_generate(small, False, 512, new)}]
     if name == "7b-plain-generate":
         return [{"case": "batch1", **plain_generate(large, True, 512, new)}]
+    if name == "1.5b-generate-batch":
+        return generate_batch(small, False, 512, new, (1, 16, 64))
+    if name == "7b-generate-batch":
+        return generate_batch(large, True, 512, new, (1, 16, 64))
     raise SystemExit(f"unknown case {name}")
 
 
 CASES = [
     "1.5b-plain-generate",
+    "1.5b-generate-batch",
     "1.5b-bf16-graphs",
     "1.5b-bf16-graphs-unfused",
     "1.5b-bf16-eager",
     "7b-plain-generate",
+    "7b-generate-batch",
     "7b-nf4-graphs",
     "7b-nf4-graphs-unfused",
     "7b-nf4-eager",

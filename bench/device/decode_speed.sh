@@ -1,7 +1,9 @@
 # Issue 19 on the GPU machine, in phases that fit one call each (each phase's log comes back under $OUT):
 #   profile   bench/profile_step.py: where each millisecond of a decode step goes (7B NF4, 1.5B bf16; 1 and 16 rows)
 #   ttft      bench/worker_gpu.py: one 4k-token prompt on the 7B NF4 worker, and plain `generate` baselines
-#   compile   bench/worker_gpu.py with `compile: true`, twice per model: cold inductor cache, then a restart on it
+#   compile-1.5b, compile-7b   bench/worker_gpu.py with `compile: true`: cold inductor cache, then a restart on it
+#   engine    bench/paged_gpu.py, graphs and then compiled: tok/s at 1/16/64 and graph-vs-eager equality
+#   baselines bench/worker_gpu.py: plain `generate` and transformers' `generate_batch` (1/16/64) on both models
 # Usage: bash bench/device/prepare.sh; run(command="bash bench/device/decode_speed.sh profile ttft", carry=[".whl", ".gpu"])
 source .gpu/setup.sh
 export PYTHONUNBUFFERED=1
@@ -16,6 +18,13 @@ for phase in "$@"; do
     ttft)
       timeout "${TTFT_TIMEOUT:-150}" python3 bench/worker_gpu.py --checkpoints $ck --out /tmp/wg \
         --only 7b-nf4-one-4k 7b-plain 1.5b-plain > "$OUT/ttft.txt" 2>&1 ;;
+    engine)
+      timeout "${ENGINE_TIMEOUT:-150}" python3 bench/paged_gpu.py --checkpoints $ck > "$OUT/engine.txt" 2>&1
+      timeout "${ENGINE_TIMEOUT:-300}" python3 bench/paged_gpu.py --checkpoints $ck --compile \
+        > "$OUT/engine-compiled.txt" 2>&1 ;;
+    baselines)
+      timeout "${BASELINE_TIMEOUT:-300}" python3 bench/worker_gpu.py --checkpoints $ck --out /tmp/wg \
+        --only 1.5b-plain 1.5b-generate-batch 7b-plain 7b-generate-batch > "$OUT/baselines.txt" 2>&1 ;;
     compile-1.5b|compile-7b)
       case_name=$([ "$phase" = compile-7b ] && echo 7b-nf4-compiled || echo 1.5b-bf16-compiled)
       for start in cold warm; do
