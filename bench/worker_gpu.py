@@ -54,18 +54,25 @@ def build(name: str, root: Path) -> Path:
     return path
 
 
+def nf4_config() -> Any:
+    """The worker's 4-bit setup for the baselines: NF4, double quantisation, bf16 compute."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
 def plain_generate(path: Path, nf4: bool, prompt_len: int, new_tokens: int) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     torch.cuda.reset_peak_memory_stats()
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": "cuda:0"}
     if nf4:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        kwargs["quantization_config"] = nf4_config()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     ids = torch.randint(100, 1000, (1, prompt_len), device="cuda")
     with torch.inference_mode():
@@ -88,17 +95,12 @@ def generate_batch(
     """transformers' own continuous batching (`generate_batch`, paged attention) on the same checkpoint: the peer
     baseline of issue 19. All tokens of `count` requests over the wall time; end of sequence is cleared so each
     request runs its `new_tokens` (the weights are random)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": device, "attn_implementation": "paged|sdpa"}
     if nf4:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        kwargs["quantization_config"] = nf4_config()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
     generator = torch.Generator().manual_seed(0)
