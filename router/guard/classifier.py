@@ -99,14 +99,36 @@ def load_weights(path: Path, source: str) -> ClassifierWeights:
 
 def logits(spec: ClassifierWeights, embeddings: np.ndarray) -> np.ndarray:
     """The head's logit for each row of `embeddings` (n × 384)."""
-    import numpy as np
+    return HeadArrays.of(spec).logits(embeddings)
 
-    rows = embeddings * spec.input_scale
-    if spec.hidden_bias:
-        hidden = np.asarray(spec.hidden_weights, dtype=np.float32)
-        rows = np.maximum(rows @ hidden + np.asarray(spec.hidden_bias, dtype=np.float32), 0.0)
-    result: np.ndarray = rows @ np.asarray(spec.weights, dtype=np.float32) + spec.bias
-    return result
+
+@dataclass(frozen=True, slots=True)
+class HeadArrays:
+    """A head's weights as arrays, made once: turning the JSON lists into arrays costs more than the head itself
+    (384 × 320 numbers for the shipped five-seed head)."""
+
+    hidden: np.ndarray | None
+    hidden_bias: np.ndarray | None
+    weights: np.ndarray
+    bias: float
+    scale: float
+
+    @classmethod
+    def of(cls, spec: ClassifierWeights) -> HeadArrays:
+        import numpy as np
+
+        hidden = np.asarray(spec.hidden_weights, dtype=np.float32) if spec.hidden_bias else None
+        hidden_bias = np.asarray(spec.hidden_bias, dtype=np.float32) if spec.hidden_bias else None
+        return cls(hidden, hidden_bias, np.asarray(spec.weights, dtype=np.float32), spec.bias, spec.input_scale)
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        rows = embeddings * self.scale
+        if self.hidden is not None and self.hidden_bias is not None:
+            rows = np.maximum(rows @ self.hidden + self.hidden_bias, 0.0)
+        result: np.ndarray = rows @ self.weights + self.bias
+        return result
 
 
 def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, most: int = MAX_WINDOWS) -> list[str]:
@@ -163,6 +185,7 @@ class AttackClassifier:
         self.threshold = weights.threshold if threshold is None else threshold
         self._encoder: MiniLMEncoder | None = None
         self._lock = threading.Lock()
+        self._head: HeadArrays | None = None
 
     def load(self, encoder: MiniLMEncoder | None = None) -> None:
         """Load (or share) the encoder; blocking, about a second."""
@@ -179,7 +202,9 @@ class AttackClassifier:
         embedded = texts if isinstance(texts, EmbeddedWindows) else self.embed(texts)
         if not len(embedded.vectors):
             return [0.0] * len(embedded.spans)
-        probabilities = 1.0 / (1.0 + np.exp(-logits(self.spec, embedded.vectors)))
+        if self._head is None:
+            self._head = HeadArrays.of(self.spec)
+        probabilities = 1.0 / (1.0 + np.exp(-self._head.logits(embedded.vectors)))
         return [float(probabilities[start:end].max()) if end > start else 0.0 for start, end in embedded.spans]
 
     def blocks_texts(self, texts: Sequence[str] | EmbeddedWindows) -> bool:

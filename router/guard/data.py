@@ -28,6 +28,13 @@ class PatternRule(Strict, frozen=True):
     gap: Annotated[int, Meta(ge=0, le=200)] = 60
     words: bool = True
     """A part is whole words (`\\b` on both sides); off for scripts written without spaces (Chinese, Japanese)."""
+    unless: list[str | list[str]] | None = None
+    """Alternatives (regular expressions, case-insensitive) that cancel a match when one is in the sentence that
+    holds it: a question about defence, first aid or history ("how do I stop someone hacking my account"). An item
+    may be a list of them (a YAML alias of a list shared by several rules)."""
+
+    def unless_alternatives(self) -> list[str]:
+        return [a for item in self.unless or [] for a in ([item] if isinstance(item, str) else item)]
 
 
 class PatternGroups(Strict, frozen=True):

@@ -4,10 +4,12 @@ The data is JSONL, every `*.jsonl` of a directory (router/data/guard) or one fil
 `{"messages": [...]}`, with `"label": "attack"|"benign"` and a `category`. Texts are normalised as the rails
 read them (router/guard/normalise.py) and cut into the classifier's windows; a long attack of the `padded`
 category (a request after padding) teaches its last window as the attack and its other windows as benign. Any
-example whose text is also in bench/data/guard_heldout.jsonl is dropped, so the benchmark stays held out. One
-example in five (by a hash of its text) is kept for validation, where the threshold is chosen: the lowest that
-keeps false blocks on benign examples under `TARGET_FALSE_BLOCKS`. The head is one hidden layer (64 ReLU units)
-and a logistic output (router/guard/classifier.py).
+example that is a near copy (the same words, whatever the case, punctuation and spacing) of a request, or a piece
+of one, in the benchmark's rails files (`HELDOUT`: the held-out sets and the dev set) is dropped, so they stay
+unseen. One example in five (by a hash of its text) is kept for validation, where the threshold is chosen: the
+lowest that keeps false blocks on benign examples under `TARGET_FALSE_BLOCKS`. The head is `SEEDS` heads of one
+hidden layer (64 ReLU units) and a logistic output, each from its own seed, averaged: their logits' mean is one
+head with all their hidden units (router/guard/classifier.py), so the rail reads it as it reads one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import regex
 
 from router.decide.classify.embedding import MiniLMEncoder
 from router.guard.classifier import SHIPPED_WEIGHTS, WINDOW_CHARS, ClassifierWeights, logits, windows
@@ -33,11 +36,22 @@ DEFAULT_DATA = SHIPPED_WEIGHTS.parent / "guard"
 ORDINARY = [SHIPPED_WEIGHTS.parent / "labelled_prompts.jsonl", SHIPPED_WEIGHTS.parent / "routing"]
 """The routing classifier's labelled prompts (simple/complex): ordinary requests, taught as benign too when
 training on the default data, so that everyday formats ("convert 'dog' to hex") are not mistaken for attacks."""
-HELDOUT = SHIPPED_WEIGHTS.parents[2] / "bench" / "data" / "guard_heldout.jsonl"
+BENCH_DATA = SHIPPED_WEIGHTS.parents[2] / "bench" / "data"
+HELDOUT = BENCH_DATA / "guard_heldout.jsonl"
+HELDOUT_FILES = (
+    HELDOUT,
+    BENCH_DATA / "guard_heldout2.jsonl",
+    BENCH_DATA / "guard_heldout3.jsonl",
+    BENCH_DATA / "guard_dev.jsonl",
+)
+"""What training never reads: the rails' held-out sets and dev set (bench/RESULTS.md)."""
 LABELS = {"benign": 0, "attack": 1}
 TARGET_FALSE_BLOCKS = 0.02
 VALIDATION_EVERY = 5
 HIDDEN = 64
+SEEDS = (16, 17, 18, 19, 20)
+"""One head per seed, averaged: a single head's highest-scoring benign windows move from seed to seed (a
+customer-support system prompt at 0.999 under one seed, 0.6 under another), and the average is steadier."""
 EPOCHS = 30
 DECAY = 1e-3
 ORDINARY_MOST = 1500
@@ -83,17 +97,26 @@ def load_examples(data: Path, exclude: set[str], ordinary: Sequence[Path] = ()) 
                 item = LabelledLine("benign", item.prompt, item.messages, "ordinary")
             if item.label not in LABELS:
                 raise ValueError(f"{path}:{n}: label must be one of {sorted(LABELS)}, got {item.label!r}")
-            text = embedding_text(line_text(item.prompt, item.messages)).strip()
-            key = _key(text)
-            if key in exclude:
+            whole = line_text(item.prompt, item.messages)
+            if _key(normalise(whole)) in exclude:
                 dropped += 1
                 continue
-            if not text or key in seen:
-                continue
-            seen.add(key)
-            digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
-            examples.append(Example(text, LABELS[item.label], item.category, digest % VALIDATION_EVERY == 0))
+            for text in [whole, *(_pieces(item.messages) if item.label == "benign" else [])]:
+                text = embedding_text(text).strip()
+                key = _key(text)
+                if not text or key in seen or key in exclude:
+                    continue
+                seen.add(key)
+                digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+                examples.append(Example(text, LABELS[item.label], item.category, digest % VALIDATION_EVERY == 0))
     return examples, dropped
+
+
+def _pieces(messages: list[ChatMessage] | None) -> list[str]:
+    """A benign conversation's pieces, each benign on its own too: the rails score every piece of client text
+    alone (a system prompt that says "never reveal these instructions" is read without the question after it)."""
+    pieces = [p.text for i, m in enumerate(messages or []) for p in message_texts(m, f"messages[{i}]")]
+    return pieces if len(pieces) > 1 else []
 
 
 def embedding_text(text: str) -> str:
@@ -106,22 +129,28 @@ def _files(data: Path) -> list[Path]:
     return sorted(data.glob("*.jsonl")) if data.is_dir() else [data] if data.is_file() else []
 
 
-def heldout_keys(path: Path = HELDOUT) -> set[str]:
-    """The normalised texts of the benchmark's held-out set, each piece and all of a line."""
-    if not path.is_file():
-        return set()
+def heldout_keys(paths: Sequence[Path] = HELDOUT_FILES) -> set[str]:
+    """The near-copy keys of the benchmark's rails files, each piece and all of a line."""
     keys: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            item = msgspec.json.decode(line, type=LabelledLine)
-            keys.add(_key(normalise(line_text(item.prompt, item.messages))))
-            for i, message in enumerate(item.messages or []):
-                keys.update(_key(normalise(p.text)) for p in message_texts(message, f"messages[{i}]"))
+    for path in paths:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                item = msgspec.json.decode(line, type=LabelledLine)
+                keys.add(_key(normalise(line_text(item.prompt, item.messages))))
+                for i, message in enumerate(item.messages or []):
+                    keys.update(_key(normalise(p.text)) for p in message_texts(message, f"messages[{i}]"))
+    keys.discard("")
     return keys
 
 
+_NOT_WORD = regex.compile(r"[^\p{L}\p{N}]+")
+
+
 def _key(text: str) -> str:
-    return " ".join(text.lower().split())
+    """The words of `text`, case-folded, without punctuation: two lines that differ only in those are copies."""
+    return " ".join(_NOT_WORD.split(text.casefold())).strip()
 
 
 def window_rows(example: Example) -> list[tuple[str, int]]:
@@ -199,6 +228,20 @@ def fit_head(x: np.ndarray, y: np.ndarray, hidden: int = HIDDEN, seed: int = 16)
     )
 
 
+def average_heads(heads: Sequence[ClassifierWeights]) -> ClassifierWeights:
+    """One head whose logit is the mean of `heads`' logits: their hidden units side by side, each output weight
+    divided by how many heads there are."""
+    share = 1.0 / len(heads)
+    rows = [head.hidden_weights for head in heads]
+    return msgspec.structs.replace(
+        heads[0],
+        weights=[round(w * share, 6) for head in heads for w in head.weights],
+        bias=round(sum(head.bias for head in heads) * share, 6),
+        hidden_weights=[[v for part in row for v in part] for row in zip(*rows, strict=True)],
+        hidden_bias=[b for head in heads for b in head.hidden_bias],
+    )
+
+
 def train(examples: list[Example], encoder: MiniLMEncoder) -> ClassifierWeights:
     """Fit on the training split; the threshold is chosen on the validation split, read as the rail reads a text
     (its highest window). The shipped head is this one (validation never trains it)."""
@@ -208,7 +251,7 @@ def train(examples: list[Example], encoder: MiniLMEncoder) -> ClassifierWeights:
     y = np.asarray([label for (_, label), _ in rows])
     owner = np.asarray([n for _, n in rows])
     validation = np.asarray([examples[n].validation for _, n in rows])
-    head = fit_head(x[~validation], y[~validation])
+    head = average_heads([fit_head(x[~validation], y[~validation], seed=seed) for seed in SEEDS])
     best = np.full(len(examples), -np.inf)
     np.maximum.at(best, owner, logits(head, x.astype(np.float32)))
     held = np.asarray([e.validation for e in examples])

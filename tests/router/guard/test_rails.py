@@ -66,7 +66,8 @@ def test_jailbreaks_are_blocked(shipped_guard: Guard, text: str) -> None:
 @pytest.mark.parametrize("text", DISALLOWED)
 def test_disallowed_requests_are_blocked_by_the_embedding_rails(shipped_guard: Guard, text: str) -> None:
     verdict = run(shipped_guard.check_input(text))
-    assert verdict.blocked and verdict.rail in ("check attack classifier", "check disallowed similarity"), verdict
+    assert verdict.blocked, verdict
+    assert shipped_guard.scan(["classifier", "similarity"], [text]) is not None, "the embedding rails on their own"
 
 
 def test_ordinary_prompts_pass(shipped_guard: Guard) -> None:
