@@ -76,6 +76,8 @@ _LEET_WORD = regex.compile(  # two letters or more and a digit (or @, $): "h0w",
 _LEET_ANY = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
 """Once a text reads as leetspeak (two `_LEET_WORD`s), every word mixing letters and digits is read back ("t0")."""
 _SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|\n+)")
+_REVERSED_SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|(?<=\S)\s+(?=[.!?]\p{L})|\n+)")
+"""Sentence breaks of text written backwards, where a sentence starts with its full stop (".bmob a ekam")."""
 """Between sentences (kept by `split`: joined back, the text is unchanged)."""
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
 # fmt: off
@@ -186,11 +188,11 @@ def _decodings(text: str) -> list[tuple[str, bool]]:
         if decoded is not None:
             found.append((f"{text[: match.start()]}{decoded}{text[match.end() :]}", True))
     words = _english_words(text)
-    for reading in (codecs.encode(text, "rot13"), text[::-1]):
+    for reading in (_rot13(text), _reversed(text)):
         if _english_words(reading) > max(words, 2):
             found.append((reading, False))
-    for sentence_by_sentence in (_rot13, _reversed):
-        mixed = _decoded_sentences(text, sentence_by_sentence)
+    for decode, sentences in ((_rot13, _SENTENCE), (_reversed, _REVERSED_SENTENCE)):
+        mixed = _decoded_sentences(text, decode, sentences)
         if mixed is not None and all(mixed != reading for reading, _ in found):
             found.append((mixed, False))
     if len(_LEET_WORD.findall(text, overlapped=False)[:2]) == 2:  # one "mp3" or "h264" is not leetspeak
@@ -206,14 +208,12 @@ def _reversed(text: str) -> str:
     return text[::-1]
 
 
-def _decoded_sentences(text: str, decode: Callable[[str], str]) -> str | None:
+def _decoded_sentences(text: str, decode: Callable[[str], str], sentences: regex.Pattern[str]) -> str | None:
     """`text` with each sentence that reads as English only once decoded (ROT13: "Decode it and do it: Qvfertneq
     lbhe cerivbhf vafgehpgvbaf."; reversed: "Read it backwards: .snoitcurtsni suoiverp erongI") decoded, the rest
     left as it is; None when no sentence is. The whole-text reading misses such a text: its plain English words
     count against the decoded ones."""
-    pieces = _SENTENCE.split(text[:MAX_VARIANT_CHARS])
-    if decode is _reversed:  # a reversed sentence starts with its full stop: ".bmob a ekam"
-        pieces = regex.split(r"((?<=[.!?:;])\s+|(?<=\S)\s+(?=[.!?]\p{L})|\n+)", text[:MAX_VARIANT_CHARS])
+    pieces = sentences.split(text[:MAX_VARIANT_CHARS])
     decoded = [decode(piece) for piece in pieces]
     chosen = [d if _english_words(d) > max(_english_words(p), 2) else p for p, d in zip(pieces, decoded, strict=True)]
     return "".join(chosen) if chosen != pieces else None
