@@ -249,6 +249,12 @@ def run_case(name: str, small: Path, large: Path, new: int) -> list[dict[str, An
         return serve_case(
             write_config(tmp / "e.yaml", {"large": one}), "large", [("4k-prompt", 1, new)], "word " * 4000
         )
+    if name.startswith("7b-nf4-one-4k-request-idle"):  # prefill_chunk_idle: 2048 or 4096 tokens a forward when idle
+        idle = int(name.removeprefix("7b-nf4-one-4k-request-idle"))
+        one = {**large_w, "max_seq_len": 4352, "max_batch_size": 1, "max_tokens_cap": 300, "prefill_chunk_idle": idle}
+        return serve_case(
+            write_config(tmp / f"e{idle}.yaml", {"large": one}), "large", [("4k-prompt", 1, new)], "word " * 4000
+        )
     if name == "both-tiers":
         both = {
             "small": {**small_w, "max_batch_size": 8, "port": 0},
@@ -279,6 +285,8 @@ CASES = [
     "7b-nf4-eager",
     "7b-nf4-one-4k-request",
     "7b-nf4-one-4k-request-chunk256",
+    "7b-nf4-one-4k-request-idle2048",
+    "7b-nf4-one-4k-request-idle4096",
     "both-tiers",
     "1.5b-bf16-compiled",
     "7b-nf4-compiled",

@@ -3,7 +3,8 @@
 Requests are admitted (VRAM reserved, queue bounded) on the event loop, then join at a step boundary: they
 get the cache blocks their prompt and max_tokens need and a batch slot, and their prompt is prefilled into
 those blocks (workers.prefill). Each iteration of the engine runs at most one prefill forward, several
-prompts' chunks packed into `prefill_chunk` tokens, then one decode step of the running requests; a request
+prompts' chunks packed into `prefill_chunk` tokens (`prefill_chunk_idle` while nothing decodes: nobody to hold
+up), then one decode step of the running requests; a request
 takes part in decode steps once its whole prompt is in the cache. So joining requests cost the running ones
 one forward per step, never a whole long prompt or one forward per short one. Blocks go back to the pool when
 a request ends, however it ends.
@@ -209,6 +210,8 @@ class Engine:
         self._rows: list[_Running] = []
         self._joining: PrefillQueue[_Admitted] = PrefillQueue(runner.prefill_chunk)
         """Requests whose prompts are being prefilled: each holds its blocks and a batch slot, not yet a row."""
+        self._idle_budget = runner.prefill_chunk_idle
+        """Tokens a forward takes while no row decodes (back to `prefill_chunk` if that ever runs out of memory)."""
         self._blocks: dict[RequestStream, list[int]] = {}
         """The cache blocks each joined request owns, until it ends."""
         self._seq = itertools.count()
@@ -346,7 +349,7 @@ class Engine:
             if joining.owner.stream.cancelled:
                 self._joining.remove(joining)
                 self._release(joining.owner.stream)
-        batch = self._joining.next_forward()
+        batch = self._joining.next_forward(self._joining.budget if self._rows else self._idle_budget)
         if batch:
             self._prefill_forward(batch)
         self.stats.running = len(self._rows) + len(self._joining)
@@ -362,6 +365,9 @@ class Engine:
                 self._fault_hook("prefill", ids)
             logits = self.runner.prefill([part for _, part in batch])
         except torch.OutOfMemoryError:
+            if tokens > self._joining.budget:
+                self._shrink_idle_budget(tokens)
+                return  # nothing advanced: the same prompts go on in forwards of `prefill_chunk`
             if len(batch) > 1:
                 self._retry_alone(batch, out_of_memory=True)
                 return
@@ -384,6 +390,16 @@ class Engine:
         self.pace.prefilled(tokens, time.monotonic() - started)
         self.stats.prefill_forwards += 1
         self.stats.prefill_tokens += tokens
+
+    def _shrink_idle_budget(self, tokens: int) -> None:
+        log.warning(
+            "a %d-token prefill forward ran out of memory: forwards take at most prefill_chunk (%d) from now on",
+            tokens,
+            self._joining.budget,
+        )
+        self._idle_budget = self._joining.budget
+        if self.runner.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _retry_alone(self, batch: list[tuple[Joining[_Admitted], PrefillPart]], *, out_of_memory: bool) -> None:
         log.warning("a packed prefill of %d prompts failed: trying each alone", len(batch))

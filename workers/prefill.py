@@ -66,10 +66,13 @@ class PrefillQueue(Generic[T]):
         self._queue.remove(joining)
         self.backlog -= joining.remaining
 
-    def next_forward(self) -> list[tuple[Joining[T], PrefillPart]]:
-        """The chunks of the next forward, oldest prompt first, `budget` tokens at most; empty when none waits."""
+    def next_forward(self, budget: int | None = None) -> list[tuple[Joining[T], PrefillPart]]:
+        """The chunks of the next forward, oldest prompt first, `budget` tokens at most (default: the queue's);
+        empty when none waits."""
         parts: list[tuple[Joining[T], PrefillPart]] = []
-        left = self.budget
+        left = self.budget if budget is None else budget
+        if left < 1:
+            raise ValueError(f"a prefill forward needs a budget of at least one token, not {left}")
         for joining in self._queue:
             if left == 0:
                 break

@@ -83,10 +83,13 @@ class ModelRunner:
         *,
         use_graphs: bool,
         prefill_chunk: int = 512,
+        prefill_chunk_idle: int | None = None,
         compile: bool = False,
         smallest_width: int = 256,
     ) -> None:
         self.prefill_chunk = prefill_chunk
+        self.prefill_chunk_idle = max(prefill_chunk, prefill_chunk_idle or prefill_chunk)
+        """Tokens a forward may take while nothing decodes (workers.engine)."""
         self.model = model
         # Decode steps have static shapes per bucket, so inductor can fuse them (norms, rotary, activations)
         # into far fewer kernels; prefill stays on the plain modules (its shapes vary).
@@ -114,8 +117,9 @@ class ModelRunner:
         """One forward over several prompts' chunks packed into one sequence (batch 1): writes their keys/values
         into each one's blocks and returns the last-position logits of the parts that ask, in order, [n, vocab].
 
-        The engine keeps the parts' tokens within `prefill_chunk` in all, so the activations of one forward stay
-        those of one chunk however long the prompts are; a long prompt goes through in several forwards.
+        The engine keeps the parts' tokens within `prefill_chunk` in all (`prefill_chunk_idle` while nothing
+        decodes), so the activations of one forward stay those of one chunk however long the prompts are; a long
+        prompt goes through in several forwards.
         """
         ids = torch.tensor([[token for part in parts for token in part.tokens]], dtype=torch.long)
         ends = torch.tensor([len(part.tokens) for part in parts]).cumsum(0) - 1

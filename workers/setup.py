@@ -129,7 +129,12 @@ def build_service(
     )
     probe.allocated(cache.nbytes)
     runner = ModelRunner(
-        loaded.model, cache, use_graphs=worker.cuda_graphs, prefill_chunk=worker.prefill_chunk, compile=worker.compile
+        loaded.model,
+        cache,
+        use_graphs=worker.cuda_graphs,
+        prefill_chunk=worker.prefill_chunk,
+        prefill_chunk_idle=worker.prefill_chunk_idle,
+        compile=worker.compile,
     )
     if worker.nf4_kernels == "measured":
         nf4_kernels.measure(loaded.model, runner.buckets)

@@ -76,6 +76,11 @@ class WorkerConfig(Strict, frozen=True):
     """Prompt tokens one prefill forward takes, joining prompts packed together; one decode step of the running
     requests runs between two forwards. Bounds the activation memory of long prompts (they take several
     forwards) and how long a joining prompt holds up decoding."""
+    prefill_chunk_idle: Positive | None = None
+    """Prompt tokens one prefill forward may take while no request is decoding (nobody to hold up), so a prompt
+    arriving at an idle worker goes through in fewer forwards. Worth it where a forward has a fixed cost: a 4-bit
+    model dequantises every weight once per forward. Default: `prefill_chunk`. Should the larger forward run out
+    of memory, the worker goes back to `prefill_chunk` for good and the request is not refused for it."""
     queue_size: Annotated[int, Meta(ge=0)] = 64
     """Requests waiting for a batch slot beyond this are refused with 503 and Retry-After."""
     vram: VramConfig = VramConfig()

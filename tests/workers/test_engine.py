@@ -33,6 +33,7 @@ def tiny_engine(
     *,
     max_len: int = 64,
     prefill_chunk: int = 512,
+    prefill_chunk_idle: int | None = None,
     compiled: bool = False,
     eos_ids: range | list[int] = (),
     queue_size: int = 16,
@@ -64,6 +65,7 @@ def tiny_engine(
         cache,
         use_graphs=False,
         prefill_chunk=prefill_chunk,
+        prefill_chunk_idle=prefill_chunk_idle,
         compile=compiled,
         smallest_width=smallest_width,
     )

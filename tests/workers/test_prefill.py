@@ -71,6 +71,15 @@ def test_a_prompt_cut_by_the_budget_ends_a_forward_and_removing_one_takes_its_re
 # --- one packed forward against separate ones ------------------------------------------------------------------
 
 
+def test_a_forward_may_be_given_a_larger_budget_than_the_queue_s() -> None:
+    queue: PrefillQueue[str] = PrefillQueue(budget=4)
+    queue.add("long", list(range(10)), [0, 1])
+    assert [len(p.tokens) for _, p in queue.next_forward()] == [4]
+    assert [len(p.tokens) for _, p in queue.next_forward(budget=16)] == [10]
+    with pytest.raises(ValueError, match="at least one token"):
+        queue.next_forward(budget=0)
+
+
 def test_a_packed_forward_gives_each_prompt_the_logits_of_its_own_full_forward(model: LlamaForCausalLM) -> None:
     """Three prompts in one forward, one of them continuing from a chunk already in the cache, with blocks of 3
     (lengths and offsets cross block boundaries): each prompt's last logits equal a plain forward over it alone,
@@ -325,3 +334,59 @@ def test_out_of_memory_in_a_packed_forward_refuses_only_the_request_that_causes_
         assert isinstance(end, Finished) and text == reference(model, prompts[rid], 8)
     assert engine.ledger.snapshot().margin > margin
     assert engine.cache.allocator.free == free and engine.ledger.snapshot().reserved == 0
+
+
+def test_an_idle_worker_prefills_a_long_prompt_in_larger_forwards_and_a_busy_one_in_chunks(
+    model: LlamaForCausalLM,
+) -> None:
+    """`prefill_chunk_idle`: a 90-token prompt at an idle engine takes forwards of 64 tokens (2, not 12 of 8); the
+    same prompt joining while another request decodes takes forwards of 8, one decode step between two. Both answers
+    equal `generate`'s."""
+    recorder = Recorder()
+    engine = tiny_engine(model, max_len=160, prefill_chunk=8, prefill_chunk_idle=64, block_size=5, fault_hook=recorder)
+    free = engine.cache.allocator.free
+    alone = _greedy("alone", [(i * 7) % 290 for i in range(90)], 6)
+    results = _run(engine, [alone], {}, recorder)
+    assert len(recorder.prefills_of("alone")) == 2, recorder.events
+
+    recorder = Recorder()
+    engine = tiny_engine(model, max_len=160, prefill_chunk=8, prefill_chunk_idle=64, block_size=5, fault_hook=recorder)
+    running = _greedy("running", [2, 7, 1, 8], 30)
+    busy = _greedy("busy", [(i * 7) % 290 for i in range(90)], 6)
+    results |= _run(engine, [running], {2: [busy]}, recorder)
+    forwards = recorder.prefills_of("busy")
+    assert len(forwards) == -(-90 // 8), "others decode: forwards of prefill_chunk"
+    for before, after in itertools.pairwise(forwards):
+        assert len([i for i in recorder.decodes_of("running") if before < i < after]) == 1
+
+    for request in (alone, running, busy):
+        text, end = results[request.id]
+        assert isinstance(end, Finished) and text == reference(model, list(request.prompt), request.max_tokens)
+    assert engine.cache.allocator.free == free
+
+
+def test_out_of_memory_in_an_idle_sized_forward_falls_back_to_chunks_and_refuses_nobody(
+    model: LlamaForCausalLM,
+) -> None:
+    """The larger forward runs out of memory: the prompt goes on in forwards of `prefill_chunk`, from where it
+    was (nothing advanced), the answer still equals `generate`'s, and the engine stays at prefill_chunk."""
+    failed: list[int] = []
+
+    def hook(stage: str, ids: list[str]) -> None:
+        recorder(stage, ids)
+        if stage == "prefill" and not failed:
+            failed.append(len(recorder.events))
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory in a large prefill forward")
+
+    recorder = Recorder()
+    engine = tiny_engine(model, max_len=160, prefill_chunk=8, prefill_chunk_idle=64, block_size=5, fault_hook=hook)
+    free, reserved = engine.cache.allocator.free, engine.ledger.snapshot().reserved
+    first = _greedy("first", [(i * 5) % 290 for i in range(40)], 6)
+    results = _run(engine, [first], {}, recorder)
+    text, end = results["first"]
+    assert isinstance(end, Finished) and text == reference(model, list(first.prompt), 6)
+    assert len(recorder.prefills_of("first")) == 1 + 40 // 8, "the failed forward, then five of 8 tokens"
+    assert engine.stats.prefill_tokens == 40, "the failed forward counted nothing"
+
+    assert engine._idle_budget == engine.prefill_budget == 8, "later idle forwards stay at prefill_chunk"
+    assert engine.cache.allocator.free == free and engine.ledger.snapshot().reserved == reserved == 0
