@@ -29,6 +29,8 @@ MAX_VARIANTS = 4
 """Decoded variants per piece of text at most (each one costs the embedding rails an encoder window)."""
 MAX_VARIANT_CHARS = 4096
 
+# NFKC splits Thai and Lao SARA AM (ำ) into NIKHAHIT and SARA AA, as no Thai text is typed: `_clean` puts it back,
+# so that rules and readers see "ทำ" as it is written.
 _FORMAT_OR_CONTROL = regex.compile(r"[\p{Cf}\p{Cc}--[\n\r\t]]", regex.V1)
 _CONFUSABLE = {
     # Cyrillic
@@ -160,6 +162,7 @@ def _clean(text: str) -> str:
     """NFKC, no format or control characters, look-alikes folded: what every later step reads."""
     if not text.isascii():
         text = _STACKED_MARKS.sub("", unicodedata.normalize("NFKC", text).translate(_SMALL_CAPITALS))
+        text = text.replace("\u0e4d\u0e32", "\u0e33").replace("\u0ecd\u0eb2", "\u0eb3")  # Thai, Lao SARA AM
     text = _FORMAT_OR_CONTROL.sub("", text)  # NUL and the other C0 controls are ASCII too
     if not text.isascii():
         latin = len(_LATIN.findall(text)) >= len(_NON_LATIN_LETTER.findall(text))
