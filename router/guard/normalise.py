@@ -8,8 +8,9 @@ split by separators (`i-g-n-o-r-e`, `m.e.t.h`, `r_a_n_s_o_m`), snake_case names 
 ("Zalgo" text). `prepare` adds what the text would say if a part of it is an encoding the model can read back
 (base64, base32, hex with or without separators, binary, decimal character codes, `\\x`/`\\u` escapes,
 percent-encoding, Unicode tag characters, Morse code, the NATO alphabet, ROT13, any other Caesar shift, Atbash, pig
-latin or reversed text, whole or sentence by sentence, leetspeak): the rails check those too. Every step is one linear pass (regexes with bounded repetition), over text
-already cut to the configured scan length.
+latin or reversed text, whole or sentence by sentence, leetspeak): the rails check those too. A guessed key (a Caesar
+shift, Atbash, pig latin) counts only when its reading is English. Every step is one linear pass (regexes with
+bounded repetition), over text already cut to the configured scan length.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ _BASE32 = regex.compile(r"(?<![A-Za-z0-9])[A-Z2-7]{16,}={0,6}(?![A-Za-z0-9])")
 _HEX_SPACED = regex.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :,\-]){7,}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])")
 """Hex bytes split by one separator each: "68 6f 77", "68:6f:77"."""
 _BINARY = regex.compile(r"(?<![01])(?:[01]{8}[\s,]*){4,}")
-_DECIMAL = regex.compile(r"(?<![\d.])(?:(?:3[2-9]|[4-9]\d|1[01]\d|12[0-6])[ ,;]+){5,}(?:3[2-9]|[4-9]\d|1[01]\d|12[0-6])(?![\d.])")
+_DECIMAL = regex.compile(
+    r"(?<![\d.])(?:(?:3[2-9]|[4-9]\d|1[01]\d|12[0-6])[ ,;]+){5,}(?:3[2-9]|[4-9]\d|1[01]\d|12[0-6])(?![\d.])"
+)
 """Printable ASCII as decimal codes ("104, 111, 119, ...")."""
 _TAGS = regex.compile(r"[\U000E0020-\U000E007E]+")
 """Unicode tag characters (invisible; each one an ASCII character plus 0xE0000): text hidden in plain sight."""
@@ -75,15 +78,17 @@ _NATO_WORDS = (
     "quebec romeo sierra tango uniform victor whiskey whisky x-ray xray yankee zulu"
 )
 _NATO = {word: (word if word != "xray" else "x")[0] for word in _NATO_WORDS.split()}
-_NATO_RUN = regex.compile(
-    rf"(?i)\b(?:{'|'.join(sorted(_NATO, key=len, reverse=True))})\b(?:[\s/|,.-]+\b(?:{'|'.join(sorted(_NATO, key=len, reverse=True))})\b){{5,400}}"
-)
+_NATO_WORD = "|".join(sorted(_NATO, key=len, reverse=True))
+_NATO_RUN = regex.compile(rf"(?i)\b(?:{_NATO_WORD})\b(?:[\s/|,.-]+\b(?:{_NATO_WORD})\b){{5,400}}")
 _NATO_TOKEN = regex.compile(r"(?i)x-ray|[a-z]+|/|\|")
 _PIG_LATIN_WORD = regex.compile(r"(?i)\b[a-z]+ay\b")
 _VOWELS = frozenset("aeiou")
 _ONSETS = frozenset(
-    "bl br ch cl cr dr fl fr gl gr pl pr sc sh sk sl sm sn sp st sw th tr tw wh wr ph kn qu str scr spl spr thr "
-    "chr shr squ sch".split()
+    {
+        *("bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr", "pl", "pr", "sc", "sh", "sk", "sl", "sm", "sn"),
+        *("sp", "st", "sw", "th", "tr", "tw", "wh", "wr", "ph", "kn", "qu", "str", "scr", "spl", "spr", "thr", "chr"),
+        *("shr", "squ", "sch"),
+    }
 )
 _ATBASH = str.maketrans(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA"
