@@ -379,7 +379,8 @@ def _from_morse(run: str) -> str | None:
 
 def _from_nato(run: str) -> str | None:
     """A run of NATO alphabet words as lower-case text (words split by `/` or `|`)."""
-    words, letters = [], []
+    words: list[str] = []
+    letters: list[str] = []
     for token in _NATO_TOKEN.findall(run):
         if token in "/|":
             words.append("".join(letters))
