@@ -41,6 +41,12 @@ EDGE_CHARS = 300
 (in a full window, mean pooling would let the padding outweigh it)."""
 
 
+PARAGRAPH_CHARS = (30, 400)
+"""A long text's paragraphs (or lines) of this many characters are also read alone: a request set between pages of
+padding, or at its end after a change of subject, is judged on its own, not averaged with the padding around it."""
+MAX_PARAGRAPHS = 6
+_PARAGRAPH = regex.compile(r"\n\s*")
+
 EDGE_SENTENCE_CHARS = 60
 _SENTENCE_END = regex.compile(r"(?<=[.!?:;])\s+|\n\s*")
 
@@ -143,7 +149,19 @@ def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, mo
         step = (len(starts) - 1) / (most - 1)
         starts = [starts[round(i * step)] for i in range(most)]
     head, tail = _edge(text[:EDGE_CHARS], at_start=True), _edge(text[-EDGE_CHARS:], at_start=False)
-    return [piece for piece in (*(text[start : start + size] for start in starts), head, tail) if not degenerate(piece)]
+    pieces = [*(text[start : start + size] for start in starts), head, tail, *paragraphs(text)]
+    return [piece for piece in dict.fromkeys(pieces) if not degenerate(piece)]
+
+
+def paragraphs(text: str, most: int = MAX_PARAGRAPHS) -> list[str]:
+    """The short paragraphs (or lines) of a long text (`PARAGRAPH_CHARS`), at most `most`, evenly spaced when
+    there are more."""
+    low, high = PARAGRAPH_CHARS
+    found = [p.strip() for p in _PARAGRAPH.split(text) if low <= len(p.strip()) <= high]
+    if len(found) > most:
+        step = (len(found) - 1) / (most - 1)
+        found = [found[round(i * step)] for i in range(most)]
+    return found
 
 
 def degenerate(window: str) -> bool:

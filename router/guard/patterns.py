@@ -5,7 +5,8 @@ relayed, text that could still grow into a match is held back until the next chu
 
 A `parts` rule (words of a phrase in one sentence) is skipped outright when the text lacks every literal of one of
 its parts (`required_literal`: a substring test, far cheaper than a regex over 16 KiB), and otherwise tried only
-around matches of its last part; a match whose sentence holds one of the rule's `unless` words does not count.
+around matches of its last part; a match whose sentence holds one of the rule's `unless` words does not count (with
+`words`, an `unless` word counts only where a word starts).
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ class PatternSet:
                 pattern = regex.compile(rule_regex(rule))
                 field = "unless"
                 alternatives = rule.unless_alternatives()
+                if rule.words:  # a word of `unless` starts a word: "own" is not in "down", nor "ate" in "create"
+                    alternatives = [f"(?<!\\w)(?:{a})" for a in alternatives]
                 unless = regex.compile("(?i)(?:" + "|".join(alternatives) + ")") if alternatives else None
                 field = "regex" if rule.parts is None else "parts"
                 if rule.parts is None:
