@@ -42,6 +42,7 @@ HELDOUT_FILES = (
     HELDOUT,
     BENCH_DATA / "guard_heldout2.jsonl",
     BENCH_DATA / "guard_heldout3.jsonl",
+    BENCH_DATA / "guard_heldout4.jsonl",
     BENCH_DATA / "guard_dev.jsonl",
 )
 """What training never reads: the rails' held-out sets and dev set (bench/RESULTS.md)."""
