@@ -182,6 +182,9 @@ class EmbeddedWindows:
 
 
 def embed_windows(encoder: MiniLMEncoder, texts: Sequence[str], lock: threading.Lock) -> EmbeddedWindows:
+    """Each distinct window is encoded once: a text's readings (router/guard/normalise.py) often share most of
+    their windows. Dropping a repeated row leaves the batch's longest row and its activations' range as they were,
+    so the int8 encoder gives every window the embedding it would have had."""
     spans: list[tuple[int, int]] = []
     batch: list[str] = []
     for text in texts:
@@ -192,8 +195,12 @@ def embed_windows(encoder: MiniLMEncoder, texts: Sequence[str], lock: threading.
         import numpy as np
 
         return EmbeddedWindows(np.zeros((0, 0), dtype=np.float32), spans)
+    distinct = list(dict.fromkeys(batch))
     with lock:
-        vectors = encoder.encode(batch)[0]
+        vectors = encoder.encode(distinct)[0]
+    if len(distinct) < len(batch):
+        row = {piece: i for i, piece in enumerate(distinct)}
+        vectors = vectors[[row[piece] for piece in batch]]
     return EmbeddedWindows(vectors, spans)
 
 
