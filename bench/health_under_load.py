@@ -7,7 +7,11 @@ shipped config (guardrails on `large`), started from `--code` (a checkout: its `
 the path, so an older commit can be measured with this one's venv and the same script). A poller asks `/health`
 every 20 ms; each guarded request is sent to `large` again as soon as it is answered.
 
-    python bench/health_under_load.py [--clients 8] [--seconds 20] [--code PATH]
+    python bench/health_under_load.py [--clients 8] [--seconds 20] [--code PATH] [--prose]
+
+`--prose`: send real prose instead, the longest benign text of bench/data/guard_heldout4.jsonl (an article of about
+14,000 characters to summarise): the encoder's windows cost far more than the crafted text's patterns. Each answer's
+`x-router-guardrail` header is counted, so a benign request blocked (by a rail, or by the rails' timeout) shows.
 """
 
 from __future__ import annotations
@@ -42,27 +46,35 @@ def crafted(chars: int) -> str:
     return (PHRASE * (chars // len(PHRASE) + 1))[:chars]
 
 
-async def guarded_load(url: str, until: float, text: str) -> tuple[list[float], dict[int, int]]:
+def prose(chars: int) -> str:
+    """The longest benign request of the fourth held-out rails set, cut to `chars`."""
+    lines = (ROOT / "bench" / "data" / "guard_heldout4.jsonl").read_text(encoding="utf-8").splitlines()
+    benign = [json.loads(line) for line in lines if json.loads(line)["label"] == "benign"]
+    texts = [m["content"] for item in benign for m in item["messages"] if isinstance(m.get("content"), str)]
+    return max(texts, key=len)[:chars]
+
+
+async def guarded_load(url: str, until: float, text: str) -> tuple[list[float], dict[str, int]]:
     body = {"model": "large", "messages": [{"role": "user", "content": text}], "max_tokens": 8}
     seconds: list[float] = []
-    statuses: dict[int, int] = {}
+    statuses: dict[str, int] = {}
     async with httpx.AsyncClient(timeout=120) as client:
         while time.monotonic() < until:
             started = time.perf_counter()
             response = await client.post(f"{url}/v1/chat/completions", json=body)
             seconds.append(time.perf_counter() - started)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            key = f"{response.status_code} {response.headers.get('x-router-guardrail', '-')}"
+            statuses[key] = statuses.get(key, 0) + 1
     return seconds, statuses
 
 
-async def drive(url: str, clients: int, seconds: float, chars: int) -> dict[str, Any]:
+async def drive(url: str, clients: int, seconds: float, text: str) -> dict[str, Any]:
     idle = await poll_health(url, time.monotonic() + 3)
     until = time.monotonic() + seconds
-    text = crafted(chars)
     results = await asyncio.gather(poll_health(url, until), *(guarded_load(url, until, text) for _ in range(clients)))
     loaded = results[0]
     requests = [s for r in results[1:] for s in r[0]]
-    statuses: dict[int, int] = {}
+    statuses: dict[str, int] = {}
     for _, counted in results[1:]:
         for status, n in counted.items():
             statuses[status] = statuses.get(status, 0) + n
@@ -76,7 +88,7 @@ async def drive(url: str, clients: int, seconds: float, chars: int) -> dict[str,
         },
         "guarded_requests": {"n": len(requests), "p50_s": statistics.median(requests), "statuses": statuses},
         "clients": clients,
-        "chars": chars,
+        "chars": len(text),
     }
 
 
@@ -86,6 +98,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose router is measured")
     parser.add_argument("--router-log", type=Path, default=None, help="where the router's own log goes")
+    parser.add_argument("--prose", action="store_true", help="real prose, not the crafted text (see above)")
     args = parser.parse_args()
     code = args.code.resolve()
     raw: dict[str, Any] = yaml.safe_load((code / "config" / "router.yaml").read_text())
@@ -112,7 +125,8 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             if not wait_ready(f"{url}/health", time.monotonic() + 120):
                 raise RuntimeError("the router did not come up")
-            result = asyncio.run(drive(url, args.clients, args.seconds, chars))
+            text = prose(chars) if args.prose else crafted(chars)
+            result = asyncio.run(drive(url, args.clients, args.seconds, text))
     finally:
         for process in processes:
             process.terminate()

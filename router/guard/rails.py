@@ -177,7 +177,8 @@ class Guard:
         if not self.interpreted["input"]:
             return PASSED
         joined = "\n\n".join(texts)
-        return await self._check("input", lambda: self._run_interpreted("input", [{"role": "user", "content": joined}]))
+        messages = [{"role": "user", "content": joined}]
+        return await self._check("input", lambda: self._timed(self._run_interpreted("input", messages)))
 
     async def screen(self, texts: Sequence[str]) -> GuardVerdict:
         """The compiled input rails alone (LLM-free: what every request gets, whatever its tier)."""
@@ -200,7 +201,7 @@ class Guard:
         async def run() -> str | None:
             rail = await self._in_thread(checks, [tail]) if checks else None
             if rail is None and self.interpreted["output"]:
-                rail = await self._run_interpreted("output", messages)
+                rail = await self._timed(self._run_interpreted("output", messages))
             return rail
 
         if not checks and not self.interpreted["output"]:
@@ -219,21 +220,28 @@ class Guard:
         return base + (positions[hold] if positions is not None else hold)
 
     async def _check(self, kind: Direction, run: Callable[[], Awaitable[str | None]]) -> GuardVerdict:
-        """Run rails within `timeout_s`; a failure blocks (or passes, with `on_error: allow`)."""
+        """Run rails; a failure, a rail past `timeout_s` included, blocks (or passes, with `on_error: allow`)."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                rail = await run()
+            rail = await run()
         except Exception as exc:  # fail closed (or open, if configured) on any rail failure
             log.warning("%s rails failed (%s: %s); on_error=%s", kind, type(exc).__name__, exc, self.settings.on_error)
             blocked = self.settings.on_error == "block"
             return GuardVerdict(blocked, ERROR_RAIL if blocked else None, time.perf_counter() - started)
         return GuardVerdict(rail is not None, rail, time.perf_counter() - started)
 
+    async def _timed(self, rails: Awaitable[str | None]) -> str | None:
+        async with asyncio.timeout(self.settings.timeout_s):
+            return await rails
+
     async def _in_thread(self, checks: Sequence[str], texts: Sequence[str]) -> str | None:
         """`scan` in a worker thread: the event loop never runs a rail (a crafted prompt costs the regexes
-        milliseconds, the encoder more)."""
-        hit = await anyio.to_thread.run_sync(self.scan, checks, texts, limiter=self._limiter)
+        milliseconds, the encoder more). Two at once; `timeout_s` counts from when a check starts, not while it
+        waits for a thread: waiting behind other requests is load, not a rail failing (eight long texts at once
+        were blocked by their wait alone, bench/RESULTS.md). A request that gives up while it waits (its client
+        went) leaves the queue."""
+        async with self._limiter:
+            hit = await self._timed(anyio.to_thread.run_sync(self.scan, checks, texts))
         return CHECK_RAILS[hit] if hit is not None else None
 
     async def _run_interpreted(self, kind: Direction, messages: list[dict[str, Any]]) -> str | None:
