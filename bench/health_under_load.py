@@ -49,7 +49,7 @@ def crafted(chars: int) -> str:
 def prose(chars: int) -> str:
     """The longest benign request of the fourth held-out rails set, cut to `chars`."""
     lines = (ROOT / "bench" / "data" / "guard_heldout4.jsonl").read_text(encoding="utf-8").splitlines()
-    benign = [json.loads(line) for line in lines if json.loads(line)["label"] == "benign"]
+    benign = [item for item in map(json.loads, lines) if item["label"] == "benign"]
     texts = [m["content"] for item in benign for m in item["messages"] if isinstance(m.get("content"), str)]
     return max(texts, key=len)[:chars]
 

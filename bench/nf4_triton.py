@@ -19,6 +19,7 @@ slice of K and adds their float32 partial sums afterwards in a fixed order.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,6 @@ def available() -> bool:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

@@ -30,8 +30,6 @@ MAX_VARIANTS = 4
 """Decoded variants per piece of text at most (each one costs the embedding rails an encoder window)."""
 MAX_VARIANT_CHARS = 4096
 
-# NFKC splits Thai and Lao SARA AM (ำ) into NIKHAHIT and SARA AA, as no Thai text is typed: `_clean` puts it back,
-# so that rules and readers see "ทำ" as it is written.
 _FORMAT_OR_CONTROL = regex.compile(r"[\p{Cf}\p{Cc}--[\n\r\t]]", regex.V1)
 _CONFUSABLE = {
     # Cyrillic
@@ -117,9 +115,9 @@ _LEET_WORD = regex.compile(  # two letters or more and a digit (or @, $): "h0w",
 _LEET_ANY = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
 """Once a text reads as leetspeak (two `_LEET_WORD`s), every word mixing letters and digits is read back ("t0")."""
 _SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|\n+)")
+"""Between sentences (kept by `split`: joined back, the text is unchanged)."""
 _REVERSED_SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|(?<=\S)\s+(?=[.!?]\p{L})|\n+)")
 """Sentence breaks of text written backwards, where a sentence starts with its full stop (".bmob a ekam")."""
-"""Between sentences (kept by `split`: joined back, the text is unchanged)."""
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
 # fmt: off
 _ENGLISH = frozenset((
@@ -167,7 +165,9 @@ def _clean(text: str) -> str:
     """NFKC, no format or control characters, look-alikes folded: what every later step reads."""
     if not text.isascii():
         text = _STACKED_MARKS.sub("", unicodedata.normalize("NFKC", text).translate(_SMALL_CAPITALS))
-        text = text.replace("\u0e4d\u0e32", "\u0e33").replace("\u0ecd\u0eb2", "\u0eb3")  # Thai, Lao SARA AM
+        # NFKC splits Thai and Lao SARA AM (ำ) into NIKHAHIT and SARA AA, as no Thai text is typed: put it back,
+        # so that rules and readers see "ทำ" as it is written.
+        text = text.replace("\u0e4d\u0e32", "\u0e33").replace("\u0ecd\u0eb2", "\u0eb3")
     text = _FORMAT_OR_CONTROL.sub("", text)  # NUL and the other C0 controls are ASCII too
     if not text.isascii():
         latin = len(_LATIN.findall(text)) >= len(_NON_LATIN_LETTER.findall(text))
@@ -332,9 +332,6 @@ def _from_pig_latin(word: str) -> str:
     return stem
 
 
-_SENTENCE_CIPHERS: tuple[Callable[[str], str], ...] = ()  # set below, once the decoders are defined
-
-
 def _decoded_sentences(
     text: str, decoders: Sequence[Callable[[str], str]], sentences: regex.Pattern[str]
 ) -> str | None:
@@ -362,7 +359,8 @@ def _decoded_sentences(
     return "".join(chosen) if chosen != pieces else None
 
 
-_SENTENCE_CIPHERS = (_rot13, _atbash, _caesar, _pig_latin)
+_SENTENCE_CIPHERS: tuple[Callable[[str], str], ...] = (_rot13, _atbash, _caesar, _pig_latin)
+"""What a sentence may be written in, read sentence by sentence (reversed text has its own sentence breaks)."""
 
 
 def _from_morse(run: str) -> str | None:
