@@ -9,7 +9,9 @@ step's transient (64 rows x 4,096 slots) took 4.35 GB of graph pool on the H100.
 A decode step has one query token per row, so the query heads of one group can stand in for query *positions*:
 [rows, heads, 1, dim] becomes [rows, kv_heads, group, dim] and attends over [rows, kv_heads, width, dim] directly
 with the row's mask broadcast over them. Same dot products, same softmax per query head, no copy. Steps with more
-than one query token (prefill) go to transformers' own sdpa attention unchanged.
+than one query token (prefill) go to transformers' own sdpa attention unchanged. Where the paged cache's decode
+steps are read in place (CUDA with Triton), the cache hands over its pools instead of gathered keys and values, and
+workers.paged_attention's kernel reads them through the block table the runner passes along.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from workers import paged_attention
 
 NAME = "tiered_sdpa"
 """The `attn_implementation` the loader asks for (registered with transformers by `register`)."""
@@ -38,6 +42,19 @@ def grouped_decode_attention(
     kv_len, dim]; returns [batch, q_len, heads, dim]."""
     groups = int(getattr(module, "num_key_value_groups", 1))
     rows, heads, q_len, dim = query.shape
+    if key.dim() == 3:  # the paged cache handed over its pools: a decode step read in place
+        assert attention_mask is not None and scaling is not None
+        out = paged_attention.decode(
+            query[:, :, 0],
+            key,
+            value,
+            kwargs["paged_table"],
+            kwargs["paged_positions"],
+            scale=scaling,
+            width=attention_mask.shape[-1],
+            block_size=kwargs["paged_block_size"],
+        )
+        return out[:, None], None
     if groups == 1 or q_len != 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -98,6 +98,10 @@ class PagedKVCache(Cache):
         """Slots the next forward writes, one per new token."""
         self._read = torch.zeros((0, 0), dtype=torch.long, device=device)
         """Slots the next forward attends over, [rows, width]."""
+        self.read_in_place = False
+        """Decode steps hand the attention the pools themselves (workers.paged_attention reads each row's blocks
+        through the table) instead of gathering their slots; set by the runner where that kernel serves."""
+        self._decoding = False
 
     @property
     def read_slots(self) -> torch.Tensor:
@@ -158,6 +162,7 @@ class PagedKVCache(Cache):
         seen, part, read, write, positions, owner = torch.split(host, [width] * 3 + [tokens] * 3)
         self._write = write
         self._read = read[None]
+        self._decoding = False
         mask = (owner[:, None] == part[None, :]) & (seen[None, :] <= positions[:, None])
         return positions[None], mask[None, None]
 
@@ -169,7 +174,9 @@ class PagedKVCache(Cache):
         index = torch.arange(rows, device=self.device)[:, None]
         self._write = self._slots(index, positions).view(rows)
         span = torch.arange(width, device=self.device)[None, :]
-        self._read = self._slots(index, span)
+        self._decoding = True
+        if not self.read_in_place:
+            self._read = self._slots(index, span)
         return (span <= positions).view(rows, 1, 1, width)
 
     def update(
@@ -181,11 +188,14 @@ class PagedKVCache(Cache):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values ([rows, kv_heads, tokens, head_dim]) and return those to attend over,
-        [rows, kv_heads, width, head_dim], gathered from the pool."""
+        [rows, kv_heads, width, head_dim], gathered from the pool; or, for a decode step read in place, the pools
+        themselves, [slots, kv_heads, head_dim] (workers.attention tells them apart by their rank)."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         # A packed prefill's new tokens are its parts' in order; a decode step's are one per row: one per slot.
         keys.index_copy_(0, self._write, key_states.transpose(1, 2).reshape(-1, *keys.shape[1:]))
         values.index_copy_(0, self._write, value_states.transpose(1, 2).reshape(-1, *values.shape[1:]))
+        if self._decoding and self.read_in_place:
+            return keys, values
         return keys[self._read].transpose(1, 2), values[self._read].transpose(1, 2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

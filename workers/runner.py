@@ -86,6 +86,7 @@ class ModelRunner:
         prefill_chunk_idle: int | None = None,
         compile: bool = False,
         smallest_width: int = 256,
+        read_in_place: bool = False,
     ) -> None:
         self.prefill_chunk = prefill_chunk
         self.prefill_chunk_idle = max(prefill_chunk, prefill_chunk_idle or prefill_chunk)
@@ -111,6 +112,9 @@ class ModelRunner:
             _allow_recompiles(len(self.buckets) * len(self.widths))
         self.graph_stats: GraphStats | None = None
         self._cache_kwarg = cache_kwarg(model)
+        self.read_in_place = read_in_place
+        """Decode steps attend through workers.paged_attention's kernel, reading the pools in place."""
+        cache.read_in_place = read_in_place
 
     @torch.inference_mode()
     def prefill(self, parts: Sequence[PrefillPart]) -> torch.Tensor:
@@ -162,13 +166,22 @@ class ModelRunner:
             # The width varies only the gathered slots and the mask: compiled once per batch bucket with a symbolic
             # width (measured on the CPU: buckets + 1 compilations instead of buckets x widths), graphs per width.
             torch._dynamo.maybe_mark_dynamic(mask, 3)
-            torch._dynamo.maybe_mark_dynamic(self.cache.read_slots, 1)
+            if not self.read_in_place:
+                torch._dynamo.maybe_mark_dynamic(self.cache.read_slots, 1)
+        paged: dict[str, Any] = {}
+        if self.read_in_place:  # what workers.attention hands workers.paged_attention's kernel
+            paged = {
+                "paged_table": self.cache.table[:bucket],
+                "paged_positions": self.positions[:bucket],
+                "paged_block_size": self.cache.block_size,
+            }
         out = self.decode_model(
             input_ids=self.input_ids[:bucket],
             position_ids=self.positions[:bucket],
             attention_mask=mask,
             use_cache=True,
             **{self._cache_kwarg: self.cache},
+            **paged,
         )
         logits: torch.Tensor = out.logits[:, -1]
         return logits

@@ -15,7 +15,7 @@ import torch
 
 from router.core.config import Config
 from router.core.workers import WorkerConfig
-from workers import nf4_kernels
+from workers import nf4_kernels, paged_attention
 from workers.engine import Engine, FaultHook
 from workers.grammar import GrammarCompiler
 from workers.kv_cache import PagedKVCache, blocks_for
@@ -135,6 +135,7 @@ def build_service(
         prefill_chunk=worker.prefill_chunk,
         prefill_chunk_idle=worker.prefill_chunk_idle,
         compile=worker.compile,
+        read_in_place=_read_in_place(worker, device),
     )
     if worker.nf4_kernels == "measured":
         nf4_kernels.measure(loaded.model, runner.buckets)
@@ -167,6 +168,16 @@ def build_service(
     )
     grammar = GrammarCompiler(loaded.tokenizer, engine.vocab_size)  # the logits' width: masks cover every row
     return WorkerService(worker.served_name or tier, worker, engine, loaded.tokenizer, ledger, grammar)
+
+
+def _read_in_place(worker: WorkerConfig, device: torch.device) -> bool:
+    """Whether decode steps use workers.paged_attention's kernel (`decode_attention`)."""
+    if worker.decode_attention == "gather":
+        return False
+    usable = device.type == "cuda" and paged_attention.available()
+    if worker.decode_attention == "in-place" and not usable:
+        raise RuntimeError("decode_attention: in-place needs a CUDA device and Triton; use auto or gather")
+    return usable
 
 
 def _fixed_cost(probe: MemoryProbe, cache: PagedKVCache, graph_bytes: int) -> int:

@@ -62,6 +62,10 @@ class WorkerConfig(Strict, frozen=True):
     nf4_kernels: Literal["measured", "bitsandbytes"] = "measured"
     """`measured`: time bitsandbytes' fused 4-bit kernel against dequantize+linear for each weight shape and decode
     batch size at start-up (about a second, CUDA only) and use the faster; `bitsandbytes`: its own shape heuristic."""
+    decode_attention: Literal["auto", "in-place", "gather"] = "auto"
+    """How a decode step attends over the paged cache. `in-place`: one Triton kernel per layer reads each row's
+    own blocks through the block table (CUDA only; start-up fails without Triton); `gather`: the row's slots for
+    the step's whole width are gathered, then sdpa; `auto`: `in-place` where CUDA and Triton are there."""
     max_tokens_default: Positive = 256
     max_tokens_cap: Positive = 2048
     max_seq_len: Annotated[int, Meta(ge=16)] = 4096
