@@ -117,10 +117,14 @@ class NgramModel:
         return float(values @ self.weights[indices]) + self.bias if len(indices) else self.bias
 
     def probability(self, text: str) -> float:
-        """The attack probability of `text`'s most attack-like segment that does not read as English (English is
-        the MiniLM classifier's to judge)."""
-        logits = [self.logit(piece) for piece in segments(text) if read_by_ngrams(piece)]
-        return float(1.0 / (1.0 + np.exp(-max(logits)))) if logits else 0.0
+        """The attack probability of `text`'s most attack-like segment that the rail reads (`read_by_ngrams`).
+        The most of k segments is read against odds k times longer: a long benign text has more chances to hold
+        one high-scoring paragraph, and that alone must not make it look like a request for harm."""
+        pieces = segments(text)
+        logits = [self.logit(piece) for piece in pieces if read_by_ngrams(piece)]
+        if not logits:
+            return 0.0
+        return float(1.0 / (1.0 + np.exp(-(max(logits) - np.log(len(pieces))))))
 
     def score(self, texts: Sequence[str]) -> float:
         return max((self.probability(text) for text in texts if text.strip()), default=0.0)
