@@ -22,7 +22,7 @@ from router.guard.normalise import reads_as_english
 from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, features, segments
 from router.guard.training import DEFAULT_DATA, LABELS, ORDINARY, ORDINARY_MOST, Example, heldout_keys, load_examples
 
-TARGET_FALSE_BLOCKS = 0.01
+TARGET_FALSE_BLOCKS = 0.02
 EPOCHS = 300
 LEARNING_RATE = 0.05
 DECAY = 0.0
