@@ -3,10 +3,10 @@
 The same labelled data as the MiniLM head (router/guard/training.py: every `*.jsonl` of router/data/guard, the
 routing classifier's ordinary prompts as benign, near copies of the benchmark's rails files dropped), read as the
 rail reads it: each example's `segments` (router/guard/ngrams.py), a padded attack's request in the segments that
-end it. The model is a logistic regression over the hashed features, fitted by full-batch Adam with an L2 penalty,
-both classes weighted alike. One example in five (by a hash of its text) is held out; the threshold is the lowest
-that keeps false blocks at or under `TARGET_FALSE_BLOCKS` on its benign examples that the rail reads (not English). Deterministic: the same data
-gives the same weights.
+end it. The model is a logistic regression over the hashed features, fitted by full-batch Adam (`DECAY`: no L2
+penalty), both classes weighted alike. One example in five (by a hash of its text) is held out; the threshold is the
+lowest that keeps false blocks at or under `TARGET_FALSE_BLOCKS` on its benign examples that the rail reads (those
+not in English). Deterministic: the same data gives the same weights.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from router.guard.normalise import reads_as_english
 from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, features, segments
+from router.guard.normalise import reads_as_english
 from router.guard.training import DEFAULT_DATA, LABELS, ORDINARY, ORDINARY_MOST, Example, heldout_keys, load_examples
 
 TARGET_FALSE_BLOCKS = 0.02

@@ -281,7 +281,8 @@ class Guard:
                 continue
             prepared = prepared if prepared is not None else [prepare(text) for text in bounded]
             if check == "ngrams":
-                hit = self.ngrams is not None and self.ngrams.blocks_texts([c for p in prepared for c in p.for_embedding])
+                readings = [c for p in prepared for c in p.for_embedding]
+                hit = self.ngrams is not None and self.ngrams.blocks_texts(readings)
             elif check in ("classifier", "similarity"):
                 if check == "classifier" and self.classifier is None:
                     continue  # switched off

@@ -101,7 +101,9 @@ def test_training_is_reproducible_on_a_tiny_set(tmp_path: Path) -> None:
     assert all((model.logit(t) > 0) == bool(label) for t, label in zip(texts, labels, strict=True))
 
     data = tmp_path / "data.jsonl"
-    lines = [{"prompt": t, "label": "attack" if y else "benign", "category": "x"} for t, y in zip(texts, labels)]
+    lines = [
+        {"prompt": t, "label": "attack" if y else "benign", "category": "x"} for t, y in zip(texts, labels, strict=True)
+    ]
     data.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     outputs = [tmp_path / "a.npz", tmp_path / "b.npz"]
     for output in outputs:
