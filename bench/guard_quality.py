@@ -183,7 +183,7 @@ def main() -> int:
             off = variant_dir(work, "classifier-off", classifier="off")
             results.append(run_variant("after, classifier off", ROOT, off, data))
             no_similarity = variant_dir(
-                work, "no-similarity", checks="injection,jailbreak,evasion,disallowed,classifier"
+                work, "no-similarity", checks="injection,jailbreak,evasion,disallowed,ngrams,classifier"
             )
             results.append(run_variant("after, no similarity rail", ROOT, no_similarity, data))
     print()

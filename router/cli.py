@@ -121,6 +121,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train_guard(args: argparse.Namespace) -> int:
+    if getattr(args, "model", "minilm") == "ngram":
+        from router.guard.ngram_training import run_ngram_training
+
+        return run_ngram_training(args)
     from router.guard.training import run_training as run_guard_training
 
     return run_guard_training(args)
@@ -283,6 +287,12 @@ def _parser() -> argparse.ArgumentParser:
     train_guard = sub.add_parser("train-guard", help="retrain the guardrails' attack classifier on labelled prompts")
     train_guard.add_argument("--data", type=Path, default=None, help="labelled JSONL (default: router/data/guard)")
     train_guard.add_argument("--output", type=Path, default=None, help="weights file (default: the shipped one)")
+    train_guard.add_argument(
+        "--model",
+        choices=["minilm", "ngram"],
+        default="minilm",
+        help="minilm: the MiniLM head (guard_classifier.json); ngram: the character n-gram rail (guard_ngrams.npz)",
+    )
     train_guard.set_defaults(run=_train_guard)
     return parser
 

@@ -67,10 +67,20 @@ class ClassifierSettings(Strict, frozen=True):
     """Block at or above this attack probability; unset: the threshold stored with the weights."""
 
 
+class NgramSettings(Strict, frozen=True):
+    weights: str | bool = "shipped"
+    """`shipped` (router/data/guard_ngrams.npz), `off` (the `ngrams` check then passes everything), or a file from
+    `tiered-router train-guard --model ngram`, relative to the guardrails directory."""
+    threshold: Unit | None = None
+    """Block at or above this attack probability; unset: the threshold stored with the weights."""
+
+
 class GuardData(Strict, frozen=True):
     patterns: PatternGroups = PatternGroups()
     similarity: SimilaritySettings | None = None
     classifier: ClassifierSettings | None = None
+    ngrams: NgramSettings | None = None
+    """The character n-gram rail (router/guard/ngrams.py): text that does not read as English."""
 
 
 def load_guard_data(custom_data: dict[str, Any], directory: Path) -> tuple[GuardData, list[str], list[str]]:

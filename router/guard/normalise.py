@@ -280,6 +280,11 @@ def _atbash(text: str) -> str:
     return reading if _reads_as_english(reading) else text
 
 
+def reads_as_english(text: str) -> bool:
+    """Whether `text` reads as English: over one in four of its words (three at least) are common English ones."""
+    return _reads_as_english(text, share=4)
+
+
 def _reads_as_english(text: str, share: int = 3) -> bool:
     """Three words or more of two letters or more, over one in `share` of them common English ones: a guessed
     key (Atbash, a Caesar shift, pig latin) read the text back, rather than turned noise into a few short words."""

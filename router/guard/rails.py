@@ -29,6 +29,7 @@ from router.guard.classifier import SHIPPED_WEIGHTS, AttackClassifier, EmbeddedW
 from router.guard.compiled import CompiledRail, Direction, compile_flow
 from router.guard.data import GROUPS, GuardData, load_guard_data
 from router.guard.llm import TierLLM
+from router.guard.ngrams import SHIPPED_NGRAMS, NgramModel, NgramRail
 from router.guard.normalise import Normalised, prepare, visible
 from router.guard.patterns import PatternSet
 from router.guard.similarity import DisallowedSimilarity
@@ -52,6 +53,7 @@ CHECK_RAILS = {
     "jailbreak": "check jailbreak",
     "evasion": "check encoding evasion",
     "disallowed": "check disallowed request",
+    "ngrams": "check multilingual n-grams",
     "classifier": "check attack classifier",
     "similarity": "check disallowed similarity",
     "secrets": "check secrets",
@@ -83,9 +85,12 @@ class Guard:
         llm: TierLLM,
         compiled: list[CompiledRail] | None = None,
         classifier: AttackClassifier | None = None,
+        ngrams: NgramRail | None = None,
     ) -> None:
         self.settings = settings
         self.classifier = classifier
+        self.ngrams = ngrams
+        """None when `custom_data.ngrams` is unset or `weights: off` (the `ngrams` check then passes everything)."""
         """None when `custom_data.classifier.weights: off` (the `classifier` check then passes everything)."""
         self.rails = rails
         self.patterns = patterns
@@ -124,6 +129,7 @@ class Guard:
         patterns = {g: PatternSet(g, data.patterns.group(g), str(directory)) for g in GROUPS}
         similarity = DisallowedSimilarity(data.similarity, disallowed, allowed) if data.similarity else None
         classifier = _classifier(data, directory)
+        ngrams = _ngrams(data, directory)
         if similarity is not None or classifier is not None:
             from router.decide.classify.embedding import MiniLMEncoder
 
@@ -139,9 +145,11 @@ class Guard:
             rails = LLMRails(rails_config, llm=llm)
         except Exception as exc:
             raise ConfigError(str(directory), "(guardrails config)", f"{type(exc).__name__}: {exc}") from exc
-        _validate_checks(rails, str(directory), similarity is not None, data.classifier is not None)
+        _validate_checks(
+            rails, str(directory), similarity is not None, data.classifier is not None, data.ngrams is not None
+        )
         pruned = prune_flows(rails, own_flows) if settings.prune_flows else 0
-        guard = cls(settings, rails, patterns, similarity, llm, compiled, classifier)
+        guard = cls(settings, rails, patterns, similarity, llm, compiled, classifier, ngrams)
         rails.register_action(guard._llm_free_checks, CHECKS_ACTION)
         log.info(
             "guardrails loaded from %s: compiled %s; through NeMo: input %s, output %s (%d unused flows pruned)",
@@ -272,7 +280,10 @@ class Guard:
                     return check
                 continue
             prepared = prepared if prepared is not None else [prepare(text) for text in bounded]
-            if check in ("classifier", "similarity"):
+            if check == "ngrams":
+                readings = [c for p in prepared for c in p.for_embedding]
+                hit = self.ngrams is not None and self.ngrams.blocks_texts(readings)
+            elif check in ("classifier", "similarity"):
                 if check == "classifier" and self.classifier is None:
                     continue  # switched off
                 if embedded is None:
@@ -336,6 +347,15 @@ def _classifier(data: GuardData, directory: Path) -> AttackClassifier | None:
     return AttackClassifier(load_weights(path, str(directory)), settings.threshold)
 
 
+def _ngrams(data: GuardData, directory: Path) -> NgramRail | None:
+    settings = data.ngrams
+    if settings is None or settings.weights in (False, "off"):
+        return None
+    shipped = settings.weights is True or settings.weights == "shipped"
+    path = SHIPPED_NGRAMS if shipped else directory / str(settings.weights)
+    return NgramRail(NgramModel.load(path, str(directory)), settings.threshold)
+
+
 def _compile(rails_config: Any) -> list[CompiledRail]:
     """Take the flows of the compilable shape out of NeMo's rail lists; the router runs them directly."""
     flows = {flow["id"]: flow for flow in rails_config.flows}
@@ -358,7 +378,9 @@ def _split(checks: str) -> list[str]:
     return [c.strip() for c in checks.split(",") if c.strip()]
 
 
-def _validate_checks(rails: LLMRails, source: str, has_similarity: bool, has_classifier: bool) -> None:
+def _validate_checks(
+    rails: LLMRails, source: str, has_similarity: bool, has_classifier: bool, has_ngrams: bool = False
+) -> None:
     """Every `llm_free_checks(checks=...)` in the Colang flows names known checks (a typo fails here)."""
     for flow in rails.runtime.flow_configs.values():
         for element in flow.elements:
@@ -375,6 +397,8 @@ def _validate_checks(rails: LLMRails, source: str, has_similarity: bool, has_cla
                 raise ConfigError(source, where, "the similarity check needs custom_data.similarity")
             if "classifier" in _split(checks) and not has_classifier:
                 raise ConfigError(source, where, "the classifier check needs custom_data.classifier")
+            if "ngrams" in _split(checks) and not has_ngrams:
+                raise ConfigError(source, where, "the ngrams check needs custom_data.ngrams")
 
 
 def prune_flows(rails: LLMRails, own_flows: set[str]) -> int:

@@ -143,6 +143,13 @@ def _load(tmp_path: Path, directory: Path, **guardrails: object) -> Guard:
         ("patterns.yml", "disallowed: disallowed.txt", "disallowed: missing.txt", "missing.txt"),
         ("patterns.yml", "weights: shipped", "weights: nowhere.json", "custom_data.classifier.weights"),
         ("patterns.yml", "  classifier:\n    weights: shipped", "", "the classifier check needs custom_data"),
+        (
+            "patterns.yml",
+            "shipped                 # router/data/guard_ngrams",
+            "nowhere.npz #",
+            "custom_data.ngrams.weights",
+        ),
+        ("patterns.yml", "  ngrams:\n    weights: shipped", "", "the ngrams check needs custom_data.ngrams"),
     ],
 )
 def test_a_broken_guardrails_config_fails_at_start_up(
