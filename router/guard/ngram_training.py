@@ -12,7 +12,6 @@ not in English). Deterministic: the same data gives the same weights.
 from __future__ import annotations
 
 import argparse
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, features, segments
 from router.guard.normalise import reads_as_english
-from router.guard.training import DEFAULT_DATA, LABELS, ORDINARY, ORDINARY_MOST, Example, heldout_keys, load_examples
+from router.guard.training import LABELS, Example, training_examples
 
 TARGET_FALSE_BLOCKS = 0.02
 EPOCHS = 300
@@ -93,14 +92,8 @@ def train(examples: list[Example]) -> NgramModel:
 
 
 def run_ngram_training(args: argparse.Namespace) -> int:
-    data: Path = getattr(args, "data", None) or DEFAULT_DATA
     output: Path = getattr(args, "output", None) or SHIPPED_NGRAMS
-    ordinary = ORDINARY if getattr(args, "data", None) is None else []
-    examples, dropped = load_examples(data, heldout_keys(), ordinary)
-    everyday = [e for e in examples if e.category == "ordinary"]
-    if len(everyday) > ORDINARY_MOST:
-        keep = {id(e) for e in random.Random(16).sample(everyday, ORDINARY_MOST)}
-        examples = [e for e in examples if e.category != "ordinary" or id(e) in keep]
+    data, examples, dropped = training_examples(args)
     counts = {label: sum(e.label == n for e in examples) for label, n in LABELS.items()}
     print(f"training n-grams on {data}: {len(examples)} examples {counts}, {dropped} dropped (in the benchmark)")
     model = train(examples)

@@ -43,6 +43,7 @@ HELDOUT_FILES = (
     BENCH_DATA / "guard_heldout2.jsonl",
     BENCH_DATA / "guard_heldout3.jsonl",
     BENCH_DATA / "guard_heldout4.jsonl",
+    BENCH_DATA / "guard_heldout5.jsonl",
     BENCH_DATA / "guard_dev.jsonl",
 )
 """What training never reads: the rails' held-out sets and dev set (bench/RESULTS.md)."""
@@ -274,15 +275,22 @@ def _share(flags: np.ndarray) -> float:
     return round(float(flags.mean()), 4) if len(flags) else 0.0
 
 
-def run_training(args: argparse.Namespace) -> int:
+def training_examples(args: argparse.Namespace) -> tuple[Path, list[Example], int]:
+    """What a training run reads (`--data`, else the shipped data with a seeded sample of ordinary prompts), less
+    near copies of every held-out file: (the data's path, the examples, how many were dropped as held out)."""
     data: Path = getattr(args, "data", None) or DEFAULT_DATA
-    output: Path = getattr(args, "output", None) or SHIPPED_WEIGHTS
     ordinary = ORDINARY if getattr(args, "data", None) is None else []
     examples, dropped = load_examples(data, heldout_keys(), ordinary)
     everyday = [e for e in examples if e.category == "ordinary"]
     if len(everyday) > ORDINARY_MOST:
         keep = {id(e) for e in random.Random(16).sample(everyday, ORDINARY_MOST)}
         examples = [e for e in examples if e.category != "ordinary" or id(e) in keep]
+    return data, examples, dropped
+
+
+def run_training(args: argparse.Namespace) -> int:
+    output: Path = getattr(args, "output", None) or SHIPPED_WEIGHTS
+    data, examples, dropped = training_examples(args)
     counts: dict[str, Any] = {label: sum(e.label == n for e in examples) for label, n in LABELS.items()}
     print(f"training on {data}: {len(examples)} examples {counts}, {dropped} dropped (in the benchmark)", flush=True)
     weights = train(examples, MiniLMEncoder(threads=2))
