@@ -89,9 +89,9 @@ class Guard:
     ) -> None:
         self.settings = settings
         self.classifier = classifier
+        """None when `custom_data.classifier.weights: off` (the `classifier` check then passes everything)."""
         self.ngrams = ngrams
         """None when `custom_data.ngrams` is unset or `weights: off` (the `ngrams` check then passes everything)."""
-        """None when `custom_data.classifier.weights: off` (the `classifier` check then passes everything)."""
         self.rails = rails
         self.patterns = patterns
         self.similarity = similarity
