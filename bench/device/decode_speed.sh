@@ -4,6 +4,10 @@
 #   compile-1.5b, compile-7b   bench/worker_gpu.py with `compile: true`: cold inductor cache, then a restart on it
 #   engine    bench/paged_gpu.py, graphs and then compiled: tok/s at 1/16/64 and graph-vs-eager equality
 #   baselines bench/worker_gpu.py: plain `generate` and transformers' `generate_batch` (1/16/64) on both models
+#   attention bench/paged_attention_gpu.py: one layer's decode attention, gathered vs read in place
+#   inplace-cold, inplace-restart   bench/paged_gpu.py --compile with attention read in place: a cold inductor cache
+#             (both models), then a restart on it (each model at batch 1): the compile-time figures still missing
+#   gather-7b bench/paged_gpu.py --compile --decode-attention gather --only 7b: the 7B's baseline in the same session
 # Usage: bash bench/device/prepare.sh; run(command="bash bench/device/decode_speed.sh profile ttft", carry=[".whl", ".gpu"])
 source .gpu/setup.sh
 export PYTHONUNBUFFERED=1
@@ -25,6 +29,19 @@ for phase in "$@"; do
     baselines)
       timeout "${BASELINE_TIMEOUT:-300}" python3 bench/worker_gpu.py --checkpoints $ck --out /tmp/wg \
         --only 1.5b-plain 1.5b-generate-batch 7b-plain 7b-generate-batch > "$OUT/baselines.txt" 2>&1 ;;
+    attention)
+      timeout "${ATTENTION_TIMEOUT:-120}" python3 bench/paged_attention_gpu.py > "$OUT/attention.txt" 2>&1 ;;
+    inplace-cold)
+      timeout "${ENGINE_TIMEOUT:-560}" python3 bench/paged_gpu.py --checkpoints $ck --decode-attention in-place \
+        --compile > "$OUT/inplace-cold.txt" 2>&1 ;;
+    inplace-restart)
+      for model in 1.5b 7b; do
+        timeout "${ENGINE_TIMEOUT:-250}" python3 bench/paged_gpu.py --checkpoints $ck --decode-attention in-place \
+          --compile --only $model --concurrency 1 > "$OUT/inplace-restart-$model.txt" 2>&1
+      done ;;
+    gather-7b)
+      timeout "${ENGINE_TIMEOUT:-560}" python3 bench/paged_gpu.py --checkpoints $ck --decode-attention gather \
+        --compile --only 7b > "$OUT/gather-7b.txt" 2>&1 ;;
     compile-1.5b|compile-7b)
       case_name=$([ "$phase" = compile-7b ] && echo 7b-nf4-compiled || echo 1.5b-bf16-compiled)
       for start in cold warm; do
