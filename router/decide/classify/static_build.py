@@ -6,8 +6,7 @@
 Training data: router/data/labelled_prompts.jsonl and router/data/routing/*.jsonl, one
 `{"messages": [...], "label": "simple"|"complex"}` per line. Any example that shares a user message
 (exactly, after `static.normalise`, or as a near-duplicate) with the held-out benchmark sets
-bench/data/route_heldout.jsonl and route_heldout2.jsonl is dropped before anything else happens, so the
-benchmarks stay unseen.
+bench/data/route_heldout*.jsonl is dropped before anything else happens, so the benchmarks stay unseen.
 The L2 strength is chosen by 5-fold cross-validation on the training data (folds by a hash of the opening
 user message, so conversations that share one stay together); the head is then refitted on all of it, and
 its scores get a temperature fitted on the out-of-fold logits.
@@ -43,9 +42,9 @@ from router.wire.protocol import ChatCompletionRequest
 DATA = DEFAULT_HEAD.parent
 DEFAULT_SOURCES = (DATA / "labelled_prompts.jsonl", DATA / "routing")
 DEFAULT_HELDOUT = Path(__file__).resolve().parents[3] / "bench" / "data" / "route_heldout.jsonl"
-HELDOUT_FILES = (DEFAULT_HELDOUT, DEFAULT_HELDOUT.with_name("route_heldout2.jsonl"))
-"""Never trained on. The second set arrived after the shipped head was fitted (21 of its 380 user messages equal
-one the head was trained on: short common ones; bench/RESULTS.md); a retrain drops both."""
+HELDOUT_FILES = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("", "2", "3"))
+"""Never trained on. The second and third sets arrived after the shipped head was fitted (21 of the second's 380
+user messages equal one the head was trained on: short common ones; bench/RESULTS.md); a retrain drops them all."""
 L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 FOLDS = 5
 NEAR_DUPLICATE = 0.8
