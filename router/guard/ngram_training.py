@@ -5,8 +5,8 @@ routing classifier's ordinary prompts as benign, near copies of the benchmark's 
 rail reads it: each example's `segments` (router/guard/ngrams.py), a padded attack's request in the segments that
 end it. The model is a logistic regression over the hashed features, fitted by full-batch Adam (`DECAY`: no L2
 penalty), both classes weighted alike. One example in five (by a hash of its text) is held out; the threshold is the
-lowest that keeps false blocks at or under `TARGET_FALSE_BLOCKS` on its benign examples that the rail reads (those
-not in English). Deterministic: the same data gives the same weights.
+lowest that keeps false blocks at or under the MiniLM head's target (2%) on its benign examples that the rail reads
+(those not in English). Deterministic: the same data gives the same weights.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import numpy as np
 
 from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, features, segments
 from router.guard.normalise import reads_as_english
-from router.guard.training import LABELS, Example, training_examples
+from router.guard.training import LABELS, Example, choose_threshold, training_examples
 
-TARGET_FALSE_BLOCKS = 0.02
 EPOCHS = 300
 LEARNING_RATE = 0.05
 DECAY = 0.0
@@ -60,14 +59,6 @@ def fit(texts: Sequence[str], labels: np.ndarray, buckets: int = BUCKETS) -> tup
         bias_square = 0.999 * bias_square + 0.001 * grad_bias * grad_bias
         bias -= LEARNING_RATE * (bias_moment / (1 - 0.9**step)) / (np.sqrt(bias_square / (1 - 0.999**step)) + 1e-8)
     return weights.astype(np.float32), float(bias)
-
-
-def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    benign = np.sort(probabilities[labels == 0])
-    if not len(benign):
-        return 0.5
-    allowed = int(TARGET_FALSE_BLOCKS * len(benign))
-    return float(min(0.9999, max(0.5, benign[len(benign) - 1 - allowed] + 1e-5)))
 
 
 def train(examples: list[Example]) -> NgramModel:
