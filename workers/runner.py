@@ -112,9 +112,13 @@ class ModelRunner:
             _allow_recompiles(len(self.buckets) * len(self.widths))
         self.graph_stats: GraphStats | None = None
         self._cache_kwarg = cache_kwarg(model)
-        self.read_in_place = read_in_place
-        """Decode steps attend through workers.paged_attention's kernel, reading the pools in place."""
         cache.read_in_place = read_in_place
+
+    @property
+    def read_in_place(self) -> bool:
+        """Decode steps attend through workers.paged_attention's kernel, reading the pools in place (the cache's
+        setting: it hands the attention its pools)."""
+        return self.cache.read_in_place
 
     @torch.inference_mode()
     def prefill(self, parts: Sequence[PrefillPart]) -> torch.Tensor:

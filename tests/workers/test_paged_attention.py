@@ -89,7 +89,8 @@ def test_decoding_read_in_place_matches_generate(
 
     monkeypatch.setattr(paged_attention, "decode", stand_in)
     engine = tiny_engine(model, max_len=256, block_size=block_size, padded=padded, prefill_chunk=7, smallest_width=16)
-    engine.runner.read_in_place = engine.cache.read_in_place = True
+    engine.cache.read_in_place = True
+    assert engine.runner.read_in_place
     jobs = [([1, 2, 3, 4, 5], 20, 0.0), ([7, 8, 9], 30, 0.0), (list(range(10, 40)), 10, 0.05), ([50, 60], 25, 0.1)]
 
     async def run(prompt: list[int], n: int, delay: float) -> str:
