@@ -19,7 +19,7 @@ import numpy as np
 
 from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, features, segments
 from router.guard.normalise import reads_as_english
-from router.guard.training import LABELS, Example, choose_threshold, training_examples
+from router.guard.training import LABELS, Example, choose_threshold, share, training_examples
 
 EPOCHS = 300
 LEARNING_RATE = 0.05
@@ -74,8 +74,8 @@ def train(examples: list[Example]) -> NgramModel:
     info: dict[str, float | int | str] = {
         "train_rows": len(training),
         "validation_examples": len(held),
-        "validation_attacks_blocked": round(float(blocked[labels == 1].mean()), 4) if (labels == 1).any() else 0.0,
-        "validation_false_blocks": round(float(blocked[labels == 0].mean()), 4) if (labels == 0).any() else 0.0,
+        "validation_attacks_blocked": share(blocked[labels == 1]),
+        "validation_false_blocks": share(blocked[labels == 0]),
     }
     # Stored as float16: the threshold is checked against what the rail will read.
     stored = NgramModel(weights.astype(np.float16).astype(np.float32), bias, round(threshold, 4), info)

@@ -266,12 +266,13 @@ def train(examples: list[Example], encoder: MiniLMEncoder) -> ClassifierWeights:
         threshold=round(threshold, 4),
         train_examples=int((~held).sum()),
         validation_examples=int(held.sum()),
-        validation_attacks_blocked=_share(blocked[labels == 1]),
-        validation_false_blocks=_share(blocked[labels == 0]),
+        validation_attacks_blocked=share(blocked[labels == 1]),
+        validation_false_blocks=share(blocked[labels == 0]),
     )
 
 
-def _share(flags: np.ndarray) -> float:
+def share(flags: np.ndarray) -> float:
+    """The share of true flags, to four places (0.0 for none): the validation rates the trainers report."""
     return round(float(flags.mean()), 4) if len(flags) else 0.0
 
 
