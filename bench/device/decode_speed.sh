@@ -8,6 +8,11 @@
 #   inplace-cold, inplace-restart   bench/paged_gpu.py --compile with attention read in place: a cold inductor cache
 #             (both models), then a restart on it (each model at batch 1): the compile-time figures still missing
 #   gather-7b bench/paged_gpu.py --compile --decode-attention gather --only 7b: the 7B's baseline in the same session
+#   gemv      bench/nf4_gemv_gpu.py: one row times each 7B weight, bitsandbytes against bench/nf4_gemv.py
+#   replay-7b bench/paged_gpu.py --compile --only 7b --replay --no-equality at 1 and 16 rows (cold cache): the engine's rate next to
+#             its step graph replayed with no host work between steps, and that step's kernels (torch.profiler)
+#   restart-7b the same on the inductor cache replay-7b left (start_s: the restart's start-up), batch 1 only
+#   keep-cache  the inductor cache (var/compile-cache) as $OUT/compile-cache.tgz, to carry into a later call
 # Usage: bash bench/device/prepare.sh; run(command="bash bench/device/decode_speed.sh profile ttft", carry=[".whl", ".gpu"])
 source .gpu/setup.sh
 export PYTHONUNBUFFERED=1
@@ -42,6 +47,16 @@ for phase in "$@"; do
     gather-7b)
       timeout "${ENGINE_TIMEOUT:-560}" python3 bench/paged_gpu.py --checkpoints $ck --decode-attention gather \
         --compile --only 7b > "$OUT/gather-7b.txt" 2>&1 ;;
+    gemv)
+      timeout "${GEMV_TIMEOUT:-200}" python3 bench/nf4_gemv_gpu.py > "$OUT/gemv.txt" 2>&1 ;;
+    replay-7b)
+      timeout "${ENGINE_TIMEOUT:-480}" python3 bench/paged_gpu.py --checkpoints $ck --compile --only 7b --replay \
+        --no-equality --concurrency 1 16 > "$OUT/replay-7b.txt" 2>&1 ;;
+    restart-7b)
+      timeout "${RESTART_TIMEOUT:-150}" python3 bench/paged_gpu.py --checkpoints $ck --compile --only 7b --no-equality \
+        --concurrency 1 > "$OUT/restart-7b.txt" 2>&1 ;;
+    keep-cache)
+      tar czf "$OUT/compile-cache.tgz" var/compile-cache ;;
     compile-1.5b|compile-7b)
       case_name=$([ "$phase" = compile-7b ] && echo 7b-nf4-compiled || echo 1.5b-bf16-compiled)
       for start in cold warm; do
