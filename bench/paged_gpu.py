@@ -235,6 +235,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+@torch.inference_mode()
 def replay_profile(runner: ModelRunner, rows: int, tokens: int, steps: int = 64) -> dict[str, Any]:
     """The decode step's graph for `rows` rows at `tokens` positions replayed back to back, each step's greedy token
     fed to the next on the device: the step time with nothing on the host between steps (what the engine's rate at
@@ -326,10 +327,10 @@ def run_model(label: str, tier: str, worker: dict[str, Any], args: argparse.Name
     if args.replay and runner.use_graphs:
         for rows in (1, 16):
             row.update(replay_profile(runner, rows, args.prompt + args.new))
+    row["decode_attention"] = "in-place" if runner.read_in_place else "gather"
     if args.no_equality:
         return row
     dtype = engine.cache.keys[0].dtype
-    row["decode_attention"] = "in-place" if runner.read_in_place else "gather"
     row.update(equality(runner.model, str(engine.cache.device), dtype, 32, vocab, runner.read_in_place))
     del service, engine, runner
     gc.collect()
