@@ -193,6 +193,9 @@ class Engine:
         self.ledger = ledger
         self.eos_ids = frozenset(eos_ids)
         self._eos_index = torch.tensor(sorted(self.eos_ids), device=runner.device) if self.eos_ids else None
+        self._minus_inf = torch.full((), float("-inf"), device=runner.device)
+        """What min_tokens writes over the end-of-sequence logits: a device tensor, because a Python float there
+        becomes a host tensor that indexing copies to the device each step, and that copy waits for the queue."""
         self._rows_key: tuple[int, ...] = ()
         self._rows_tensor = torch.zeros(0, dtype=torch.long, device=runner.device)
         self.processors = RowProcessors(runner.cache.max_batch, runner.device)
@@ -529,7 +532,7 @@ class Engine:
         self.processors.apply(logits, start)
         early = tuple(i for i, r in enumerate(rows) if r.completion + ahead < r.request.min_tokens)
         if early and self._eos_index is not None:
-            logits[self._row_index(early)[:, None], self._eos_index[None, :]] = float("-inf")
+            logits.index_put_((self._row_index(early)[:, None], self._eos_index[None, :]), self._minus_inf)
         constrained = [
             (i, r.request.constraint)
             for i, r in enumerate(rows)
