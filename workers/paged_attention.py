@@ -192,8 +192,8 @@ def _decode(
 
 if triton is not None:
     # An opaque custom op: torch.compile calls it rather than tracing into the kernels. Wrapped as `triton_op`
-    # instead, a cold compile of the 1.5B's decode graphs took 259 s on the H100 against about 118 s with gathered
-    # attention (bench/RESULTS.md); this wrapper's compile time is not measured there yet.
+    # instead, the 7B's decode graphs took 406 s to compile cold on the H100; as this op, 187 s, and 59 s on a
+    # restart (bench/RESULTS.md).
     _op = torch.library.custom_op("tiered::paged_decode_attention", _decode, mutates_args=())
     _op.register_fake(lambda query, *args: torch.empty_like(query))
 
