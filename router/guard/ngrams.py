@@ -180,6 +180,8 @@ class NgramRail:
         model scores the text `agreement` or more; and where both lean to attack without either being sure
         (classifier `JOINT_CLASSIFIER`, this model `JOINT_NGRAMS`), two models that read the text differently
         agreeing is taken as a block. `agreement` 0 switches both off: the classifier's verdict stands alone."""
+        if not classifier_blocks and classifier_probability < JOINT_CLASSIFIER:
+            return False  # nothing to overrule or join: the common case costs no n-gram scoring
         if self.agreement <= 0 or not self.model.reads_all(text):
             return classifier_blocks
         probability = self.model.probability(text)
