@@ -248,18 +248,32 @@ class AttackClassifier:
         return result
 
     def blocks_texts(self, texts: Sequence[str] | EmbeddedWindows) -> bool:
-        """Blocking (an encoder pass unless given the windows embedded): the guard calls it from a worker thread.
-        A full window of a long text blocks only at `LONG_WINDOW_THRESHOLD` or above."""
-        import numpy as np
-
+        """Blocking (an encoder pass unless given the windows embedded): the guard calls it from a worker thread."""
         if not isinstance(texts, EmbeddedWindows):
             texts = [text for text in texts if text.strip()]
             if not texts:
                 return False
             texts = self.embed(texts)
-        rows = self._rows(texts)
+        return any(self.blocked(texts))
+
+    def blocked(self, embedded: EmbeddedWindows) -> list[bool]:
+        """Per text of `embedded`: whether a window of it blocks. A full window of a long text blocks only at
+        `LONG_WINDOW_THRESHOLD` or above."""
+        return [blocks for blocks, _ in self.verdicts(embedded)]
+
+    def verdicts(self, embedded: EmbeddedWindows) -> list[tuple[bool, float]]:
+        """Per text of `embedded`: whether a window of it blocks, and the highest probability of its windows other
+        than the full windows of a long text (whose prose the head overrates, `LONG_WINDOW_THRESHOLD`)."""
+        import numpy as np
+
+        rows = self._rows(embedded)
         if not len(rows):
-            return False
-        full = np.asarray(texts.full if texts.full is not None else [False] * len(rows), dtype=bool)
+            return [(False, 0.0)] * len(embedded.spans)
+        full = np.asarray(embedded.full if embedded.full is not None else [False] * len(rows), dtype=bool)
         needed = np.where(full, max(self.threshold, LONG_WINDOW_THRESHOLD), self.threshold)
-        return bool((rows >= needed).any())
+        hits = rows >= needed
+        shown = np.where(full, 0.0, rows)
+        return [
+            (bool(hits[start:end].any()), float(shown[start:end].max()) if end > start else 0.0)
+            for start, end in embedded.spans
+        ]

@@ -73,6 +73,10 @@ class NgramSettings(Strict, frozen=True):
     `tiered-router train-guard --model ngram`, relative to the guardrails directory."""
     threshold: Unit | None = None
     """Block at or above this attack probability; unset: the threshold stored with the weights."""
+    agreement: Unit = 0.5
+    """On a text that this model reads in full (none of it English), the MiniLM classifier's block stands only if
+    this model scores the text at least this; 0 leaves the classifier's verdict alone (router/guard/ngrams.py
+    `NgramRail.judge`)."""
 
 
 class GuardData(Strict, frozen=True):

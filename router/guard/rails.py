@@ -286,9 +286,10 @@ class Guard:
             elif check in ("classifier", "similarity"):
                 if check == "classifier" and self.classifier is None:
                     continue  # switched off
+                readings = [c for p in prepared for c in p.for_embedding if c.strip()]
                 if embedded is None:
-                    embedded = self._embed([c for p in prepared for c in p.for_embedding if c.strip()])
-                hit = self._embedding_hit(check, embedded)
+                    embedded = self._embed(readings)
+                hit = self._embedding_hit(check, embedded, readings)
             else:
                 hit = any(self.patterns[check].first_match(c) is not None for p in prepared for c in p.candidates)
             if hit:
@@ -305,11 +306,19 @@ class Guard:
         assert self.similarity is not None, "validated at load"
         return self.similarity.embed(texts)
 
-    def _embedding_hit(self, check: str, embedded: EmbeddedWindows) -> bool:
+    def _embedding_hit(self, check: str, embedded: EmbeddedWindows, readings: Sequence[str]) -> bool:
+        """`readings`: the texts `embedded` holds, in order. The classifier's verdict on one that is not English is
+        judged with the n-gram rail, which reads the languages MiniLM does not (`NgramRail.judge`)."""
         if not embedded.spans:
             return False
         if check == "classifier":
-            return self.classifier is not None and self.classifier.blocks_texts(embedded)
+            if self.classifier is None:
+                return False
+            verdicts = self.classifier.verdicts(embedded)
+            if self.ngrams is None:
+                return any(blocks for blocks, _ in verdicts)
+            judge = self.ngrams.judge
+            return any(judge(text, *verdict) for verdict, text in zip(verdicts, readings, strict=True))
         assert self.similarity is not None, "validated at load"
         return self.similarity.blocks_texts(embedded)
 
@@ -353,7 +362,7 @@ def _ngrams(data: GuardData, directory: Path) -> NgramRail | None:
         return None
     shipped = settings.weights is True or settings.weights == "shipped"
     path = SHIPPED_NGRAMS if shipped else directory / str(settings.weights)
-    return NgramRail(NgramModel.load(path, str(directory)), settings.threshold)
+    return NgramRail(NgramModel.load(path, str(directory)), settings.threshold, settings.agreement)
 
 
 def _compile(rails_config: Any) -> list[CompiledRail]:
