@@ -44,6 +44,7 @@ HELDOUT_FILES = (
     BENCH_DATA / "guard_heldout3.jsonl",
     BENCH_DATA / "guard_heldout4.jsonl",
     BENCH_DATA / "guard_heldout5.jsonl",
+    BENCH_DATA / "guard_heldout6.jsonl",
     BENCH_DATA / "guard_dev.jsonl",
 )
 """What training never reads: the rails' held-out sets and dev set (bench/RESULTS.md)."""
