@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from bench.nf4_triton import Scales, scale_tensors
+
 try:
     import triton
     import triton.language as tl
@@ -129,21 +131,20 @@ if triton is not None:
 def gemv(
     x: torch.Tensor,
     packed: torch.Tensor,
-    absmax: torch.Tensor,
-    absmax2: torch.Tensor | None,
-    code2: torch.Tensor | None,
-    offset: torch.Tensor | None,
+    scales: Scales,
     lut: torch.Tensor,
     bias: torch.Tensor | None,
     n: int,
     config: GemvConfig,
 ) -> torch.Tensor:
-    """x [K] (or [1, K]) times the NF4 weight [n, K] -> [n] in x's dtype. `lut`: the 16 NF4 values, float32."""
+    """x [K] (or [1, K]) times the NF4 weight [n, K] -> [n] in x's dtype. `scales`: as `scale_tensors` gives
+    them; `lut`: the 16 NF4 values, float32."""
     if triton is None:
         raise RuntimeError("the NF4 GEMV needs Triton")
     x = x.reshape(-1)
     k = x.shape[0]
     partial = torch.empty((config.split_k, n), device=x.device, dtype=torch.float32)
+    absmax, absmax2, code2, offset = scales
     nested = absmax2 is not None
     _gemv_kernel[(triton.cdiv(n, config.block_n), config.split_k)](
         x,
@@ -173,11 +174,6 @@ def layer_gemv(x: torch.Tensor, layer: Any, config: GemvConfig) -> torch.Tensor:
     """`layer(x)` for one row of input through a bitsandbytes `Linear4bit` that `supports` accepts."""
     state = layer.weight.quant_state
     n = int(state.shape[0])
-    if state.nested:
-        absmax, absmax2, code2, offset = state.absmax, state.state2.absmax, state.state2.code, state.offset
-        if not isinstance(offset, torch.Tensor):
-            offset = torch.tensor(float(offset), device=x.device, dtype=torch.float32)
-    else:
-        absmax, absmax2, code2, offset = state.absmax, None, None, None
-    out = gemv(x, layer.weight.data.view(-1), absmax, absmax2, code2, offset, state.code.float(), layer.bias, n, config)
+    scales = scale_tensors(state, x.device)
+    out = gemv(x, layer.weight.data.view(-1), scales, state.code.float(), layer.bias, n, config)
     return out.reshape(*x.shape[:-1], n)

@@ -89,17 +89,26 @@ def matmul(x: torch.Tensor, layer: Any, config: TritonConfig) -> torch.Tensor:
     n, k = int(state.shape[0]), int(state.shape[1])
     rows = x.reshape(-1, k)
     bias = layer.bias
-    if state.nested:
-        absmax, absmax2, code2, offset = state.absmax, state.state2.absmax, state.state2.code, state.offset
-        if not isinstance(offset, torch.Tensor):
-            offset = torch.tensor(float(offset), device=x.device)
-    else:
-        absmax, absmax2, code2, offset = state.absmax, None, None, None
+    absmax, absmax2, code2, offset = scale_tensors(state, x.device)
     out = nf4_matmul(
         rows, layer.weight.data.view(-1), absmax, absmax2, code2, offset, state.code, bias, n,
         config.block_n, config.groups, config.warps, config.split_k, config.dot,
     )  # fmt: skip
     return out.reshape(*x.shape[:-1], n)
+
+
+Scales = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+"""absmax, then for double-quantised scales state2's absmax, state2's code and the offset (else three Nones)."""
+
+
+def scale_tensors(state: Any, device: torch.device) -> Scales:
+    """A bitsandbytes 4-bit quant state's scales as the kernels read them (the offset as a float32 tensor)."""
+    if not state.nested:
+        return state.absmax, None, None, None
+    offset = state.offset
+    if not isinstance(offset, torch.Tensor):
+        offset = torch.tensor(float(offset), device=device, dtype=torch.float32)
+    return state.absmax, state.state2.absmax, state.state2.code, offset
 
 
 def nf4_matmul(
