@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from router.decide.classify.ask import ASK_FEATURE_NAMES
 from router.decide.classify.features import FEATURE_NAMES
 from router.decide.classify.static import (
     DEFAULT_HEAD,
@@ -181,6 +182,7 @@ def train_head(examples: list[Example], featurizer: StaticFeaturizer, grid: Sequ
         features=FEATURES,
         dims=featurizer.table.dims,
         surface_features=list(FEATURE_NAMES),
+        ask_features=list(ASK_FEATURE_NAMES),
         table_sha256=featurizer.table.sha256,
         l2=l2,
         temperature=fit_temperature(logits, y),
