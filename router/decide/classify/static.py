@@ -3,7 +3,10 @@
 No encoder runs at request time. Each word piece of the prompt (the MiniLM tokenizer's) looks up one
 int8 vector in a table distilled from all-MiniLM-L6-v2 (`router.decide.classify.static_distill`);
 the last user message and the earlier turns are pooled separately, so a terse follow-up ("now do it
-in Rust") can inherit the complexity of an earlier turn. The head is trained by
+in Rust") can inherit the complexity of an earlier turn. The last message is also split into its ask and any
+pasted material (`router.decide.classify.ask`): the ask is pooled on its own when there is material, and features
+say how much the ask demands of it, so a trivial question under a long paste is not scored by the paste's length.
+The head is trained by
 `python -m router.decide.classify.static_build`. Pure numpy after tokenisation: well under a
 millisecond for a typical prompt, so it is scored inline like the heuristic.
 """
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar
 import msgspec
 
 from router.core.config import ClassifierConfig, Config, ConfigError
+from router.decide.classify.ask import ASK_FEATURE_NAMES, ask_features, split
 from router.decide.classify.base import ComplexityClassifier, Verdict
 from router.decide.classify.features import FEATURE_NAMES, extract
 from router.decide.conversation import Conversation, estimate_tokens
@@ -34,7 +38,7 @@ DEFAULT_TABLE = DATA / "static_tokens.npz"
 DEFAULT_HEAD = DATA / "static_classifier.json"
 FEATURES = (
     "static-minilm: last user message (mean, max, min; mean as a follow-up), earlier turns (mean), "
-    "surface features (all; last), has-earlier"
+    "the ask's mean when the message holds pasted material, surface features (all; last), ask features, has-earlier"
 )
 EARLIER_CHARS = 8000
 """Only the most recent earlier context is pooled: it is what a follow-up refers to."""
@@ -47,12 +51,14 @@ class StaticHead(msgspec.Struct):
     weights: list[float]
     """Over `StaticFeaturizer.row`: the last user message's mean (dims), per-dimension max and min (2 × dims), its
     mean again only when there are earlier turns (dims: how a follow-up's words weigh can differ), the earlier
-    turns' mean (dims), the surface features of the conversation, those of the last user message alone, and a
-    has-earlier flag."""
+    turns' mean (dims), the mean of the message's ask only when it holds pasted material (dims:
+    `router.decide.classify.ask`), the surface features of the conversation, those of the last user message alone,
+    the ask features, and a has-earlier flag."""
     bias: float
     features: str
     dims: int
     surface_features: list[str]
+    ask_features: list[str]
     table_sha256: str
     """The token table these weights were trained on; a head never runs on another table."""
     l2: float
@@ -157,13 +163,17 @@ class StaticFeaturizer:
         has_earlier = 1.0 if earlier.strip() else 0.0
         last_ids = self.ids(last)
         pooled_last = self.table.pool(last_ids)
+        ask = split(last)
+        pooled_ask = self.table.pool(self.ids(ask.instruction)) if ask.material_chars else self.table.pool([])
         return np.concatenate(
             [
                 pooled_last,
                 self.table.extremes(last_ids),
                 pooled_last * has_earlier,
                 self.table.pool(self.ids(earlier)),
+                pooled_ask,
                 surface,
+                np.asarray(ask_features(ask), dtype=np.float32),
                 np.asarray([has_earlier], dtype=np.float32),
             ]
         )
@@ -183,7 +193,7 @@ def alone(message: str) -> Conversation:
 
 
 def row_width(dims: int) -> int:
-    return 5 * dims + 2 * len(FEATURE_NAMES) + 1
+    return 6 * dims + 2 * len(FEATURE_NAMES) + len(ASK_FEATURE_NAMES) + 1
 
 
 @dataclass(frozen=True)
@@ -253,14 +263,22 @@ class StaticClassifier(ComplexityClassifier):
 
 
 def explain(contributions: np.ndarray, dims: int) -> list[str]:
-    """The parts of the logit worth naming: the last message's words, the earlier turns', and each surface feature
-    (of the conversation and of the last message, added) that moved it by 0.5 or more."""
+    """The parts of the logit worth naming: the last message's words, the earlier turns', the ask's (when apart from
+    pasted material), and each surface feature (of the conversation and of the last message, added) and ask feature
+    that moved it by 0.5 or more."""
     words = float(contributions[: 4 * dims].sum())
     earlier = float(contributions[4 * dims : 5 * dims].sum())
-    named = len(FEATURE_NAMES)
-    surface = contributions[5 * dims : 5 * dims + named] + contributions[5 * dims + named : 5 * dims + 2 * named]
-    reasons = [f"last message's words: {words:+.2f}", f"earlier turns' words: {earlier:+.2f}"]
-    ranked = sorted(zip(FEATURE_NAMES, surface.tolist(), strict=True), key=lambda item: -abs(item[1]))
+    ask = float(contributions[5 * dims : 6 * dims].sum())
+    named, start = len(FEATURE_NAMES), 6 * dims
+    surface = contributions[start : start + named] + contributions[start + named : start + 2 * named]
+    asked = contributions[start + 2 * named : start + 2 * named + len(ASK_FEATURE_NAMES)]
+    reasons = [
+        f"last message's words: {words:+.2f}",
+        f"earlier turns' words: {earlier:+.2f}",
+        f"the ask's words: {ask:+.2f}",
+    ]
+    pairs = [*zip(FEATURE_NAMES, surface.tolist(), strict=True), *zip(ASK_FEATURE_NAMES, asked.tolist(), strict=True)]
+    ranked = sorted(pairs, key=lambda item: -abs(item[1]))
     reasons.extend(f"{name}: {value:+.2f}" for name, value in ranked if abs(value) >= 0.5)
     return reasons
 
@@ -270,7 +288,11 @@ def load_head(path: Path, source: str) -> StaticHead:
         head = msgspec.json.decode(path.read_bytes(), type=StaticHead)
     except (OSError, msgspec.DecodeError) as exc:
         raise ConfigError(source, "classifier.static_weights", f"cannot load {path}: {exc}") from exc
-    if len(head.weights) != row_width(head.dims) or head.surface_features != list(FEATURE_NAMES):
+    if (
+        len(head.weights) != row_width(head.dims)
+        or head.surface_features != list(FEATURE_NAMES)
+        or head.ask_features != list(ASK_FEATURE_NAMES)
+    ):
         raise ConfigError(
             source,
             "classifier.static_weights",

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from router.decide.classify.ask import ASK_FEATURE_NAMES
 from router.decide.classify.features import FEATURE_NAMES
 from router.decide.classify.static import (
     DEFAULT_HEAD,
@@ -42,7 +43,7 @@ from router.wire.protocol import ChatCompletionRequest
 DATA = DEFAULT_HEAD.parent
 DEFAULT_SOURCES = (DATA / "labelled_prompts.jsonl", DATA / "routing")
 DEFAULT_HELDOUT = Path(__file__).resolve().parents[3] / "bench" / "data" / "route_heldout.jsonl"
-HELDOUT_FILES = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("", "2", "3"))
+HELDOUT_FILES = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("", "2", "3", "4"))
 """Never trained on. The second and third sets arrived after the shipped head was fitted (21 of the second's 380
 user messages equal one the head was trained on: short common ones; bench/RESULTS.md); a retrain drops them all."""
 L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
@@ -181,6 +182,7 @@ def train_head(examples: list[Example], featurizer: StaticFeaturizer, grid: Sequ
         features=FEATURES,
         dims=featurizer.table.dims,
         surface_features=list(FEATURE_NAMES),
+        ask_features=list(ASK_FEATURE_NAMES),
         table_sha256=featurizer.table.sha256,
         l2=l2,
         temperature=fit_temperature(logits, y),

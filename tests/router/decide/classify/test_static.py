@@ -189,3 +189,48 @@ def test_a_head_for_another_table_is_refused(tmp_path: Path) -> None:
     head = msgspec.structs.replace(load_head(DEFAULT_HEAD, "test"), table_sha256="0" * 64)
     with pytest.raises(ConfigError, match="not the table the head was trained on"):
         StaticClassifier(head).load()
+
+
+CONFIG = """```ini
+[server]
+bind = 0.0.0.0
+port = 9120
+workers = 6
+timeout_s = 45
+
+[storage]
+path = /var/lib/ledgerd
+fsync = always
+snapshot_every = 10000
+compression = zstd
+
+[auth]
+mode = token
+token_file = /etc/ledgerd/token
+allow_anonymous_reads = true
+
+[replication]
+peers = ledger-b.internal:9120, ledger-c.internal:9120
+quorum = 2
+heartbeat_ms = 250
+
+[metrics]
+enabled = true
+listen = 127.0.0.1:9121
+```"""
+
+
+def test_a_trivial_ask_about_pasted_material_is_simple_and_a_demanding_one_complex(static: StaticClassifier) -> None:
+    trivial = static.score(conv(("user", f"what port does this listen on?\n\n{CONFIG}")))
+    demanding = static.score(
+        conv(("user", f"{CONFIG}\n\nReview this config for security and durability problems and explain each fix."))
+    )
+    assert trivial.score < 0.5 <= demanding.score
+    assert any(reason.startswith("the ask's words") for reason in trivial.reasons)
+
+
+@pytest.mark.parametrize(
+    "text", ["Which is larger, 40^41 or 41^40? Justify.", "Is 2^89 - 1 prime? Explain how you'd know."]
+)
+def test_terse_prompts_whose_difficulty_has_no_length_score_complex(static: StaticClassifier, text: str) -> None:
+    assert static.score(conv(("user", text))).score >= 0.5
