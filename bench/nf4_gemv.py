@@ -71,15 +71,6 @@ def candidates(n: int, k: int) -> list[GemvConfig]:
     return found
 
 
-def supports(state: Any, k: int) -> bool:
-    """bitsandbytes NF4 in its standard layout, 64-weight blocks."""
-    if state is None or getattr(state, "packing_format_for_cpu", False):
-        return False
-    if state.quant_type != "nf4" or state.blocksize != QUANT_BLOCK or k % QUANT_BLOCK:
-        return False
-    return not state.nested or (state.state2 is not None and state.state2.blocksize == 256)
-
-
 if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
@@ -171,7 +162,8 @@ def gemv(
 
 
 def layer_gemv(x: torch.Tensor, layer: Any, config: GemvConfig) -> torch.Tensor:
-    """`layer(x)` for one row of input through a bitsandbytes `Linear4bit` that `supports` accepts."""
+    """`layer(x)` for one row of input through a bitsandbytes `Linear4bit` in its standard NF4 layout (64-weight
+    blocks, double-quantised scales in 256-scale blocks if any)."""
     state = layer.weight.quant_state
     n = int(state.shape[0])
     scales = scale_tensors(state, x.device)

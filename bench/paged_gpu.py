@@ -351,7 +351,6 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=128, help="new tokens of the tok/s runs")
     parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bench-checkpoints-v2"))
     parser.add_argument("--replay", action="store_true", help="also the step's graph replayed with no host work")
-    parser.add_argument("--max-batch", type=int, default=None, help="cap the tiers' max_batch_size")
     parser.add_argument("--no-equality", action="store_true", help="skip the graph-vs-eager equality runs")
     args = parser.parse_args()
     gpu = yaml.safe_load((ROOT / "config" / "gpu.yaml").read_text())["workers"]
@@ -373,8 +372,6 @@ def main() -> int:
             worker = {k: v for k, v in gpu[tier].items() if k in keep}
             worker.update(model=str(path), device="cuda", dtype="bfloat16", compile=args.compile, cuda_graphs=True)
             worker["decode_attention"] = args.decode_attention
-            if args.max_batch:  # fewer batch buckets: fewer graphs to compile and capture
-                worker["max_batch_size"] = min(worker["max_batch_size"], args.max_batch)
             if tier == "large":
                 worker["quantization"] = "nf4"
             models[label] = (tier, worker)
