@@ -3,10 +3,10 @@
 The data is JSONL, every `*.jsonl` of a directory (router/data/guard) or one file: `{"prompt": "..."}` or
 `{"messages": [...]}`, with `"label": "attack"|"benign"` and a `category`. Texts are normalised as the rails
 read them (router/guard/normalise.py) and cut into the classifier's windows; a long attack of the `padded`
-category (a request after padding) teaches its last window as the attack and its other windows as benign. Any
-example that is a near copy (the same words, whatever the case, punctuation and spacing) of a request, or a piece
-of one, in the benchmark's rails files (`HELDOUT`: the held-out sets and the dev set) is dropped, so they stay
-unseen. One example in five (by a hash of its text) is kept for validation, where the threshold is chosen: the
+category (a request after padding) teaches its last window as the attack and its other windows as benign. The
+older held-out sets, each measured once while unseen, are training data too (`FOLDED`). Any example that is a near
+copy (the same words, whatever the case, punctuation and spacing) of a request, or a piece of one, in the newest
+held-out sets (`HELDOUT_FILES`) is dropped, so they stay unseen. One example in five (by a hash of its text) is kept for validation, where the threshold is chosen: the
 lowest that keeps false blocks on benign examples under `TARGET_FALSE_BLOCKS`. The head is `SEEDS` heads of one
 hidden layer (64 ReLU units) and a logistic output, each from its own seed, averaged: their logits' mean is one
 head with all their hidden units (router/guard/classifier.py), so the rail reads it as it reads one.
@@ -37,17 +37,19 @@ ORDINARY = [SHIPPED_WEIGHTS.parent / "labelled_prompts.jsonl", SHIPPED_WEIGHTS.p
 """The routing classifier's labelled prompts (simple/complex): ordinary requests, taught as benign too when
 training on the default data, so that everyday formats ("convert 'dog' to hex") are not mistaken for attacks."""
 BENCH_DATA = SHIPPED_WEIGHTS.parents[2] / "bench" / "data"
-HELDOUT = BENCH_DATA / "guard_heldout.jsonl"
-HELDOUT_FILES = (
-    HELDOUT,
+FOLDED = (
+    BENCH_DATA / "guard_dev.jsonl",
+    BENCH_DATA / "guard_heldout.jsonl",
     BENCH_DATA / "guard_heldout2.jsonl",
     BENCH_DATA / "guard_heldout3.jsonl",
     BENCH_DATA / "guard_heldout4.jsonl",
     BENCH_DATA / "guard_heldout5.jsonl",
-    BENCH_DATA / "guard_heldout6.jsonl",
-    BENCH_DATA / "guard_dev.jsonl",
 )
-"""What training never reads: the rails' held-out sets and dev set (bench/RESULTS.md)."""
+"""Held-out sets that were measured, each once while unseen (bench/RESULTS.md), and are now training data: each
+was written by its own hand, and what the rails miss on a new blind set is text unlike anything they learnt from."""
+HELDOUT = BENCH_DATA / "guard_heldout6.jsonl"
+HELDOUT_FILES = (HELDOUT, BENCH_DATA / "guard_heldout7.jsonl")
+"""What training never reads: the newest held-out sets (bench/RESULTS.md)."""
 LABELS = {"benign": 0, "attack": 1}
 TARGET_FALSE_BLOCKS = 0.02
 VALIDATION_EVERY = 5
@@ -85,24 +87,35 @@ def line_text(prompt: str | None, messages: list[ChatMessage] | None) -> str:
     return "\n\n".join(pieces)
 
 
-def load_examples(data: Path, exclude: set[str], ordinary: Sequence[Path] = ()) -> tuple[list[Example], int]:
+def load_examples(
+    data: Path, exclude: set[str], ordinary: Sequence[Path] = (), folded: Sequence[Path] = ()
+) -> tuple[list[Example], int]:
     """The labelled examples (normalised), and how many were dropped as duplicates of `exclude`. Every line of
-    the `ordinary` files (or directories) is a benign example, whatever its label."""
+    the `ordinary` files (or directories) is a benign example, whatever its label. The `folded` files are read as
+    labelled data too, less their attacks longer than one window: which of such a text's windows holds the attack
+    (a request after padding, a line in the middle of an article) is not labelled there."""
     examples: list[Example] = []
     seen: set[str] = set()
     dropped = 0
-    for path, benign in [*((p, False) for p in _files(data)), *((p, True) for o in ordinary for p in _files(o))]:
+    sources = [
+        *((p, "labelled") for p in _files(data)),
+        *((p, "folded") for p in folded),
+        *((p, "ordinary") for o in ordinary for p in _files(o)),
+    ]
+    for path, kind in sources:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             item = msgspec.json.decode(line, type=LabelledLine)
-            if benign:
+            if kind == "ordinary":
                 item = LabelledLine("benign", item.prompt, item.messages, "ordinary")
             if item.label not in LABELS:
                 raise ValueError(f"{path}:{n}: label must be one of {sorted(LABELS)}, got {item.label!r}")
             whole = line_text(item.prompt, item.messages)
             if _key(normalise(whole)) in exclude:
                 dropped += 1
+                continue
+            if kind == "folded" and item.label == "attack" and len(embedding_text(whole)) > WINDOW_CHARS:
                 continue
             for text in [whole, *(_pieces(item.messages) if item.label == "benign" else [])]:
                 text = embedding_text(text).strip()
@@ -278,11 +291,13 @@ def share(flags: np.ndarray) -> float:
 
 
 def training_examples(args: argparse.Namespace) -> tuple[Path, list[Example], int]:
-    """What a training run reads (`--data`, else the shipped data with a seeded sample of ordinary prompts), less
-    near copies of every held-out file: (the data's path, the examples, how many were dropped as held out)."""
+    """What a training run reads (`--data`, else the shipped data, the folded held-out sets and a seeded sample of
+    ordinary prompts), less near copies of the held-out files: (the data's path, the examples, how many were
+    dropped as held out)."""
     data: Path = getattr(args, "data", None) or DEFAULT_DATA
     ordinary = ORDINARY if getattr(args, "data", None) is None else []
-    examples, dropped = load_examples(data, heldout_keys(), ordinary)
+    folded = FOLDED if getattr(args, "data", None) is None else []
+    examples, dropped = load_examples(data, heldout_keys(), ordinary, folded)
     everyday = [e for e in examples if e.category == "ordinary"]
     if len(everyday) > ORDINARY_MOST:
         keep = {id(e) for e in random.Random(16).sample(everyday, ORDINARY_MOST)}
