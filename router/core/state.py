@@ -191,7 +191,10 @@ class RedisStore(StateStore):
         self._bucket = client.register_script(BUCKET_LUA)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, *, timeout_s: float = 0.5) -> RedisStore:
+    def from_url(cls, url: str, prefix: str, *, timeout_s: float = 2.0) -> RedisStore:
+        """`timeout_s` bounds each connect and each reply. A Redis that is down refuses the connection at once; the
+        bound is for one that hangs, and it counts the router's own wait for its event loop too: at 0.5 s, a
+        2-core host serving three replicas and thirty streams turned a slow reply into a 503 from the limiter."""
         client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5
         )
