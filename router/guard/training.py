@@ -8,9 +8,9 @@ older held-out sets, each measured once while unseen, are training data too (`FO
 copy (the same words, whatever the case, punctuation and spacing) of a request, or a piece of one, in the newest
 held-out sets (`HELDOUT_FILES`) is dropped, so they stay unseen. One example in five (by a hash of its text) is
 kept for validation, where the threshold is chosen: the lowest that keeps false blocks on benign examples under
-`TARGET_FALSE_BLOCKS`. The head is `SEEDS` heads of one
-hidden layer (64 ReLU units) and a logistic output, each from its own seed, averaged: their logits' mean is one
-head with all their hidden units (router/guard/classifier.py), so the rail reads it as it reads one.
+`TARGET_FALSE_BLOCKS`. The head is `SEEDS` heads of one hidden layer (64 ReLU units) and a logistic output, each
+from its own seed, averaged: their logits' mean is one head with all their hidden units
+(router/guard/classifier.py), so the rail reads it as it reads one.
 """
 
 from __future__ import annotations
