@@ -124,17 +124,24 @@ class NgramModel:
         indices, values = features(text, len(self.weights))
         return float(values @ self.weights[indices]) + self.bias if len(indices) else self.bias
 
-    def reads_all(self, text: str) -> bool:
-        """Whether the rail reads every segment of `text`: none of it is English (nor too short to judge)."""
-        pieces = segments(text)
-        return bool(pieces) and all(read_by_ngrams(piece) for piece in pieces)
-
     def probability(self, text: str) -> float:
         """The attack probability of `text`'s most attack-like segment that the rail reads (`read_by_ngrams`).
         The most of k segments is read against odds k times longer: a long benign text has more chances to hold
         one high-scoring paragraph, and that alone must not make it look like a request for harm."""
         pieces = segments(text)
-        logits = [self.logit(piece) for piece in pieces if read_by_ngrams(piece)]
+        return self._most_attack_like(pieces, [piece for piece in pieces if read_by_ngrams(piece)])
+
+    def probability_read_in_full(self, text: str) -> float | None:
+        """`probability(text)` when the rail reads every segment of `text` (none of it English, nor too short to
+        judge); None when it does not."""
+        pieces = segments(text)
+        read = [piece for piece in pieces if read_by_ngrams(piece)]
+        if not pieces or len(read) < len(pieces):
+            return None
+        return self._most_attack_like(pieces, read)
+
+    def _most_attack_like(self, pieces: list[str], read: list[str]) -> float:
+        logits = [self.logit(piece) for piece in read]
         if not logits:
             return 0.0
         return float(1.0 / (1.0 + np.exp(-(max(logits) - np.log(len(pieces))))))
@@ -182,9 +189,9 @@ class NgramRail:
         agreeing is taken as a block. `agreement` 0 switches both off: the classifier's verdict stands alone."""
         if not classifier_blocks and classifier_probability < JOINT_CLASSIFIER:
             return False  # nothing to overrule or join: the common case costs no n-gram scoring
-        if self.agreement <= 0 or not self.model.reads_all(text):
+        probability = self.model.probability_read_in_full(text) if self.agreement > 0 else None
+        if probability is None:
             return classifier_blocks
-        probability = self.model.probability(text)
         if classifier_blocks and probability >= self.agreement:
             return True
         return classifier_probability >= JOINT_CLASSIFIER and probability >= JOINT_NGRAMS

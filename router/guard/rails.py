@@ -272,6 +272,7 @@ class Guard:
         prepared: list[Normalised] | None = None
         shown: list[str] | None = None
         embedded: EmbeddedWindows | None = None  # both embedding rails read one encoder pass
+        embedded_texts: list[str] = []  # what `embedded` holds, in order
         for check in checks:
             if check in OUTPUT_GROUPS:
                 shown = shown if shown is not None else [visible(text)[0] for text in bounded]
@@ -286,10 +287,10 @@ class Guard:
             elif check in ("classifier", "similarity"):
                 if check == "classifier" and self.classifier is None:
                     continue  # switched off
-                readings = [c for p in prepared for c in p.for_embedding if c.strip()]
                 if embedded is None:
-                    embedded = self._embed(readings)
-                hit = self._embedding_hit(check, embedded, readings)
+                    embedded_texts = [c for p in prepared for c in p.for_embedding if c.strip()]
+                    embedded = self._embed(embedded_texts)
+                hit = self._embedding_hit(check, embedded, embedded_texts)
             else:
                 hit = any(self.patterns[check].first_match(c) is not None for p in prepared for c in p.candidates)
             if hit:
