@@ -117,8 +117,14 @@ def test_a_process_that_cannot_be_started_again_is_tried_later(
     script.chmod(0o755)
     supervisor = ProcessSupervisor(RestartPolicy(initial_s=0.01, factor=2.0, max_s=1.0), {})
     process = supervisor.start("gone", [str(script)])
-    script.unlink()  # its executable went away: restarting fails with an OSError, not the supervisor
     assert process.popen is not None
+    # Only once the shell has read the script and become `sleep`: removed earlier, the shell finds no script and
+    # exits with code 2 on its own (seen once in CI), before the kill below.
+    cmdline = Path(f"/proc/{process.popen.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while cmdline.read_bytes().split(b"\0")[0] != b"sleep" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    script.unlink()  # its executable went away: restarting fails with an OSError, not the supervisor
     process.popen.kill()
     try:
         _tend_until(supervisor, lambda: len(_exits(caplog, "gone")) + len(_unstartable(caplog)) >= 3)
