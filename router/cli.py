@@ -293,6 +293,12 @@ def _parser() -> argparse.ArgumentParser:
         default="minilm",
         help="minilm: the MiniLM head (guard_classifier.json); ngram: the character n-gram rail (guard_ngrams.npz)",
     )
+    train_guard.add_argument(
+        "--encoder",
+        type=Path,
+        default=None,
+        help="encoder deltas to train the MiniLM head over (python -m router.guard.tuning makes them)",
+    )
     train_guard.set_defaults(run=_train_guard)
     return parser
 

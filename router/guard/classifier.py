@@ -5,7 +5,10 @@ The head is one hidden ReLU layer and a logistic output (a plain logistic head, 
 violent fiction, legal), the hidden layer blocks about ten points more attacks than a logistic head at the
 same false-block rate (bench/RESULTS.md).
 
-The weights are trained on router/data/guard by `tiered-router train-guard` (router/guard/training.py) and ship
+The encoder is MiniLM with low-rank deltas tuned for this task (router/guard/tuning.py,
+router/data/guard_encoder.npz, named by the weights' `encoder`): a head over the stock encoder blocked 10-20 fewer
+of 205 held-out attacks at the same false blocks (bench/RESULTS.md, round eight). The head is trained over the
+tuned encoder on router/data/guard by `tiered-router train-guard --encoder ...` (router/guard/training.py) and ships
 in router/data/guard_classifier.json. A text is cut into windows of `WINDOW_CHARS` (about 200 word pieces, under
 the encoder's 256) that overlap, the last one always ending where the text ends, so a request placed after
 pages of padding is read on its own; the text's score is its highest window's. All windows of all candidate
@@ -84,6 +87,9 @@ class ClassifierWeights(msgspec.Struct, frozen=True):
     threshold: Annotated[float, Meta(ge=0.0, le=1.0)]
     """Block at or above this probability: chosen on the validation split for a low false-block rate."""
     features: str = "minilm-int8"
+    encoder: str = ""
+    """The encoder deltas the head was trained over (router/guard/tuning.py), a path relative to the weights file;
+    empty: the stock encoder."""
     hidden_weights: list[list[float]] = msgspec.field(default_factory=list)
     """384 rows of `hidden` weights each (the embedding is scaled by `input_scale` first); empty: no hidden layer."""
     hidden_bias: list[float] = msgspec.field(default_factory=list)
@@ -107,7 +113,16 @@ def load_weights(path: Path, source: str) -> ClassifierWeights:
     )
     if not shape_ok:
         raise ConfigError(source, "custom_data.classifier.weights", f"{path}: the weights do not fit a MiniLM head")
+    if weights.encoder and not (path.parent / weights.encoder).is_file():
+        raise ConfigError(
+            source, "custom_data.classifier.weights", f"{path}: its encoder deltas {weights.encoder} are missing"
+        )
     return weights
+
+
+def encoder_deltas(weights: ClassifierWeights, path: Path) -> Path | None:
+    """The deltas file the head at `path` was trained over, if any."""
+    return path.parent / weights.encoder if weights.encoder else None
 
 
 def logits(spec: ClassifierWeights, embeddings: np.ndarray) -> np.ndarray:
@@ -216,8 +231,10 @@ def embed_windows(encoder: MiniLMEncoder, texts: Sequence[str], lock: threading.
 
 
 class AttackClassifier:
-    def __init__(self, weights: ClassifierWeights, threshold: float | None = None) -> None:
+    def __init__(self, weights: ClassifierWeights, threshold: float | None = None, deltas: Path | None = None) -> None:
         self.spec = weights
+        self.deltas = deltas
+        """The encoder deltas the head was trained over: the encoder it reads must have them."""
         self.threshold = weights.threshold if threshold is None else threshold
         self._encoder: MiniLMEncoder | None = None
         self._lock = threading.Lock()
@@ -225,7 +242,7 @@ class AttackClassifier:
 
     def load(self, encoder: MiniLMEncoder | None = None) -> None:
         """Load (or share) the encoder; blocking, about a second."""
-        self._encoder = encoder or MiniLMEncoder()
+        self._encoder = encoder or MiniLMEncoder(deltas=self.deltas)
 
     def embed(self, texts: Sequence[str]) -> EmbeddedWindows:
         assert self._encoder is not None, "load() first"

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from router.core.config import Config, ConfigError, GuardrailsConfig
-from router.guard.classifier import SHIPPED_WEIGHTS, AttackClassifier, EmbeddedWindows, load_weights
+from router.guard.classifier import (
+    SHIPPED_WEIGHTS,
+    AttackClassifier,
+    EmbeddedWindows,
+    encoder_deltas,
+    load_weights,
+)
 from router.guard.compiled import CompiledRail, Direction, compile_flow
 from router.guard.data import GROUPS, GuardData, load_guard_data
 from router.guard.llm import TierLLM
@@ -133,7 +139,11 @@ class Guard:
         if similarity is not None or classifier is not None:
             from router.decide.classify.embedding import MiniLMEncoder
 
-            encoder = MiniLMEncoder()  # one encoder, shared by both embedding rails
+            deltas = classifier.deltas if classifier is not None else None
+            try:
+                encoder = MiniLMEncoder(deltas=deltas)  # one encoder, shared by both embedding rails
+            except ValueError as exc:  # encoder deltas that do not fit
+                raise ConfigError(str(directory), "custom_data.classifier.weights", str(exc)) from exc
             if similarity is not None:
                 similarity.load(encoder)
             if classifier is not None:
@@ -354,7 +364,8 @@ def _classifier(data: GuardData, directory: Path) -> AttackClassifier | None:
         path = SHIPPED_WEIGHTS
     else:
         path = directory / str(settings.weights)
-    return AttackClassifier(load_weights(path, str(directory)), settings.threshold)
+    weights = load_weights(path, str(directory))
+    return AttackClassifier(weights, settings.threshold, encoder_deltas(weights, path))
 
 
 def _ngrams(data: GuardData, directory: Path) -> NgramRail | None:

@@ -8,7 +8,9 @@ older held-out sets, each measured once while unseen, are training data too (`FO
 copy (the same words, whatever the case, punctuation and spacing) of a request, or a piece of one, in the newest
 held-out sets (`HELDOUT_FILES`) is dropped, so they stay unseen. One example in five (by a hash of its text) is
 kept for validation, where the threshold is chosen: the lowest that keeps false blocks on benign examples under
-`TARGET_FALSE_BLOCKS`. The head is `SEEDS` heads of one hidden layer (64 ReLU units) and a logistic output, each
+`TARGET_FALSE_BLOCKS`. With `--encoder`, the windows are embedded by MiniLM with those deltas added
+(router/guard/tuning.py makes them; the shipped head is trained over router/data/guard_encoder.npz), and the
+weights name the file. The head is `SEEDS` heads of one hidden layer (64 ReLU units) and a logistic output, each
 from its own seed, averaged: their logits' mean is one head with all their hidden units
 (router/guard/classifier.py), so the rail reads it as it reads one.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -311,7 +314,10 @@ def run_training(args: argparse.Namespace) -> int:
     data, examples, dropped = training_examples(args)
     counts: dict[str, Any] = {label: sum(e.label == n for e in examples) for label, n in LABELS.items()}
     print(f"training on {data}: {len(examples)} examples {counts}, {dropped} dropped (in the benchmark)", flush=True)
-    weights = train(examples, MiniLMEncoder(threads=2))
+    deltas: Path | None = getattr(args, "encoder", None)
+    weights = train(examples, MiniLMEncoder(threads=2, deltas=deltas))
+    if deltas is not None:
+        weights = msgspec.structs.replace(weights, encoder=os.path.relpath(deltas, output.parent))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(msgspec.json.format(msgspec.json.encode(weights), indent=1) + b"\n")
     print(

