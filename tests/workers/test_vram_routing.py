@@ -222,7 +222,7 @@ def test_a_stream_broken_off_is_continued_exactly_by_a_worker(
         raw["tiers"]["small"]["fallback"] = ["large"]
         raw["tiers"]["large"]["guardrails"] = False
         router = start_router(raw)
-        body = {"model": "small", "messages": LONG, "max_tokens": 12, "stream": True}
+        body = {"model": "small", "messages": LONG, "max_tokens": 12, "stream": True, "temperature": 0}
         with httpx.stream("POST", f"{router.url}/v1/chat/completions", json=body, timeout=60) as response:
             lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
