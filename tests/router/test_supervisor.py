@@ -92,6 +92,13 @@ class UpProcess:
         return returncode
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default, as for a command started at a terminal. A test run
+    started in the background by a non-interactive shell has SIGINT ignored, and a child inherits that, so `up`
+    would ignore the tests' Ctrl-C (as it should, started so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def tiered_router_up(config: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[UpProcess]:
     proc = subprocess.Popen(
@@ -101,6 +108,7 @@ def tiered_router_up(config: Path, *flags: str, env: dict[str, str] | None = Non
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )
     try:
         yield UpProcess(proc)
