@@ -113,7 +113,8 @@ def load_weights(path: Path, source: str) -> ClassifierWeights:
     )
     if not shape_ok:
         raise ConfigError(source, "custom_data.classifier.weights", f"{path}: the weights do not fit a MiniLM head")
-    if weights.encoder and not (path.parent / weights.encoder).is_file():
+    deltas = encoder_deltas(weights, path)
+    if deltas is not None and not deltas.is_file():
         raise ConfigError(
             source, "custom_data.classifier.weights", f"{path}: its encoder deltas {weights.encoder} are missing"
         )

@@ -262,11 +262,17 @@ def average_heads(heads: Sequence[ClassifierWeights]) -> ClassifierWeights:
     )
 
 
+def training_windows(examples: list[Example]) -> tuple[list[Example], list[tuple[tuple[str, int], int]]]:
+    """The examples with their padded copies, and every window to learn from: ((text, label), its example's index).
+    What the head trains on, and what the encoder is tuned on (router/guard/tuning.py)."""
+    examples = examples + padded_copies(examples)
+    return examples, [(row, n) for n, e in enumerate(examples) for row in window_rows(e)]
+
+
 def train(examples: list[Example], encoder: MiniLMEncoder) -> ClassifierWeights:
     """Fit on the training split; the threshold is chosen on the validation split, read as the rail reads a text
     (its highest window). The shipped head is this one (validation never trains it)."""
-    examples = examples + padded_copies(examples)
-    rows = [(row, n) for n, e in enumerate(examples) for row in window_rows(e)]
+    examples, rows = training_windows(examples)
     x = embed(encoder, [text for (text, _), _ in rows])
     y = np.asarray([label for (_, label), _ in rows])
     owner = np.asarray([n for _, n in rows])

@@ -42,11 +42,10 @@ SEED = 16
 
 def write_rows(out: Path) -> int:
     """The training windows and labels as `train-guard` makes them (the validation split marked), to `out`."""
-    from router.guard.training import padded_copies, training_examples, window_rows
+    from router.guard.training import training_examples, training_windows
 
     _, examples, _ = training_examples(argparse.Namespace(data=None))
-    examples = examples + padded_copies(examples)
-    rows = [(row, n) for n, e in enumerate(examples) for row in window_rows(e)]
+    examples, rows = training_windows(examples)
     payload = {
         "texts": [text for (text, _), _ in rows],
         "labels": [label for (_, label), _ in rows],

@@ -119,12 +119,9 @@ def apply_deltas(model: Any, path: Path) -> None:
         layer = layers.get(name)
         if (
             not isinstance(layer, torch.nn.Linear)
-            or b.shape[1] != a.shape[0]
-            or layer.weight.shape
-            != (
-                b.shape[0],
-                a.shape[1],
-            )
+            or a.ndim != 2
+            or a.shape[1] != layer.in_features
+            or b.shape != (layer.out_features, a.shape[0])
         ):
             raise ValueError(f"{path}: the deltas for {name!r} do not fit this encoder")
         with torch.no_grad():
