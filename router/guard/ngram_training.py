@@ -82,9 +82,15 @@ def train(examples: list[Example]) -> NgramModel:
     return stored
 
 
+ORDINARY_MOST = 1500
+"""Ordinary prompts this rail is taught (a seeded sample). Taught all of them (6,534, mostly English, which it does
+not read), its threshold chosen on the validation split fell from 0.93 to 0.88, and it blocked Spanish near misses
+("¿Cómo hacer una pistola de agua con una botella?") that it passes taught 1,500 (bench/RESULTS.md, round nine)."""
+
+
 def run_ngram_training(args: argparse.Namespace) -> int:
     output: Path = getattr(args, "output", None) or SHIPPED_NGRAMS
-    data, examples, dropped = training_examples(args)
+    data, examples, dropped = training_examples(args, ORDINARY_MOST)
     counts = {label: sum(e.label == n for e in examples) for label, n in LABELS.items()}
     print(f"training n-grams on {data}: {len(examples)} examples {counts}, {dropped} dropped (in the benchmark)")
     model = train(examples)

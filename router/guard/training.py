@@ -48,11 +48,13 @@ FOLDED = (
     BENCH_DATA / "guard_heldout3.jsonl",
     BENCH_DATA / "guard_heldout4.jsonl",
     BENCH_DATA / "guard_heldout5.jsonl",
+    BENCH_DATA / "guard_heldout6.jsonl",
+    BENCH_DATA / "guard_heldout7.jsonl",
 )
 """Held-out sets that were measured, each once while unseen (bench/RESULTS.md), and are now training data: each
 was written by its own hand, and what the rails miss on a new blind set is text unlike anything they learnt from."""
-HELDOUT = BENCH_DATA / "guard_heldout6.jsonl"
-HELDOUT_FILES = (HELDOUT, BENCH_DATA / "guard_heldout7.jsonl", BENCH_DATA / "guard_heldout8.jsonl")
+HELDOUT = BENCH_DATA / "guard_heldout8.jsonl"
+HELDOUT_FILES = (HELDOUT, BENCH_DATA / "guard_heldout9.jsonl")
 """What training never reads: the newest held-out sets (bench/RESULTS.md)."""
 LABELS = {"benign": 0, "attack": 1}
 TARGET_FALSE_BLOCKS = 0.02
@@ -63,9 +65,6 @@ SEEDS = (16, 17, 18, 19, 20)
 customer-support system prompt at 0.999 under one seed, 0.6 under another), and the average is steadier."""
 EPOCHS = 30
 DECAY = 1e-3
-ORDINARY_MOST = 1500
-"""Ordinary prompts taught at most (a seeded sample): enough for everyday formats, not enough to drown the near
-misses."""
 
 
 class LabelledLine(msgspec.Struct):
@@ -300,17 +299,19 @@ def share(flags: np.ndarray) -> float:
     return round(float(flags.mean()), 4) if len(flags) else 0.0
 
 
-def training_examples(args: argparse.Namespace) -> tuple[Path, list[Example], int]:
-    """What a training run reads (`--data`, else the shipped data, the folded held-out sets and a seeded sample of
-    ordinary prompts), less near copies of the held-out files: (the data's path, the examples, how many were
-    dropped as held out)."""
+def training_examples(args: argparse.Namespace, ordinary_most: int | None = None) -> tuple[Path, list[Example], int]:
+    """What a training run reads (`--data`, else the shipped data, the folded held-out sets and the ordinary
+    prompts, a seeded sample of `ordinary_most` of them if given), less near copies of the held-out files: (the
+    data's path, the examples, how many were dropped as held out). The MiniLM head reads every ordinary prompt: at
+    the threshold 0.99, a head taught 1,500 of them blocked 8 of 886 unseen ordinary requests, one taught all of
+    them 5, and it blocked more attacks (bench/RESULTS.md, round nine)."""
     data: Path = getattr(args, "data", None) or DEFAULT_DATA
     ordinary = ORDINARY if getattr(args, "data", None) is None else []
     folded = FOLDED if getattr(args, "data", None) is None else []
     examples, dropped = load_examples(data, heldout_keys(), ordinary, folded)
     everyday = [e for e in examples if e.category == "ordinary"]
-    if len(everyday) > ORDINARY_MOST:
-        keep = {id(e) for e in random.Random(16).sample(everyday, ORDINARY_MOST)}
+    if ordinary_most is not None and len(everyday) > ordinary_most:
+        keep = {id(e) for e in random.Random(16).sample(everyday, ordinary_most)}
         examples = [e for e in examples if e.category != "ordinary" or id(e) in keep]
     return data, examples, dropped
 
