@@ -82,3 +82,19 @@ def test_folded_sets_are_training_data_less_their_long_attacks(tmp_path: Path) -
     examples, dropped = load_examples(empty, set(), folded=[folded])
     assert dropped == 0
     assert [(e.label, e.category) for e in examples] == [(1, "malware"), (0, "everyday"), (0, "long_benign")]
+
+
+def test_the_head_reads_every_ordinary_prompt_and_the_ngram_rail_a_sample() -> None:
+    """The default run teaches the MiniLM head every ordinary prompt as benign; `ordinary_most` (the n-gram rail's
+    1,500) keeps a seeded sample of them, the same on every run, and nothing else."""
+    from router.guard.ngram_training import ORDINARY_MOST
+    from router.guard.training import training_examples
+
+    _, every, _ = training_examples(argparse.Namespace(data=None))
+    _, sampled, _ = training_examples(argparse.Namespace(data=None), ORDINARY_MOST)
+    _, again, _ = training_examples(argparse.Namespace(data=None), ORDINARY_MOST)
+    ordinary = [e for e in every if e.category == "ordinary"]
+    assert len(ordinary) > 5000
+    assert sum(e.category == "ordinary" for e in sampled) == ORDINARY_MOST == 1500
+    assert [e for e in sampled if e.category != "ordinary"] == [e for e in every if e.category != "ordinary"]
+    assert sampled == again
