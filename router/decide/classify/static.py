@@ -1,4 +1,4 @@
-"""The static classifier: distilled MiniLM token vectors, mean-pooled, plus surface features, into a logistic model.
+"""The static classifier: distilled MiniLM token vectors, mean-pooled, plus surface features, into a small network.
 
 No encoder runs at request time. Each word piece of the prompt (the MiniLM tokenizer's) looks up one
 int8 vector in a table distilled from all-MiniLM-L6-v2 (`router.decide.classify.static_distill`);
@@ -6,13 +6,15 @@ the last user message and the earlier turns are pooled separately, so a terse fo
 in Rust") can inherit the complexity of an earlier turn. The last message is also split into its ask and any
 pasted material (`router.decide.classify.ask`): the ask is pooled on its own when there is material, and features
 say how much the ask demands of it, so a trivial question under a long paste is not scored by the paste's length.
-The head is trained by
-`python -m router.decide.classify.static_build`. Pure numpy after tokenisation: well under a
-millisecond for a typical prompt, so it is scored inline like the heuristic.
+The head is an average of a few one-hidden-layer ReLU networks, stored as one (their hidden units side by side),
+trained by `python -m router.decide.classify.static_build`; a ReLU network is linear wherever its active units stay
+the same, so every verdict still splits its logit exactly into what each part of the row added. Pure numpy after
+tokenisation: well under a millisecond for a typical prompt, so it is scored inline like the heuristic.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -48,25 +50,29 @@ message would otherwise cost ~100 ms to tokenise and ~150 MB for its pieces' vec
 
 
 class StaticHead(msgspec.Struct):
-    weights: list[float]
-    """Over `StaticFeaturizer.row`: the last user message's mean (dims), per-dimension max and min (2 × dims), its
-    mean again only when there are earlier turns (dims: how a follow-up's words weigh can differ), the earlier
-    turns' mean (dims), the mean of the message's ask only when it holds pasted material (dims:
-    `router.decide.classify.ask`), the surface features of the conversation, those of the last user message alone,
-    the ask features, and a has-earlier flag."""
-    bias: float
+    network: str
+    """The network's arrays, an npz in base64 (`Network.decode`). Its input is `StaticFeaturizer.row`: the last user
+    message's mean (dims), per-dimension max and min (2 × dims), its mean again only when there are earlier turns
+    (dims: how a follow-up's words weigh can differ), the earlier turns' mean (dims), the mean of the message's ask
+    only when it holds pasted material (dims: `router.decide.classify.ask`), the surface features of the
+    conversation, those of the last user message alone, the ask features, and a has-earlier flag."""
+    hidden: int
+    """Hidden units in all: `members` networks' units side by side."""
+    members: int
+    """Networks averaged (each trained from its own seed): one alone moves a point or two with its seed."""
     features: str
     dims: int
     surface_features: list[str]
     ask_features: list[str]
     table_sha256: str
     """The token table these weights were trained on; a head never runs on another table."""
-    l2: float
-    """Chosen by cross-validation on the training data (never on bench/data)."""
+    weight_decay: float
+    dropout: float
+    epochs: int
     temperature: Annotated[float, msgspec.Meta(gt=0.0)]
     """Scores are sigmoid(logit / temperature), fitted on out-of-fold logits so they read as probabilities."""
     cv_accuracy: float
-    """Mean accuracy over the cross-validation folds at that strength."""
+    """Mean accuracy over the cross-validation folds (never on bench/data)."""
     cv_folds: int
     examples: int
     """Conversations trained on (the final fit uses all of them)."""
@@ -145,6 +151,70 @@ class StaticTable:
         return pooled / norm if norm > 0 else pooled
 
 
+@dataclass(frozen=True)
+class Network:
+    """One hidden layer of ReLU units over the standardised row: `logit = second · relu(first @ z + first_bias) +
+    second_bias`, where `z = (row - mean) / scale`."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    first: np.ndarray
+    """hidden × row width."""
+    first_bias: np.ndarray
+    second: np.ndarray
+    second_bias: float
+
+    def encode(self) -> str:
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            mean=self.mean.astype(np.float32),
+            scale=self.scale.astype(np.float32),
+            first=self.first.astype(np.float16),
+            first_bias=self.first_bias.astype(np.float32),
+            second=self.second.astype(np.float32),
+            second_bias=np.float32(self.second_bias),
+        )
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> Network:
+        import numpy as np
+
+        with np.load(io.BytesIO(base64.b64decode(text, validate=True))) as npz:
+            return cls(
+                npz["mean"].astype(np.float32),
+                npz["scale"].astype(np.float32),
+                npz["first"].astype(np.float32),
+                npz["first_bias"].astype(np.float32),
+                npz["second"].astype(np.float32),
+                float(npz["second_bias"]),
+            )
+
+    @property
+    def width(self) -> int:
+        return int(self.first.shape[1])
+
+    def logits(self, rows: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        hidden = np.maximum((rows - self.mean) / self.scale @ self.first.T + self.first_bias, 0.0)
+        result: np.ndarray = hidden @ self.second + self.second_bias
+        return result
+
+    def explain(self, row: np.ndarray) -> tuple[float, np.ndarray]:
+        """The logit, and what each column of the row added to it: with the units that are active for this row
+        fixed, the network is linear, so the parts (plus the active units' biases) sum to the logit exactly."""
+        z = (row - self.mean) / self.scale
+        pre = self.first @ z + self.first_bias
+        gain = self.second * (pre > 0)
+        contributions = (gain @ self.first) * z
+        constant = float(gain @ self.first_bias) + self.second_bias
+        return float(contributions.sum()) + constant, contributions
+
+
 class StaticFeaturizer:
     """Conversation → the head's input row."""
 
@@ -199,8 +269,7 @@ def row_width(dims: int) -> int:
 @dataclass(frozen=True)
 class _Loaded:
     featurizer: StaticFeaturizer
-    weights: np.ndarray
-    bias: float
+    network: Network
 
 
 class StaticClassifier(ComplexityClassifier):
@@ -221,8 +290,6 @@ class StaticClassifier(ComplexityClassifier):
     def load(self) -> None:
         """Read the token table and the tokenizer (~0.1 s, blocking). Idempotent."""
         if self._loaded is None:
-            import numpy as np
-
             try:
                 table = StaticTable.load(self._table_path)
             except (OSError, ValueError, KeyError) as exc:
@@ -236,8 +303,7 @@ class StaticClassifier(ComplexityClassifier):
                     f"{self._table_path} is not the table the head was trained on; "
                     "rebuild both with `python -m router.decide.classify.static_build`",
                 )
-            weights = np.asarray(self._head.weights, dtype=np.float32)
-            self._loaded = _Loaded(StaticFeaturizer(table), weights, self._head.bias)
+            self._loaded = _Loaded(StaticFeaturizer(table), Network.decode(self._head.network))
 
     async def start(self) -> None:
         import anyio
@@ -249,12 +315,11 @@ class StaticClassifier(ComplexityClassifier):
 
         self.load()
         assert self._loaded is not None
-        contributions = self._loaded.weights * self._loaded.featurizer.row(conversation)
-        logit = float(contributions.sum()) + self._loaded.bias
+        logit, contributions = self._loaded.network.explain(self._loaded.featurizer.row(conversation))
         score = 1.0 / (1.0 + float(np.exp(-np.clip(logit / self._head.temperature, -60.0, 60.0))))
         reasons = [
-            f"static: logistic model over distilled MiniLM token vectors + {len(FEATURE_NAMES)} surface features "
-            f"(logit {logit:+.2f})",
+            f"static: {self._head.members} small networks over distilled MiniLM token vectors + "
+            f"{len(FEATURE_NAMES)} surface features (logit {logit:+.2f})",
             *explain(contributions, self._head.dims),
         ]
         if conversation.truncation:
@@ -263,9 +328,9 @@ class StaticClassifier(ComplexityClassifier):
 
 
 def explain(contributions: np.ndarray, dims: int) -> list[str]:
-    """The parts of the logit worth naming: the last message's words, the earlier turns', the ask's (when apart from
-    pasted material), and each surface feature (of the conversation and of the last message, added) and ask feature
-    that moved it by 0.5 or more."""
+    """The parts of the logit worth naming, each against an average training row: the last message's words, the
+    earlier turns', the ask's (when apart from pasted material), and each surface feature (of the conversation and
+    of the last message, added) and ask feature that moved it by 0.5 or more."""
     words = float(contributions[: 4 * dims].sum())
     earlier = float(contributions[4 * dims : 5 * dims].sum())
     ask = float(contributions[5 * dims : 6 * dims].sum())
@@ -284,19 +349,32 @@ def explain(contributions: np.ndarray, dims: int) -> list[str]:
 
 
 def load_head(path: Path, source: str) -> StaticHead:
+    """The head, its network checked against the features this version computes; any mismatch fails at start-up."""
     try:
         head = msgspec.json.decode(path.read_bytes(), type=StaticHead)
-    except (OSError, msgspec.DecodeError) as exc:
-        raise ConfigError(source, "classifier.static_weights", f"cannot load {path}: {exc}") from exc
+        network = Network.decode(head.network)
+    except (OSError, ValueError, KeyError, msgspec.DecodeError) as exc:
+        raise ConfigError(
+            source,
+            "classifier.static_weights",
+            f"cannot load {path}: {exc} (heads from before the network are logistic models: retrain with "
+            "`python -m router.decide.classify.static_build`)",
+        ) from exc
+    shapes_agree = (
+        network.first.shape == (head.hidden, network.width)
+        and network.first_bias.shape == network.second.shape == (head.hidden,)
+        and network.mean.shape == network.scale.shape == (network.width,)
+    )
     if (
-        len(head.weights) != row_width(head.dims)
+        not shapes_agree
+        or network.width != row_width(head.dims)
         or head.surface_features != list(FEATURE_NAMES)
         or head.ask_features != list(ASK_FEATURE_NAMES)
     ):
         raise ConfigError(
             source,
             "classifier.static_weights",
-            f"{path} was trained for other features ({len(head.weights)} weights, expected {row_width(head.dims)}); "
+            f"{path} was trained for other features (a row of {network.width}, expected {row_width(head.dims)}); "
             "retrain with `python -m router.decide.classify.static_build`",
         )
     return head

@@ -16,7 +16,10 @@ from router.decide.classify.registry import build_classifier
 from router.decide.classify.static import (
     DEFAULT_HEAD,
     DEFAULT_TABLE,
+    Network,
     StaticClassifier,
+    StaticFeaturizer,
+    StaticTable,
     fingerprint,
     load_head,
     normalise,
@@ -25,6 +28,7 @@ from router.decide.classify.static_build import (
     DEFAULT_SOURCES,
     FOLDED,
     HELDOUT_FILES,
+    HIDDEN,
     HeldoutFilter,
     fit_temperature,
     jsonl_files,
@@ -178,11 +182,37 @@ def test_the_builder_writes_a_head_that_loads(tmp_path: Path) -> None:
     subset = tmp_path / "subset.jsonl"
     subset.write_text("\n".join(lines[:80] + lines[-80:]) + "\n")
     output = tmp_path / "head.json"
-    args = argparse.Namespace(data=subset, output=output, skip_table=True, l2_grid=[30.0])
+    args = argparse.Namespace(data=subset, output=output, skip_table=True, members=2, epochs=3)
     assert run_static_training(args) == 0
     head = load_head(output, "test")
     assert 100 < head.examples <= 160 and head.temperature > 0
+    assert head.members == 2 and head.hidden == 2 * HIDDEN
     assert StaticClassifier(head).score(conv(("user", COMPLEX[0]))).score >= 0.0
+
+
+def test_a_verdicts_parts_sum_to_its_logit(static: StaticClassifier) -> None:
+    """The network is linear where its active units stay the same, so the parts a verdict names are exact."""
+    static.load()
+    network = Network.decode(load_head(DEFAULT_HEAD, "test").network)
+    featurizer = StaticFeaturizer(StaticTable.load(DEFAULT_TABLE))
+    for text in [*SIMPLE[:2], *COMPLEX[:2]]:
+        row = featurizer.row(conv(("user", text)))
+        logit, parts = network.explain(row)
+        assert logit == pytest.approx(float(network.logits(row[None, :])[0]), abs=1e-3)
+        active = (network.first @ ((row - network.mean) / network.scale) + network.first_bias) > 0
+        constant = float((network.second * active) @ network.first_bias) + network.second_bias
+        assert float(parts.sum()) + constant == pytest.approx(logit, abs=1e-3)
+        assert f"(logit {logit:+.2f})" in static.score(conv(("user", text))).reasons[0]
+
+
+def test_a_logistic_head_from_before_the_network_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    old = json.loads(DEFAULT_HEAD.read_text())
+    del old["network"]
+    old["weights"], old["bias"] = [0.0] * 10, 0.0
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="retrain with"):
+        load_head(path, "test")
 
 
 def test_temperature_softens_overconfident_logits_and_keeps_every_decision() -> None:
