@@ -57,6 +57,13 @@ PARAGRAPH_CHARS = (30, 400)
 padding, or at its end after a change of subject, is judged on its own, not averaged with the padding around it."""
 MAX_PARAGRAPHS = 6
 _PARAGRAPH = regex.compile(r"\n\s*")
+_ADDRESSED = regex.compile(
+    r"(?i)(?<![\w'’])(ai|a\.i\.|ki|ia|ии|人工智能|ＡＩ|assistants?|chat ?bots?|bots?|llms?|gpt\w*|chatgpt|copilot|"
+    r"language models?|models?|agents?|screeners?|reviewers?|summari[sz]ers?|assistent\w*|asistente|"
+    r"assistant[ea])(?!\w)"
+)
+"""Words that name an AI: a line of pasted material that speaks to (or of) the assistant is where an indirect
+injection sits ("note for the AI reading these logs: ...", "@assistant forget you're a summarizer")."""
 EDGE_SENTENCE_CHARS = 60
 _SENTENCE_END = regex.compile(r"(?<=[.!?:;])\s+|\n\s*")
 
@@ -177,14 +184,31 @@ def windows(text: str, size: int = WINDOW_CHARS, stride: int = WINDOW_STRIDE, mo
 
 
 def paragraphs(text: str, most: int = MAX_PARAGRAPHS) -> list[str]:
-    """The short paragraphs (or lines) of a long text (`PARAGRAPH_CHARS`), at most `most`, evenly spaced when
-    there are more."""
+    """The short paragraphs (or lines) of a long text (`PARAGRAPH_CHARS`), at most `most`. When there are more, those
+    that name an AI (`_ADDRESSED`) come first, then evenly spaced others: sampling a 60-line log evenly would read
+    the one line addressed to the assistant only by luck, and a paragraph is what an indirect injection needs to be
+    read apart from the material around it. The same number is read either way, so a check costs what it did."""
     low, high = PARAGRAPH_CHARS
     found = [p.strip() for p in _PARAGRAPH.split(text) if low <= len(p.strip()) <= high]
-    if len(found) > most:
-        step = (len(found) - 1) / (most - 1)
-        found = [found[round(i * step)] for i in range(most)]
-    return found
+    if len(found) <= most:
+        return found
+    addressed = [p for p in found if _ADDRESSED.search(p)]
+    if len(addressed) >= most:
+        return spaced(addressed, most)
+    chosen = set(addressed)
+    rest = spaced([p for p in found if p not in chosen], most - len(addressed))
+    chosen.update(rest)
+    return [p for p in dict.fromkeys(found) if p in chosen]
+
+
+def spaced(items: list[str], most: int) -> list[str]:
+    """`most` of `items`, evenly spaced, the first and the last among them (all of them when there are no more)."""
+    if len(items) <= most:
+        return items
+    if most <= 1:
+        return items[:most]
+    step = (len(items) - 1) / (most - 1)
+    return [items[round(i * step)] for i in range(most)]
 
 
 def degenerate(window: str) -> bool:

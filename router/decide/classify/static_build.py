@@ -8,10 +8,10 @@ folded in since (`FOLDED`), one `{"messages": [...], "label": "simple"|"complex"
 shares a user message (exactly, after `static.normalise`, or as a near-duplicate) with the newest held-out sets
 (`HELDOUT_FILES`) is dropped before anything else happens, so they stay unseen.
 The head is `MEMBERS` one-hidden-layer networks, each from its own seed, averaged (and stored as one network:
-`static.Network`). A logistic model over the same row did worse on both dev sets, 95.9% → 97.3% on route_heldout6 and
-94.6% → 95.9% on route_heldout7 (bench/RESULTS.md, round ten). 5-fold cross-validation on the training data (folds by
-a hash of the opening user message, so conversations that share one stay together) measures it and gives the
-out-of-fold logits its temperature is fitted on; the head is then fitted on all of it. Fitting needs torch.
+`static.Network`). On the same training data a logistic model over the same row did worse: 5-fold cross-validated
+0.950 against 0.960, and 95.2% against 97.3% on the dev set route_heldout7 (bench/RESULTS.md, round ten). The folds
+go by a hash of the opening user message, so conversations that share one stay together; their out-of-fold logits
+fit the scores' temperature, and the head is then fitted on all of it. Fitting needs torch.
 """
 
 from __future__ import annotations
