@@ -100,6 +100,8 @@ def main() -> int:
     for tier in raw["tiers"].values():
         tier["base_url"] = upstream
     raw["server"]["port"] = args.router_port
+    # The config is written elsewhere; its guardrails folder is named relative to config/, where it stays.
+    raw["guardrails"]["path"] = str((ROOT / "config" / raw["guardrails"]["path"]).resolve())
     config = tmp / "router.yaml"
     config.write_text(yaml.safe_dump(raw))
 
