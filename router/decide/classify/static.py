@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar
@@ -353,7 +354,7 @@ def load_head(path: Path, source: str) -> StaticHead:
     try:
         head = msgspec.json.decode(path.read_bytes(), type=StaticHead)
         network = Network.decode(head.network)
-    except (OSError, ValueError, KeyError, msgspec.DecodeError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, msgspec.DecodeError) as exc:
         raise ConfigError(
             source,
             "classifier.static_weights",

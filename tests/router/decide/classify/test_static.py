@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -212,6 +213,11 @@ def test_a_logistic_head_from_before_the_network_is_refused_with_what_to_do(tmp_
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="retrain with"):
+        load_head(path, "test")
+    # A network that is not an npz (a zip's magic, then nothing) is a configuration error too, not a traceback.
+    broken = json.loads(DEFAULT_HEAD.read_text()) | {"network": base64.b64encode(b"PK\x03\x04" + b"\0" * 40).decode()}
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ConfigError, match="cannot load"):
         load_head(path, "test")
 
 
