@@ -1,7 +1,7 @@
 """Build the static classifier: distil its token table, then fit its head on the labelled prompts.
 
     python -m router.decide.classify.static_build [--skip-table] [--data PATH] [--output JSON] [--table NPZ]
-        [--heldout JSONL] [--members N]
+        [--heldout JSONL] [--members N] [--epochs N]
 
 Training data: router/data/labelled_prompts.jsonl, router/data/routing/*.jsonl and the held-out sets measured and
 folded in since (`FOLDED`), one `{"messages": [...], "label": "simple"|"complex"}` per line. Any example that
