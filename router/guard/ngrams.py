@@ -25,6 +25,7 @@ import numpy as np
 import regex
 
 from router.core.config import ConfigError
+from router.guard.classifier import spaced
 from router.guard.normalise import reads_as_english
 
 SHIPPED_NGRAMS = Path(__file__).resolve().parents[1] / "data" / "guard_ngrams.npz"
@@ -102,10 +103,7 @@ def segments(text: str) -> list[str]:
     if len(text) <= WHOLE_CHARS:
         return [text] if text else []
     low, high = PARAGRAPH_CHARS
-    found = [p.strip() for p in _PARAGRAPH.split(text) if low <= len(p.strip()) <= high]
-    if len(found) > MAX_PARAGRAPHS:
-        step = (len(found) - 1) / (MAX_PARAGRAPHS - 1)
-        found = [found[round(i * step)] for i in range(MAX_PARAGRAPHS)]
+    found = spaced([p.strip() for p in _PARAGRAPH.split(text) if low <= len(p.strip()) <= high], MAX_PARAGRAPHS)
     head = text[:EDGE_CHARS].rsplit(" ", 1)[0] if " " in text[:EDGE_CHARS] else text[:EDGE_CHARS]
     tail = text[-EDGE_CHARS:].split(" ", 1)[-1]
     return list(dict.fromkeys([head, *found, tail]))

@@ -142,8 +142,8 @@ def fit_network(x: np.ndarray, y: np.ndarray, members: int = MEMBERS, epochs: in
     averaged: their units side by side, the output weights divided by `members`."""
     import torch
 
-    mean = x.mean(axis=0)
-    scale = np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(std > 1e-8, std, 1.0)
     z = torch.tensor((x - mean) / scale, dtype=torch.float32)
     target = torch.tensor(y, dtype=torch.float32)
     firsts, first_biases, seconds, second_biases = [], [], [], []
