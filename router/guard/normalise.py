@@ -7,8 +7,8 @@ split by separators (`i-g-n-o-r-e`, `m.e.t.h`, `r_a_n_s_o_m`), snake_case names 
 (`<| im_start |>`), small capitals (`ʜᴏᴡ ᴛᴏ`) and stacked combining marks on Latin, Greek or Cyrillic letters
 ("Zalgo" text). `prepare` adds what the text would say if a part of it is an encoding the model can read back
 (base64, base32, hex with or without separators, binary, decimal character codes, `\\x`/`\\u` escapes,
-percent-encoding, Unicode tag characters, Morse code, the NATO alphabet, ROT13, any other Caesar shift, Atbash, pig
-latin or reversed text, whole or sentence by sentence, leetspeak): the rails check those too. A guessed key (a Caesar
+percent-encoding, Unicode tag characters, Morse code, the NATO alphabet, letter numbers (A1Z26), ROT13, ROT47, any
+other Caesar shift, Atbash, pig latin or reversed text, whole or sentence by sentence, leetspeak): the rails check those too. A guessed key (a Caesar
 shift, Atbash, pig latin) counts only when its reading is English. Every step is one linear pass (regexes with
 bounded repetition), over text already cut to the configured scan length.
 """
@@ -69,6 +69,10 @@ _DECIMAL = regex.compile(
     r"(?<![\d.])(?:(?:3[2-9]|[4-9]\d|1[01]\d|12[0-6])[ ,;]+){5,}(?:3[2-9]|[4-9]\d|1[01]\d|12[0-6])(?![\d.])"
 )
 """Printable ASCII as decimal codes ("104, 111, 119, ...")."""
+_A1Z26 = regex.compile(
+    r"(?<![\d.,\-/])(?:(?:[1-9]|1\d|2[0-6])(?:[-.,]|[ \t]*/[ \t]*|[ \t]+)){3,400}(?:[1-9]|1\d|2[0-6])(?![\d.,\-/]?\d)"
+)
+"""Four letter numbers or more (A=1 ... Z=26): "8-15-23 20-15", "8.15.23 / 20.15", "8 15 23 / 20 15"."""
 _TAGS = regex.compile(r"[\U000E0020-\U000E007E]+")
 """Unicode tag characters (invisible; each one an ASCII character plus 0xE0000): text hidden in plain sight."""
 _NATO_WORDS = (
@@ -81,6 +85,7 @@ _NATO_RUN = regex.compile(rf"(?i)\b(?:{_NATO_WORD})\b(?:[\s/|,.-]+\b(?:{_NATO_WO
 _NATO_TOKEN = regex.compile(r"(?i)x-ray|[a-z]+|/|\|")
 _PIG_LATIN_WORD = regex.compile(r"(?i)\b[a-z]+ay\b")
 _VOWELS = frozenset("aeiou")
+_VOWELS_Y = frozenset("aeiouy")
 _ONSETS = frozenset(
     {
         *("bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr", "pl", "pr", "sc", "sh", "sk", "sl", "sm", "sn"),
@@ -91,6 +96,7 @@ _ONSETS = frozenset(
 _ATBASH = str.maketrans(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA"
 )
+_ROT47 = str.maketrans({chr(c): chr(33 + (c - 33 + 47) % 94) for c in range(33, 127)})
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 _CAESAR = [
     str.maketrans(_LOWER + _LOWER.upper(), (_LOWER[k:] + _LOWER[:k]) + (_LOWER[k:] + _LOWER[:k]).upper())
@@ -237,6 +243,7 @@ def _decodings(text: str) -> list[tuple[str, bool]]:
     runs += [(m, _from_binary(m.group())) for m in _BINARY.finditer(text)]
     runs += [(m, _from_decimal(m.group())) for m in _DECIMAL.finditer(text)]
     runs += [(m, _from_nato(m.group())) for m in _NATO_RUN.finditer(text)]
+    runs += [(m, _from_a1z26(m.group())) for m in _A1Z26.finditer(text)]
     for match, decoded in runs:
         if decoded is not None:
             found.append((f"{text[: match.start()]}{decoded}{text[match.end() :]}", True))
@@ -247,7 +254,7 @@ def _decodings(text: str) -> list[tuple[str, bool]]:
         if decoded is not None:
             found.append((f"{text[: match.start()]}{decoded}{text[match.end() :]}", True))
     words = _english_words(text)
-    ciphers: tuple[Callable[[str], str], ...] = (_rot13, _reversed)
+    ciphers: tuple[Callable[[str], str], ...] = (_rot13, _rot47, _reversed)
     if not _reads_as_english(text, share=4):  # English as it stands: no key to guess for the whole of it
         ciphers += (_atbash, _caesar, _pig_latin)
     for decode in ciphers:
@@ -269,6 +276,14 @@ _LOWER_WORDS = regex.compile(r"[a-z]+")
 
 def _rot13(text: str) -> str:
     return codecs.encode(text, "rot13")
+
+
+def _rot47(text: str) -> str:
+    """`text` read back from ROT47 (every printable ASCII character but the space moved 47 places round `!`..`~`)
+    when the reading is English; the text itself otherwise (digits become letters, so a number alone can spell a
+    few short "words")."""
+    reading = text.translate(_ROT47)
+    return reading if _reads_as_english(reading) else text
 
 
 def _reversed(text: str) -> str:
@@ -364,7 +379,7 @@ def _decoded_sentences(
     return "".join(chosen) if chosen != pieces else None
 
 
-_SENTENCE_CIPHERS: tuple[Callable[[str], str], ...] = (_rot13, _atbash, _caesar, _pig_latin)
+_SENTENCE_CIPHERS: tuple[Callable[[str], str], ...] = (_rot13, _rot47, _atbash, _caesar, _pig_latin)
 """What a sentence may be written in, read sentence by sentence (reversed text has its own sentence breaks)."""
 
 
@@ -378,6 +393,21 @@ def _from_morse(run: str) -> str | None:
         words.append("".join(letter for letter in letters if letter is not None))
     decoded = " ".join(words)
     return decoded if len(words) >= 2 and sum(c.isalpha() for c in decoded) >= 4 else None
+
+
+def _from_a1z26(run: str) -> str | None:
+    """Letter numbers as lower-case text when the reading is English, or spells words (each with a vowel, one a
+    common English word). Words are split by `/` or by spaces where
+    the letters of a word are joined by `-`, `.` or `,` ("8-15-23 20-15"); else each space splits letters."""
+    joined = regex.search(r"\d[-.,]\d", run) is not None
+    breaks = r"[ \t]*/[ \t]*|[ \t]+" if joined else r"[ \t]*/[ \t]*|[ \t]{2,}"
+    words = []
+    for word in regex.split(breaks, run.strip()):
+        numbers = regex.findall(r"\d+", word)
+        words.append("".join(chr(ord("a") + int(n) - 1) for n in numbers))
+    decoded = " ".join(word for word in words if word)
+    spelled = len(words) >= 2 and _english_words(decoded) >= 1 and all(_VOWELS_Y.intersection(w) for w in words)
+    return decoded if _reads_as_english(decoded) or spelled else None
 
 
 def _from_nato(run: str) -> str | None:
