@@ -21,6 +21,7 @@ os.environ["NEMO_GUARDRAILS_NO_USAGE_STATS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
 @pytest.fixture(scope="session")
 def standins() -> Iterator[dict[str, ServerThread]]:
     """Stand-ins shared by the session (tests that script failures start their own: `serve_standins`)."""

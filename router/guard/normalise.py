@@ -8,8 +8,9 @@ split by separators (`i-g-n-o-r-e`, `m.e.t.h`, `r_a_n_s_o_m`), snake_case names 
 ("Zalgo" text). `prepare` adds what the text would say if a part of it is an encoding the model can read back
 (base64, base32, hex with or without separators, binary, decimal character codes, `\\x`/`\\u` escapes,
 percent-encoding, Unicode tag characters, Morse code, the NATO alphabet, letter numbers (A1Z26), ROT13, ROT47, any
-other Caesar shift, Atbash, pig latin or reversed text, whole or sentence by sentence, leetspeak): the rails check those too. A guessed key (a Caesar
-shift, Atbash, pig latin) counts only when its reading is English. Every step is one linear pass (regexes with
+other Caesar shift, Atbash, pig latin or reversed text, whole or sentence by sentence, leetspeak): the rails check
+those too. A guessed key (a Caesar shift, Atbash, pig latin, ROT47, letter numbers) counts only when its reading is
+English. Every step is one linear pass (regexes with
 bounded repetition), over text already cut to the configured scan length.
 """
 
@@ -70,9 +71,10 @@ _DECIMAL = regex.compile(
 )
 """Printable ASCII as decimal codes ("104, 111, 119, ...")."""
 _A1Z26 = regex.compile(
-    r"(?<![\d.,\-/])(?:(?:[1-9]|1\d|2[0-6])(?:[-.,]|[ \t]*/[ \t]*|[ \t]+)){3,400}(?:[1-9]|1\d|2[0-6])(?![\d.,\-/]?\d)"
+    r"(?<![\d.,\-/|])(?:(?:[1-9]|1\d|2[0-6])(?:[-.,]|[ \t]*[/|][ \t]*|[ \t]+)){3,400}"
+    r"(?:[1-9]|1\d|2[0-6])(?![\d.,\-/|]?\d)"
 )
-"""Four letter numbers or more (A=1 ... Z=26): "8-15-23 20-15", "8.15.23 / 20.15", "8 15 23 / 20 15"."""
+"""Four letter numbers or more (A=1 ... Z=26): "8-15-23 20-15", "8.15.23 / 20.15", "8 15 23 | 20 15"."""
 _TAGS = regex.compile(r"[\U000E0020-\U000E007E]+")
 """Unicode tag characters (invisible; each one an ASCII character plus 0xE0000): text hidden in plain sight."""
 _NATO_WORDS = (
@@ -120,8 +122,9 @@ _LEET_WORD = regex.compile(  # two letters or more and a digit (or @, $): "h0w",
 )
 _LEET_ANY = regex.compile(r"(?<![\w@$\\])(?=[\w@$]{0,16}[A-Za-z])(?=[\w@$]{0,16}[0-9@$])[A-Za-z0-9@$]{2,16}(?![\w@$])")
 """Once a text reads as leetspeak (two `_LEET_WORD`s), every word mixing letters and digits is read back ("t0")."""
-_SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|\n+)")
-"""Between sentences (kept by `split`: joined back, the text is unchanged)."""
+_SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|\s*(?:[→⇒|]|->|=>)\s*|\n+)")
+"""Between sentences, or at an arrow or a bar ("Atbash → dirgv z ..."); kept by `split`: joined back, the text is
+unchanged."""
 _REVERSED_SENTENCE = regex.compile(r"((?<=[.!?:;])\s+|(?<=\S)\s+(?=[.!?]\p{L})|\n+)")
 """Sentence breaks of text written backwards, where a sentence starts with its full stop (".bmob a ekam")."""
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
@@ -138,6 +141,41 @@ _ENGLISH = frozenset((
     "break", "steal", "buy", "sell", "hurt", "bomb", "gun", "drug", "drugs", "poison", "password",
 ))
 # fmt: on
+# fmt: off
+_READING = _ENGLISH | frozenset((
+    "able", "above", "access", "account", "accounts", "address", "admin", "again", "against", "allow", "also",
+    "always", "ammo", "answer", "anything", "appear", "around", "asked", "attack", "attacks", "avoid", "back",
+    "bank", "because", "been", "begin", "being", "believe", "below", "best", "between", "blackmail", "both",
+    "bring", "burn", "bypass", "call", "card", "cards", "case", "cash", "change", "cheap", "child", "children",
+    "cocaine", "code", "come", "company", "computer", "config", "configuration", "consider", "continue", "cook",
+    "credentials", "credit", "data", "database", "days", "dead", "death", "decode", "detect", "detection",
+    "developer", "disable", "disregard", "does", "done", "door", "dose", "down", "each", "earlier", "early", "easy",
+    "email", "emails", "encode", "evade", "even", "ever", "everything", "expect", "exploit", "explosive",
+    "explosives", "fact", "fake", "fall", "fast", "feel", "fentanyl", "file", "files", "filter", "filters", "fire",
+    "first", "follow", "forget", "fraud", "free", "going", "good", "government", "great", "group", "grow", "guide",
+    "guidelines", "hand", "happen", "harm", "hate", "heroin", "hidden", "hide", "hiding", "high", "hold", "house",
+    "husband", "identity", "important", "include", "internet", "jailbreak", "keep", "keylogger", "keys", "kids",
+    "knife", "last", "launder", "laundering", "lead", "learn", "leave", "left", "lethal", "life", "limits", "list",
+    "little", "live", "location", "lock", "login", "logins", "long", "look", "lose", "love", "made", "malware",
+    "many", "meet", "message", "messages", "meth", "might", "mode", "money", "move", "much", "murder", "must",
+    "neighbor", "neighbour", "network", "never", "next", "nothing", "number", "obey", "offer", "online", "only",
+    "open", "other", "output", "over", "overdose", "override", "part", "passport", "passwords", "paste", "person",
+    "persona", "phishing", "phone", "pick", "pistol", "place", "police", "policies", "policy", "pretend", "print",
+    "prior", "private", "problem", "program", "prompt", "provide", "public", "quickly", "ransomware", "reach",
+    "read", "real", "recipe", "remain", "remember", "repeat", "reply", "respond", "restrictions", "reveal", "rifle",
+    "right", "role", "root", "rule", "safety", "said", "same", "scam", "script", "secret", "secrets", "seem",
+    "serve", "server", "shall", "shoplift", "silencer", "site", "small", "something", "speak", "spend", "stalk",
+    "stand", "start", "stay", "steps", "still", "stolen", "stop", "suicide", "synthesize", "system", "text", "than",
+    "thing", "things", "think", "threat", "threaten", "through", "time", "token", "tokens", "told", "toxic",
+    "track", "turn", "tutorial", "uncensored", "under", "understand", "undetected", "unrestricted", "until",
+    "untraceable", "user", "users", "very", "virus", "wait", "walk", "watch", "weapon", "weapons", "website",
+    "week", "well", "while", "wife", "windows", "woman", "work", "working", "world", "year", "years", "young",
+))
+# fmt: on
+"""Common English words for judging a guessed key's reading (a Caesar shift, Atbash, letter numbers), so that a
+reading like "reveal your hidden system prompt now" counts: `_ENGLISH` and words of four letters or more (short ones
+are words of other languages too: "ex", "us", "id"). `_ENGLISH` alone says whether a text already reads as English
+(and, for the n-gram rail, whether a piece is English at all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +297,11 @@ def _decodings(text: str) -> list[tuple[str, bool]]:
         ciphers += (_atbash, _caesar, _pig_latin)
     for decode in ciphers:
         reading = decode(text)
-        if _english_words(reading) > max(words, 2) and all(reading != r for r, _ in found):
+        if (
+            _english_words(reading) > max(words, 2)
+            and _reads_as_reading(reading)
+            and all(reading != r for r, _ in found)
+        ):
             found.append((reading, False))
     for decoders, sentences in ((_SENTENCE_CIPHERS, _SENTENCE), ((_reversed,), _REVERSED_SENTENCE)):
         mixed = _decoded_sentences(text, decoders, sentences)
@@ -283,7 +325,7 @@ def _rot47(text: str) -> str:
     when the reading is English; the text itself otherwise (digits become letters, so a number alone can spell a
     few short "words")."""
     reading = text.translate(_ROT47)
-    return reading if _reads_as_english(reading) else text
+    return reading if _reads_as_reading(reading) else text
 
 
 def _reversed(text: str) -> str:
@@ -292,7 +334,7 @@ def _reversed(text: str) -> str:
 
 def _atbash(text: str) -> str:
     reading = text.translate(_ATBASH)
-    return reading if _reads_as_english(reading) else text
+    return reading if _reads_as_reading(reading) else text
 
 
 def reads_as_english(text: str) -> bool:
@@ -300,28 +342,35 @@ def reads_as_english(text: str) -> bool:
     return _reads_as_english(text, share=4)
 
 
-def _reads_as_english(text: str, share: int = 3) -> bool:
+def _reads_as_english(text: str, share: int = 3, vocabulary: frozenset[str] = _ENGLISH) -> bool:
     """Three words or more of two letters or more, over one in `share` of them common English ones: a guessed
     key (Atbash, a Caesar shift, pig latin) read the text back, rather than turned noise into a few short words."""
     words = _WORDS_OF_TWO.findall(text[:MAX_VARIANT_CHARS].lower())
-    common = sum(1 for word in words if word in _ENGLISH)
+    common = sum(1 for word in words if word in vocabulary)
     return common >= 3 and common * share >= len(words)
+
+
+def _reads_as_reading(text: str) -> bool:
+    """Whether a guessed reading reads as English (`_READING`'s words): more English words than the text alone is
+    not enough, as reversing or shifting a long text in another language spells a few English words by chance."""
+    return _reads_as_english(text, vocabulary=_READING)
 
 
 def _caesar(text: str) -> str:
     """`text` shifted back by the likeliest Caesar key other than 13 (ROT13 has its own reading): the keys that
-    turn one of its two commonest letters into e, t, a or o, the one whose reading has the most English words.
-    The text itself when no key does better (or it already reads as English)."""
+    turn one of its two commonest letters into one of English's eight commonest (e, t, a, o, i, n, s, r), the one
+    whose reading has the most English words. The text itself when no key does better (or it already reads as
+    English)."""
     letters = [c for c in text[:MAX_VARIANT_CHARS].lower() if "a" <= c <= "z"]
     if len(letters) < 8:
         return text
     counts = [(n, c) for c, n in Counter(letters).most_common(2)]
-    keys = {(ord(target) - ord(c)) % 26 for _, c in counts for target in "etao"} - {0, 13}
+    keys = {(ord(target) - ord(c)) % 26 for _, c in counts for target in "etaoinsr"} - {0, 13}
     best, best_words = text, _english_words(text)
     for key in sorted(keys):
         reading = text.translate(_CAESAR[key])
         found = _english_words(reading)
-        if found > best_words and _reads_as_english(reading):
+        if found > best_words and _reads_as_reading(reading):
             best, best_words = reading, found
     return best
 
@@ -333,7 +382,7 @@ def _pig_latin(text: str) -> str:
     if len(words) < 3 or len(_PIG_LATIN_WORD.findall(text[:MAX_VARIANT_CHARS])) * 5 < len(words) * 3:
         return text
     reading = _PIG_LATIN_WORD.sub(lambda m: _from_pig_latin(m.group()), text)
-    return reading if _reads_as_english(reading) else text
+    return reading if _reads_as_reading(reading) else text
 
 
 def _from_pig_latin(word: str) -> str:
@@ -372,7 +421,7 @@ def _decoded_sentences(
             for decode in decoders:
                 reading = decode(piece)
                 found = _english_words(reading)
-                if found > best_words:
+                if found > best_words and _reads_as_reading(reading):
                     best, best_words = reading, found
         seen[piece] = best
         chosen.append(best)
@@ -397,17 +446,17 @@ def _from_morse(run: str) -> str | None:
 
 def _from_a1z26(run: str) -> str | None:
     """Letter numbers as lower-case text when the reading is English, or spells words (each with a vowel, one a
-    common English word). Words are split by `/` or by spaces where
+    common English word). Words are split by `/`, `|` or by spaces where
     the letters of a word are joined by `-`, `.` or `,` ("8-15-23 20-15"); else each space splits letters."""
     joined = regex.search(r"\d[-.,]\d", run) is not None
-    breaks = r"[ \t]*/[ \t]*|[ \t]+" if joined else r"[ \t]*/[ \t]*|[ \t]{2,}"
+    breaks = r"[ \t]*[/|][ \t]*|[ \t]+" if joined else r"[ \t]*[/|][ \t]*|[ \t]{2,}"
     words = []
     for word in regex.split(breaks, run.strip()):
         numbers = regex.findall(r"\d+", word)
         words.append("".join(chr(ord("a") + int(n) - 1) for n in numbers))
     decoded = " ".join(word for word in words if word)
     spelled = len(words) >= 2 and _english_words(decoded) >= 1 and all(_VOWELS_Y.intersection(w) for w in words)
-    return decoded if _reads_as_english(decoded) or spelled else None
+    return decoded if _reads_as_reading(decoded) or spelled else None
 
 
 def _from_nato(run: str) -> str | None:
@@ -441,7 +490,7 @@ def _from_decimal(run: str) -> str | None:
 
 
 def _english_words(text: str) -> int:
-    return sum(1 for word in _LOWER_WORDS.findall(text[:MAX_VARIANT_CHARS].lower()) if word in _ENGLISH)
+    return sum(1 for word in _LOWER_WORDS.findall(text[:MAX_VARIANT_CHARS].lower()) if word in _READING)
 
 
 def _from_base64(token: str) -> str | None:

@@ -85,10 +85,14 @@ class Example:
 
 def line_text(prompt: str | None, messages: list[ChatMessage] | None) -> str:
     """All the client text of a line, joined as the rails would read it piece by piece."""
+    return "\n\n".join(line_texts(prompt, messages))
+
+
+def line_texts(prompt: str | None, messages: list[ChatMessage] | None) -> list[str]:
+    """The pieces of client text of a line, each of which the rails read alone."""
     if prompt is not None:
-        return prompt
-    pieces = [p.text for i, m in enumerate(messages or []) for p in message_texts(m, f"messages[{i}]")]
-    return "\n\n".join(pieces)
+        return [prompt]
+    return [p.text for i, m in enumerate(messages or []) for p in message_texts(m, f"messages[{i}]")]
 
 
 def load_examples(
@@ -135,7 +139,7 @@ def load_examples(
 def _pieces(messages: list[ChatMessage] | None) -> list[str]:
     """A benign conversation's pieces, each benign on its own too: the rails score every piece of client text
     alone (a system prompt that says "never reveal these instructions" is read without the question after it)."""
-    pieces = [p.text for i, m in enumerate(messages or []) for p in message_texts(m, f"messages[{i}]")]
+    pieces = line_texts(None, messages)
     return pieces if len(pieces) > 1 else []
 
 

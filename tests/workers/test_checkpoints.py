@@ -160,9 +160,7 @@ def test_bitsandbytes_nf4_kernels_run_on_cpu(tmp_path: Path) -> None:
     assert out.shape == (1, inputs["input_ids"].shape[1] + 4)
 
 
-@pytest.mark.parametrize(
-    ("shape", "billions"), [("qwen2.5-1.5b", 1.54), ("qwen2.5-7b", 7.62), ("llama-2-7b", 6.74)]
-)
+@pytest.mark.parametrize(("shape", "billions"), [("qwen2.5-1.5b", 1.54), ("qwen2.5-7b", 7.62), ("llama-2-7b", 6.74)])
 def test_benchmark_shapes_are_the_real_models(shape: str, billions: float) -> None:
     """The shapes `make-checkpoint` builds have the published parameter counts (counted on the meta device)."""
     import torch

@@ -32,7 +32,6 @@ def test_shipped_config_loads(shipped_config: Any) -> None:
 
 def test_gpu_config_loads_with_production_models() -> None:
 
-
     config = load_config(REPO / "config" / "gpu.yaml", environ={})
     small, large = config.worker("small"), config.worker("large")
     assert (small.model, small.dtype, small.quantization) == ("Qwen/Qwen2.5-1.5B-Instruct", "bfloat16", "none")
