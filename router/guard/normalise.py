@@ -10,8 +10,8 @@ split by separators (`i-g-n-o-r-e`, `m.e.t.h`, `r_a_n_s_o_m`), snake_case names 
 percent-encoding, Unicode tag characters, Morse code, the NATO alphabet, letter numbers (A1Z26), ROT13, ROT47, any
 other Caesar shift, Atbash, pig latin or reversed text, whole or sentence by sentence, leetspeak): the rails check
 those too. A guessed key (a Caesar shift, Atbash, pig latin, ROT47, letter numbers) counts only when its reading is
-English. Every step is one linear pass (regexes with
-bounded repetition), over text already cut to the configured scan length.
+English. Every step is one linear pass (regexes with bounded repetition), over text already cut to the configured
+scan length.
 """
 
 from __future__ import annotations
@@ -321,11 +321,9 @@ def _rot13(text: str) -> str:
 
 
 def _rot47(text: str) -> str:
-    """`text` read back from ROT47 (every printable ASCII character but the space moved 47 places round `!`..`~`)
-    when the reading is English; the text itself otherwise (digits become letters, so a number alone can spell a
-    few short "words")."""
-    reading = text.translate(_ROT47)
-    return reading if _reads_as_reading(reading) else text
+    """ROT47: every printable ASCII character but the space moved 47 places round `!`..`~` (its own inverse). Like
+    every guessed reading, it counts only when it reads as English (`_reads_as_reading`, where it is read)."""
+    return text.translate(_ROT47)
 
 
 def _reversed(text: str) -> str:
@@ -333,8 +331,7 @@ def _reversed(text: str) -> str:
 
 
 def _atbash(text: str) -> str:
-    reading = text.translate(_ATBASH)
-    return reading if _reads_as_reading(reading) else text
+    return text.translate(_ATBASH)
 
 
 def reads_as_english(text: str) -> bool:
@@ -381,8 +378,7 @@ def _pig_latin(text: str) -> str:
     words = regex.findall(r"[A-Za-z]+", text[:MAX_VARIANT_CHARS])
     if len(words) < 3 or len(_PIG_LATIN_WORD.findall(text[:MAX_VARIANT_CHARS])) * 5 < len(words) * 3:
         return text
-    reading = _PIG_LATIN_WORD.sub(lambda m: _from_pig_latin(m.group()), text)
-    return reading if _reads_as_reading(reading) else text
+    return str(_PIG_LATIN_WORD.sub(lambda m: _from_pig_latin(m.group()), text))
 
 
 def _from_pig_latin(word: str) -> str:
@@ -446,8 +442,8 @@ def _from_morse(run: str) -> str | None:
 
 def _from_a1z26(run: str) -> str | None:
     """Letter numbers as lower-case text when the reading is English, or spells words (each with a vowel, one a
-    common English word). Words are split by `/`, `|` or by spaces where
-    the letters of a word are joined by `-`, `.` or `,` ("8-15-23 20-15"); else each space splits letters."""
+    common English word). Words are split by `/`, `|` or by spaces where the letters of a word are joined by `-`,
+    `.` or `,` ("8-15-23 20-15"); else each space splits letters."""
     joined = regex.search(r"\d[-.,]\d", run) is not None
     breaks = r"[ \t]*[/|][ \t]*|[ \t]+" if joined else r"[ \t]*[/|][ \t]*|[ \t]{2,}"
     words = []

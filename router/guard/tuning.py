@@ -146,6 +146,15 @@ def tune(
     total = int(math.ceil(len(train) / BATCH) * epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, s / 50) * max(0.0, 1 - s / total))
     rng = np.random.default_rng(seed)
+
+    def logits(batch: list[str]) -> Any:
+        """The joint head's logit for each text: MiniLM's mean-pooled, normalised embedding, scaled, into the head."""
+        encoded = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
+        hidden = model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
+        return head(pooled * math.sqrt(384)).squeeze(-1).float()
+
     step = 0
     while step < total:
         order = rng.permutation(train)
@@ -153,14 +162,8 @@ def tune(
             if step >= total:
                 break
             batch = order[start : start + BATCH]
-            encoded = tokenizer(
-                [texts[i] for i in batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
-            ).to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                hidden = model(**encoded).last_hidden_state
-                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
-                logit = head(pooled * math.sqrt(384)).squeeze(-1).float()
+                logit = logits([texts[i] for i in batch])
             target = torch.as_tensor(labels[batch], device=device)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -182,17 +185,7 @@ def tune(
         scores = np.zeros(len(windows["texts"]), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(scores), 128):
-                encoded = tokenizer(
-                    windows["texts"][start : start + 128],
-                    padding=True,
-                    truncation=True,
-                    max_length=256,
-                    return_tensors="pt",
-                ).to(device)
-                hidden = model(**encoded).last_hidden_state
-                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
-                scores[start : start + 128] = torch.sigmoid(head(pooled * math.sqrt(384)).squeeze(-1)).cpu().numpy()
+                scores[start : start + 128] = torch.sigmoid(logits(windows["texts"][start : start + 128])).cpu().numpy()
         best = np.zeros(len(windows["lines"]), dtype=np.float32)
         np.maximum.at(best, np.asarray(windows["owners"]), scores)
         lines = [{**line, "score": float(score)} for line, score in zip(windows["lines"], best, strict=True)]
