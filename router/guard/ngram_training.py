@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, features, segments
-from router.guard.normalise import reads_as_english
+from router.guard.ngrams import BUCKETS, SHIPPED_NGRAMS, NgramModel, english, features, segments
 from router.guard.training import LABELS, Example, choose_threshold, share, training_examples
 
 EPOCHS = 300
@@ -66,7 +65,7 @@ def train(examples: list[Example]) -> NgramModel:
     weights, bias = fit([t for t, _ in training], np.asarray([label for _, label in training]))
     model = NgramModel(weights, bias, 0.5, {})
     # The threshold is chosen where the rail reads: the validation examples with a segment that is not English.
-    held = [e for e in examples if e.validation and not all(reads_as_english(p) for p in segments(e.text))]
+    held = [e for e in examples if e.validation and not all(english(p) for p in segments(e.text))]
     labels = np.asarray([e.label for e in held])
     probabilities = np.asarray([model.probability(e.text) for e in held])
     threshold = choose_threshold(probabilities, labels)
