@@ -141,9 +141,9 @@ _ENGLISH = frozenset((
     "break", "steal", "buy", "sell", "hurt", "bomb", "gun", "drug", "drugs", "poison", "password",
 ))
 # fmt: on
-# fmt: off
 ENGLISH_WORDS = _ENGLISH
 """Common English words (whether a text reads as English), for the rails that judge by language."""
+# fmt: off
 _READING = _ENGLISH | frozenset((
     "able", "above", "access", "account", "accounts", "address", "admin", "again", "against", "allow", "also",
     "always", "ammo", "answer", "anything", "appear", "around", "asked", "attack", "attacks", "avoid", "back",
