@@ -34,7 +34,7 @@ def test_calibrate_command_and_router_uses_it(tmp_path: Path) -> None:
     plain.write_text("\n".join(f"question number {i}: what is {i} plus {i}?" for i in range(20)))
     # Prompts the default (static) classifier was not trained on: on its own training prompts it separates the
     # labels so sharply that the complex ones tie at 1.0, and no threshold sends exactly 70% to small.
-    unseen = REPO / "bench" / "data" / "route_heldout9.jsonl"
+    unseen = REPO / "bench" / "data" / "route_heldout10.jsonl"
     assert main(["calibrate", "--config", str(config_path), "--prompts", str(unseen), "--small-share", "0.7"]) == 0
     written = yaml.safe_load((tmp_path / "calibration.yaml").read_text())
     assert written["classifier"] == raw["classifier"]["kind"] == "static" and written["prompts"] > 250
