@@ -7,7 +7,7 @@ directory; default HEAD, so run it with the changes uncommitted or name the revi
 of the file goes through `Guard.check_input` over all its client text (router/guard/texts.py), as a hop to a
 guarded tier does, sequentially, after a few warm-up checks.
 
-    python bench/guard_quality.py [--data bench/data/guard_heldout12.jsonl] [--baseline REV] [--variants]
+    python bench/guard_quality.py [--data bench/data/guard_heldout13.jsonl] [--baseline REV] [--variants]
 
 Tables: blocked per `label/family` (the held-out file's families; in bench/data/guard_dev.jsonl the family is the
 language), per attack category and per benign category (false blocks).
@@ -161,7 +161,7 @@ def table(results: list[dict[str, Any]], key: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "guard_heldout12.jsonl")
+    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "guard_heldout13.jsonl")
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default HEAD)")
     parser.add_argument("--variants", action="store_true", help="also: classifier off, similarity off")
     parser.add_argument("--worker", nargs=2, type=Path, metavar=("ROOT", "GUARD_DIR"), help=argparse.SUPPRESS)

@@ -46,7 +46,7 @@ from router.wire.protocol import ChatCompletionRequest
 DATA = DEFAULT_HEAD.parent
 DEFAULT_SOURCES = (DATA / "labelled_prompts.jsonl", DATA / "routing")
 DEFAULT_HELDOUT = Path(__file__).resolve().parents[3] / "bench" / "data" / "route_heldout.jsonl"
-FOLDED = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("", "2", "3", "4", "5", "6", "7", "8", "9"))
+FOLDED = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("", *map(str, range(2, 10))))
 """Held-out sets that were measured, each once while unseen (bench/RESULTS.md), and are now training data too: each
 was written by its own hand, and the head's misses on a new blind set are text unlike what it learnt from."""
 HELDOUT_FILES = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("10", "11"))

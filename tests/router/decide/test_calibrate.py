@@ -33,12 +33,13 @@ def test_calibrate_command_and_router_uses_it(tmp_path: Path) -> None:
     plain = tmp_path / "prompts.txt"
     plain.write_text("\n".join(f"question number {i}: what is {i} plus {i}?" for i in range(20)))
     # Prompts the default (static) classifier was not trained on: on its own training prompts it separates the
-    # labels so sharply that the complex ones tie at 1.0, and no threshold sends exactly 70% to small.
+    # labels so sharply that the complex ones tie at 1.0, and no threshold sends exactly 70% to small. On this set
+    # (150 simple, 144 complex) 60% falls among the complex scores still short of 1.0.
     unseen = REPO / "bench" / "data" / "route_heldout10.jsonl"
-    assert main(["calibrate", "--config", str(config_path), "--prompts", str(unseen), "--small-share", "0.7"]) == 0
+    assert main(["calibrate", "--config", str(config_path), "--prompts", str(unseen), "--small-share", "0.6"]) == 0
     written = yaml.safe_load((tmp_path / "calibration.yaml").read_text())
     assert written["classifier"] == raw["classifier"]["kind"] == "static" and written["prompts"] > 250
-    assert abs(written["achieved_share"] - 0.7) < 0.01
+    assert abs(written["achieved_share"] - 0.6) < 0.01
     raw["classifier"]["calibration"] = "calibration.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     assert load_config(config_path, environ={}).classifier.threshold == written["threshold"]
