@@ -26,7 +26,7 @@ import regex
 
 from router.core.config import ConfigError
 from router.guard.classifier import spaced
-from router.guard.normalise import ENGLISH_WORDS, reads_as_english
+from router.guard.normalise import reads_as_english, reads_as_short_english
 
 SHIPPED_NGRAMS = Path(__file__).resolve().parents[1] / "data" / "guard_ngrams.npz"
 BUCKETS = 1 << 18
@@ -46,10 +46,7 @@ JOINT_NGRAMS = 0.7
 On the training data's validation split (short texts read in full: 319 attacks, 443 benign, never trained on), the
 n-gram rail with the classifier's vetoed blocks caught 180 attacks for 11 false blocks; with this joint rule, 206
 for 15 (bench/RESULTS.md, round six)."""
-SHORT_WORDS = 12
-"""`english`'s second rule reads texts of at most this many words."""
 _LETTER = regex.compile(r"\p{L}")
-_ASCII_WORD = regex.compile(r"[a-z]{2,}")
 _UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
 _NOT_WORD = regex.compile(r"[^\p{L}\p{M}\p{N}]+")
 _PARAGRAPH = regex.compile(r"\n\s*")
@@ -100,17 +97,10 @@ def read_by_ngrams(piece: str) -> bool:
 
 
 def english(piece: str) -> bool:
-    """Whether `piece` is English to this rail: it reads as English (`reads_as_english`), or it is a short question
-    in plain ASCII with two common English words or more, one word in three at least ("Can you microwave aluminum
-    foil?" has two of five, too few for `reads_as_english`, and a rail that learnt from few English prompts read it
-    as a request for harm)."""
-    if reads_as_english(piece):
-        return True
-    if not piece.isascii():
-        return False
-    words = _ASCII_WORD.findall(piece.lower())
-    common = sum(1 for word in words if word in ENGLISH_WORDS)
-    return MIN_WORDS - 1 <= len(words) <= SHORT_WORDS and common >= 2 and common * 3 >= len(words)
+    """Whether `piece` is English to this rail: it reads as English, or is a short plain-ASCII text with common
+    English words (`reads_as_short_english`), which a rail that learnt from few English prompts had read as a
+    request for harm ("Can you microwave aluminum foil?", 0.966)."""
+    return reads_as_english(piece) or reads_as_short_english(piece)
 
 
 def segments(text: str) -> list[str]:

@@ -141,8 +141,6 @@ _ENGLISH = frozenset((
     "break", "steal", "buy", "sell", "hurt", "bomb", "gun", "drug", "drugs", "poison", "password",
 ))
 # fmt: on
-ENGLISH_WORDS = _ENGLISH
-"""Common English words (whether a text reads as English), for the rails that judge by language."""
 # fmt: off
 _READING = _ENGLISH | frozenset((
     "able", "above", "access", "account", "accounts", "address", "admin", "again", "against", "allow", "also",
@@ -341,12 +339,26 @@ def reads_as_english(text: str) -> bool:
     return _reads_as_english(text, share=4)
 
 
+def reads_as_short_english(text: str) -> bool:
+    """Whether `text` is a short English text that `reads_as_english` misses: plain ASCII, 3 to 12 words, two common
+    English ones or more and one word in three at least ("Can you microwave aluminum foil?": two of five)."""
+    if not text.isascii():
+        return False
+    words, common = _word_counts(text, _ENGLISH)
+    return 3 <= words <= 12 and common >= 2 and common * 3 >= words
+
+
 def _reads_as_english(text: str, share: int = 3, vocabulary: frozenset[str] = _ENGLISH) -> bool:
     """Three words or more of two letters or more, over one in `share` of them common English ones: a guessed
     key (Atbash, a Caesar shift, pig latin) read the text back, rather than turned noise into a few short words."""
-    words = _WORDS_OF_TWO.findall(text[:MAX_VARIANT_CHARS].lower())
-    common = sum(1 for word in words if word in vocabulary)
-    return common >= 3 and common * share >= len(words)
+    words, common = _word_counts(text[:MAX_VARIANT_CHARS], vocabulary)
+    return common >= 3 and common * share >= words
+
+
+def _word_counts(text: str, vocabulary: frozenset[str]) -> tuple[int, int]:
+    """How many words of two letters or more `text` has, and how many of them are in `vocabulary`."""
+    words = _WORDS_OF_TWO.findall(text.lower())
+    return len(words), sum(1 for word in words if word in vocabulary)
 
 
 def _reads_as_reading(text: str) -> bool:
