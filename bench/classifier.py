@@ -1,12 +1,12 @@
 """Classifier latency (p50, p99 per request) and held-out accuracy, every classifier, one run.
 
-Scores every prompt of a held-out routing set, by default the newest, bench/data/route_heldout11.jsonl (294
+Scores every prompt of a held-out routing set, by default the newest, bench/data/route_heldout12.jsonl (294
 labelled conversations that no classifier was trained on; distinct prompts, so no cache can help), timing
 each call as the router makes it (`score`, in-process; the router adds one thread hop for the
 embedding classifier). Accuracy is at the default threshold 0.5, overall and per category; the
 baseline is a length-only rule (last user message >= 70 chars).
 
-    python bench/classifier.py [--repeat 3] [--data bench/data/route_heldout11.jsonl]
+    python bench/classifier.py [--repeat 3] [--data bench/data/route_heldout12.jsonl]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from router.decide.conversation import Conversation
 from router.wire.protocol import ChatCompletionRequest
 
 ROOT = Path(__file__).resolve().parent.parent
-HELDOUT = ROOT / "bench" / "data" / "route_heldout11.jsonl"
+HELDOUT = ROOT / "bench" / "data" / "route_heldout12.jsonl"
 
 
 def categories(path: Path) -> list[str]:

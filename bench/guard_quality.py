@@ -7,10 +7,11 @@ directory; default HEAD, so run it with the changes uncommitted or name the revi
 of the file goes through `Guard.check_input` over all its client text (router/guard/texts.py), as a hop to a
 guarded tier does, sequentially, after a few warm-up checks.
 
-    python bench/guard_quality.py [--data bench/data/guard_heldout13.jsonl] [--baseline REV] [--variants]
+    python bench/guard_quality.py [--data bench/data/guard_heldout14.jsonl] [--baseline REV] [--variants]
 
 Tables: blocked per `label/family` (the held-out file's families; in bench/data/guard_dev.jsonl the family is the
-language), per attack category and per benign category (false blocks).
+language), per attack category and per benign category (false blocks). The JSON written under `--out` also gives,
+per variant, the line numbers (from 1) of the attacks missed and of the benign lines blocked.
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ def measure(root: Path, guard_dir: Path, data: Path) -> dict[str, Any]:
         results = []
         for item in lines[:5]:
             await guard.check_input([p.text for p in client_texts(_request(decode_chat_request, item))])
-        for item in lines:
+        for number, item in enumerate(lines, 1):
             texts = [p.text for p in client_texts(_request(decode_chat_request, item))]
             started = time.perf_counter()
             verdict = await guard.check_input(texts)
             seconds = time.perf_counter() - started
             results.append({**{k: item.get(k) for k in ("label", "family", "category")}, "blocked": verdict.blocked,
-                            "rail": verdict.rail, "ms": seconds * 1000})  # fmt: skip
+                            "rail": verdict.rail, "ms": seconds * 1000, "line": number})  # fmt: skip
         return results
 
     summary = summarise(asyncio.run(run()))
@@ -108,6 +109,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         "benign_categories": {k: rate(v) for k, v in sorted(by["benign"].items())},
         "rails": collections.Counter(r["rail"] for r in attacks if r["blocked"]),
         "false_blocks": [(r["family"], r["category"], r["rail"]) for r in benign if r["blocked"]],
+        "missed_lines": [r["line"] for r in attacks if not r["blocked"]],
+        "false_block_lines": [r["line"] for r in benign if r["blocked"]],
         "p50_ms": statistics.median(ms),
         "p90_ms": sorted(ms)[int(0.9 * len(ms))],
     }
@@ -161,7 +164,7 @@ def table(results: list[dict[str, Any]], key: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "guard_heldout13.jsonl")
+    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "guard_heldout14.jsonl")
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default HEAD)")
     parser.add_argument("--variants", action="store_true", help="also: classifier off, similarity off")
     parser.add_argument("--worker", nargs=2, type=Path, metavar=("ROOT", "GUARD_DIR"), help=argparse.SUPPRESS)

@@ -54,11 +54,12 @@ FOLDED = (
     BENCH_DATA / "guard_heldout9.jsonl",
     BENCH_DATA / "guard_heldout10.jsonl",
     BENCH_DATA / "guard_heldout11.jsonl",
+    BENCH_DATA / "guard_heldout12.jsonl",
 )
 """Held-out sets that were measured, each once while unseen (bench/RESULTS.md), and are now training data: each
 was written by its own hand, and what the rails miss on a new blind set is text unlike anything they learnt from."""
-HELDOUT = BENCH_DATA / "guard_heldout12.jsonl"
-HELDOUT_FILES = (HELDOUT, BENCH_DATA / "guard_heldout13.jsonl")
+HELDOUT = BENCH_DATA / "guard_heldout13.jsonl"
+HELDOUT_FILES = (HELDOUT, BENCH_DATA / "guard_heldout14.jsonl")
 """What training never reads: the newest held-out sets (bench/RESULTS.md)."""
 LABELS = {"benign": 0, "attack": 1}
 TARGET_FALSE_BLOCKS = 0.02

@@ -49,7 +49,7 @@ DEFAULT_HELDOUT = Path(__file__).resolve().parents[3] / "bench" / "data" / "rout
 FOLDED = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("", *map(str, range(2, 10))))
 """Held-out sets that were measured, each once while unseen (bench/RESULTS.md), and are now training data too: each
 was written by its own hand, and the head's misses on a new blind set are text unlike what it learnt from."""
-HELDOUT_FILES = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("10", "11"))
+HELDOUT_FILES = tuple(DEFAULT_HELDOUT.with_name(f"route_heldout{n}.jsonl") for n in ("10", "11", "12"))
 """Never trained on: the newest held-out sets. Anything in the training data that shares a user message with them
 (the same after normalising, or a near duplicate) is dropped."""
 HIDDEN = 32
