@@ -139,7 +139,7 @@ def _load(tmp_path: Path, directory: Path, **guardrails: object) -> Guard:
         ("rails.co", "text=$user_message)", "text=$user_message", "(guardrails config)"),
         ("rails.co", 'checks="injection,', 'checks="injektion,', "unknown checks ['injektion']"),
         ("patterns.yml", "'(?i)\\b(developer", "'(?i)\\b((developer", "custom_data.patterns.jailbreak[1].regex"),
-        ("patterns.yml", "threshold: 0.5 ", "threshold: 1.5 ", "custom_data.similarity.threshold"),
+        ("patterns.yml", "threshold: 0.6 ", "threshold: 1.5 ", "custom_data.similarity.threshold"),
         ("patterns.yml", "disallowed: disallowed.txt", "disallowed: missing.txt", "missing.txt"),
         ("patterns.yml", "weights: shipped", "weights: nowhere.json", "custom_data.classifier.weights"),
         ("patterns.yml", "  classifier:\n    weights: shipped", "", "the classifier check needs custom_data"),
