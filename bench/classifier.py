@@ -1,6 +1,6 @@
 """Classifier latency (p50, p99 per request) and held-out accuracy, every classifier, one run.
 
-Scores every prompt of a held-out routing set, by default the newest, bench/data/route_heldout12.jsonl (294
+Scores every prompt of a held-out routing set, by default the newest measured, bench/data/route_heldout12.jsonl (294
 labelled conversations that no classifier was trained on; distinct prompts, so no cache can help), timing
 each call as the router makes it (`score`, in-process; the router adds one thread hop for the
 embedding classifier). Accuracy is at the default threshold 0.5, overall and per category; the
